@@ -1,0 +1,34 @@
+# Set-up and entry points. Every target is idempotent: a second run with nothing changed does no work.
+#   make demo   set up everything, then run the main job end to end on the embedded defaults
+#   make test   set up everything, then run the test suite (this is what .ci/run calls)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test lint lock
+.DEFAULT_GOAL := setup
+
+setup: $(VENV)/.installed
+
+# The main venv: the full pinned closure from requirements.lock, then this project (editable-free:
+# the repository root is on sys.path when commands run from it).
+$(VENV)/.installed: requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==26.3
+	$(PY) -m pip install --quiet -r requirements.lock
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# Rebuild requirements.lock from pyproject's pinned direct dependencies in a scratch venv.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet $$($(PYTHON) -c "import tomllib; print(' '.join(repr(d) for d in tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" | tr -d "'")
+	.venv-lock/bin/pip freeze | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements.lock
+	rm -rf .venv-lock
