@@ -10,7 +10,11 @@ PY := $(VENV)/bin/python
 .PHONY: setup demo test lint lock
 .DEFAULT_GOAL := setup
 
-setup: $(VENV)/.installed
+# ---- set-up parts: each adds `SETUP_TARGETS += stamp` and its rule ABOVE the `setup:` line ----
+# Each part of the project adds the stamp file of its own set-up here, with the rule that makes it.
+SETUP_TARGETS := $(VENV)/.installed
+
+setup: $(SETUP_TARGETS)
 
 # The main venv: the full pinned closure from requirements.lock, then this project (editable-free:
 # the repository root is on sys.path when commands run from it).
