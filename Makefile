@@ -14,6 +14,13 @@ PY := $(VENV)/bin/python
 # Each part of the project adds the stamp file of its own set-up here, with the rule that makes it.
 SETUP_TARGETS := $(VENV)/.installed
 
+# Local Triton (converters/setup_triton.sh): .triton/ (tritonserver + backends), .venv-triton/ (the
+# python backend's numpy<2 venv), .tools/bin/perf_analyzer. The script skips what is already in place.
+SETUP_TARGETS += .triton/.setup-done
+.triton/.setup-done: converters/setup_triton.sh converters/backends/requirements.txt
+	bash converters/setup_triton.sh $(PYTHON)
+	touch $@
+
 setup: $(SETUP_TARGETS)
 
 # The main venv: the full pinned closure from requirements.lock, then this project (editable-free:
