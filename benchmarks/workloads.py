@@ -1,0 +1,166 @@
+"""The workloads, as data, and the fixed local inputs every stack is given.
+
+Each workload names a repository entry and the shape of one item. Text items are real sentences
+(``converters.sentences``) cut to exactly ``tokens`` tokens by the entry's own tokenizer, so the
+ceiling, Triton, the Bento service and the FastAPI baseline all see the same sequences; image items
+are seeded random images of the entry's declared shape. Every request carries one item.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from converters.errors import InvalidArgument, NotFound
+from converters.repository import Repository
+
+SAMPLES = 64  # distinct items per workload; requests cycle through them
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model: str  # repository entry
+    kind: str  # "text" | "image"
+    tokens: int = 0  # text: tokens per sequence, [CLS] and [SEP] included
+    description: str = ""
+
+
+WORKLOADS: dict[str, Workload] = {
+    "minilm-short": Workload(
+        "minilm-short",
+        "minilm",
+        "text",
+        tokens=16,
+        description="MiniLM embeddings, one 16-token sentence per request",
+    ),
+    "minilm-long": Workload(
+        "minilm-long",
+        "minilm",
+        "text",
+        tokens=128,
+        description="MiniLM embeddings, one 128-token passage per request",
+    ),
+    "image": Workload(
+        "image",
+        "image_classifier",
+        "image",
+        description="Lightning example CNN, one 3x32x32 image per request",
+    ),
+}
+
+
+def get_workloads(names: list[str] | None) -> list[Workload]:
+    if not names:
+        return list(WORKLOADS.values())
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise InvalidArgument(
+            f"--workloads: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(WORKLOADS)}",
+            field="workloads",
+        )
+    return [WORKLOADS[n] for n in names]
+
+
+@dataclass
+class Inputs:
+    """The items of one workload, in both the tensor form (Triton, ONNX Runtime) and the form an HTTP
+    client sends (texts, or images as PNG)."""
+
+    workload: Workload
+    tensors: list[dict[str, np.ndarray]]  # one dict per item, without the batch axis
+    texts: list[str] | None = None
+    images: list[np.ndarray] | None = None  # float32 CHW, already normalised as the model expects
+    png_b64: list[str] | None = None  # the raw images, PNG, base64
+
+    def batch(self, size: int, offset: int = 0) -> dict[str, np.ndarray]:
+        """``size`` items stacked along a new batch axis (all items of a workload have one shape)."""
+        items = [self.tensors[(offset + i) % len(self.tensors)] for i in range(size)]
+        return {name: np.stack([item[name] for item in items]) for name in items[0]}
+
+
+def load_inputs(workload: Workload, repository: Repository, samples: int = SAMPLES) -> Inputs:
+    version = repository.require(workload.model)
+    manifest = repository.manifest(workload.model, version)
+    folder = repository.version_dir(workload.model, version)
+    if workload.kind == "text":
+        return _text_inputs(workload, folder, manifest, samples)
+    return _image_inputs(workload, manifest, samples)
+
+
+def _text_inputs(workload: Workload, folder: Path, manifest: dict, samples: int) -> Inputs:
+    from tokenizers import Tokenizer
+
+    from converters.sentences import SENTENCES
+
+    tokenizer_dir = folder / manifest.get("preprocessing", {}).get("tokenizer", "tokenizer")
+    tokenizer_file = tokenizer_dir / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise NotFound(
+            f"{tokenizer_file}: the entry {workload.model!r} has no fast tokenizer", field="tokenizer"
+        )
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=workload.tokens)
+    words = " ".join(SENTENCES).split()
+    texts, tensors = [], []
+    for i in range(samples):
+        start = (i * 7) % len(words)
+        chosen: list[str] = []
+        # Add words (wrapping around the corpus) until the truncated encoding fills the budget.
+        while True:
+            chosen.append(words[(start + len(chosen)) % len(words)])
+            encoding = tokenizer.encode(" ".join(chosen))
+            if len(encoding.ids) >= workload.tokens:
+                break
+        ids = np.asarray(encoding.ids, dtype=np.int64)
+        tensors.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        texts.append(tokenizer.decode(encoding.ids, skip_special_tokens=True))
+    return Inputs(workload, tensors, texts=texts)
+
+
+def _image_inputs(workload: Workload, manifest: dict, samples: int) -> Inputs:
+    from PIL import Image
+
+    pre = manifest.get("preprocessing", {})
+    try:
+        channels, height, width = int(pre["channels"]), int(pre["height"]), int(pre["width"])
+    except KeyError as err:
+        raise InvalidArgument(
+            f"manifest of {workload.model!r}: preprocessing lacks {err.args[0]!r}; re-export the entry",
+            field="preprocessing",
+        ) from None
+    mean = np.asarray(pre.get("mean", [0.0] * channels), dtype=np.float32).reshape(channels, 1, 1)
+    std = np.asarray(pre.get("std", [1.0] * channels), dtype=np.float32).reshape(channels, 1, 1)
+    scale = float(pre.get("scale", 1 / 255))
+    rng = np.random.default_rng(0)
+    tensors, images, pngs = [], [], []
+    for _ in range(samples):
+        raw = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+        chw = ((raw.transpose(2, 0, 1).astype(np.float32) * scale) - mean) / std
+        tensors.append({"input": chw.astype(np.float32)})
+        images.append(chw.astype(np.float32))
+        buffer = io.BytesIO()
+        Image.fromarray(raw if channels == 3 else raw[..., 0]).save(buffer, format="PNG")
+        pngs.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return Inputs(workload, tensors, images=images, png_b64=pngs)
+
+
+def write_perf_analyzer_data(inputs: Inputs, path: Path) -> Path:
+    """perf_analyzer's ``--input-data`` JSON: one entry per item, shapes without the batch axis
+    (needed for the ragged token inputs, whose length is not in the config)."""
+    data = [
+        {
+            name: {"content": value.reshape(-1).tolist(), "shape": list(value.shape)}
+            for name, value in item.items()
+        }
+        for item in inputs.tensors
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"data": data}), encoding="utf-8")
+    return path
