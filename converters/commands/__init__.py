@@ -1,0 +1,1 @@
+"""Subcommands of `python -m converters` that belong to the converters (see converters/cli.py)."""

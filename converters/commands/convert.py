@@ -1,0 +1,199 @@
+"""`hf` and `lightning`: a checkpoint in, a validated new version of a repository entry out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from converters.errors import InvalidArgument
+from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL
+from converters.specs import TEXT_TASKS
+from converters.triton_config import (
+    ACCELERATORS,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    INSTANCE_KINDS,
+    ServingOptions,
+)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of positive integers, e.g. 8,16"
+        )
+    return tuple(int(p) for p in parts)
+
+
+def add_repository_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="model repository (default: model_repository/ at the project root)",
+    )
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", required=True, help="entry name in the repository, e.g. minilm")
+    add_repository_flag(parser)
+    parser.add_argument(
+        "--atol", type=float, default=DEFAULT_ATOL, help=f"parity absolute tolerance ({DEFAULT_ATOL:g})"
+    )
+    parser.add_argument(
+        "--rtol", type=float, default=DEFAULT_RTOL, help=f"parity relative tolerance ({DEFAULT_RTOL:g})"
+    )
+    serving = parser.add_argument_group("Triton config")
+    serving.add_argument(
+        "--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="(default %(default)s)"
+    )
+    serving.add_argument(
+        "--preferred-batch-size",
+        type=_int_list,
+        default=None,
+        metavar="N[,N...]",
+        help="dynamic batching preferred sizes (default 16,32 capped by max batch size)",
+    )
+    serving.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=DEFAULT_MAX_QUEUE_DELAY_US,
+        help="dynamic batching max queue delay in microseconds (default %(default)s)",
+    )
+    serving.add_argument("--instance-kind", choices=sorted(INSTANCE_KINDS), default="cpu")
+    serving.add_argument("--instance-count", type=int, default=1)
+    serving.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads per instance (config parameter intra_op_thread_count)",
+    )
+    serving.add_argument(
+        "--accelerator",
+        choices=ACCELERATORS,
+        default=None,
+        help="write ONNX Runtime's TensorRT execution accelerator (FP16) into the config, "
+        "for GPU deployments",
+    )
+
+
+def serving_options(args: argparse.Namespace) -> ServingOptions:
+    return ServingOptions(
+        max_batch_size=args.max_batch_size,
+        preferred_batch_sizes=args.preferred_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        instance_kind=args.instance_kind,
+        instance_count=args.instance_count,
+        intra_op_threads=args.intra_op_threads,
+        accelerator=args.accelerator,
+    )
+
+
+def report(result) -> None:
+    """One JSON line on stdout: what was published, and the figures."""
+    print(
+        json.dumps(
+            {
+                "name": result.name,
+                "version": result.version,
+                "path": str(result.path),
+                "parity": {
+                    k: result.manifest["parity"][k] for k in ("max_abs_err", "max_rel_err", "atol", "passed")
+                },
+                "size_bytes": result.manifest["size_bytes"],
+                "steps": {step.step: round(step.duration_s, 3) for step in result.steps},
+            }
+        )
+    )
+
+
+def run_hf(args: argparse.Namespace) -> int:
+    from converters.hf2onnx import convert_hf
+
+    report(
+        convert_hf(
+            args.path,
+            args.name,
+            task=args.task,
+            repository=args.repository,
+            atol=args.atol,
+            rtol=args.rtol,
+            serving=serving_options(args),
+        )
+    )
+    return 0
+
+
+def run_lightning(args: argparse.Namespace) -> int:
+    from converters.lightning2onnx import convert_lightning, parse_input_shape
+
+    if args.task != "image-classification":
+        raise InvalidArgument(
+            f"--task: unsupported {args.task!r} for Lightning; supported: image-classification", field="task"
+        )
+    report(
+        convert_lightning(
+            args.ckpt,
+            args.module,
+            args.name,
+            input_shape=parse_input_shape(args.input_shape),
+            trust_checkpoint=args.trust_checkpoint,
+            repository=args.repository,
+            atol=args.atol,
+            rtol=args.rtol,
+            serving=serving_options(args),
+        )
+    )
+    return 0
+
+
+def register(subparsers) -> None:
+    hf = subparsers.add_parser(
+        "hf",
+        help="Hugging Face model folder -> validated ONNX entry",
+        description="Export a local Hugging Face model (and its tokenizer) to ONNX with dynamic batch and "
+        "sequence axes, check parity on real sentences, publish it as the next version.",
+    )
+    hf.add_argument(
+        "path", type=Path, metavar="PATH", help="local model folder (config.json, weights, tokenizer)"
+    )
+    hf.add_argument(
+        "--task", default="feature-extraction", help=f"one of {', '.join(TEXT_TASKS)} (default %(default)s)"
+    )
+    add_common_flags(hf)
+    hf.set_defaults(func=run_hf)
+
+    lightning = subparsers.add_parser(
+        "lightning",
+        help="Lightning .ckpt -> validated ONNX entry",
+        description="Load a Lightning checkpoint with its LightningModule class, export it to ONNX with a "
+        "dynamic batch axis, check parity on seeded inputs, publish it as the next version.",
+    )
+    lightning.add_argument(
+        "ckpt", type=Path, metavar="CKPT", help="the .ckpt that Trainer.save_checkpoint wrote"
+    )
+    lightning.add_argument(
+        "--module",
+        required=True,
+        metavar="PKG.MOD:CLASS",
+        help="the LightningModule class, e.g. converters.examples.image_classifier:ImageClassifier",
+    )
+    lightning.add_argument(
+        "--input-shape",
+        default=None,
+        metavar="C,H,W",
+        help="input shape without batch (default: the module's example_input_array)",
+    )
+    lightning.add_argument(
+        "--task", default="image-classification", help="image-classification (the only one)"
+    )
+    lightning.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load the checkpoint with full pickle (runs code in it): only for files you trust",
+    )
+    add_common_flags(lightning)
+    lightning.set_defaults(func=run_lightning)

@@ -1,0 +1,357 @@
+"""The Triton model repository: versioned, atomic publishing, and reading entries back.
+
+Layout of an entry (the contract between the parts)::
+
+    <repo>/<name>/config.pbtxt
+    <repo>/<name>/<version>/model.onnx        (or model.plan for tensorrt_plan)
+    <repo>/<name>/<version>/manifest.json
+    <repo>/<name>/<version>/tokenizer/        (text models)
+
+How a version is published without ever exposing a half-written one:
+
+1. ``stage(name)`` makes a staging folder in the *workspace*, a hidden folder beside the repository on
+   the same filesystem (``<parent>/.<repo>.publish/``), so that a server polling the repository never
+   sees it. The exporter writes the version's files there; parity runs there.
+2. ``commit()`` takes the model's lock (``fcntl.flock`` on ``<workspace>/locks/<name>.lock``), picks
+   the next version number, writes ``manifest.json``, fsyncs everything, and ``os.rename``\\ s the folder
+   into place: the whole ``<name>/`` folder for a new model, ``<name>/<version>/`` otherwise; then the
+   config is replaced atomically (temp file + ``os.replace``). A failure after the rename removes the
+   new version again.
+3. Any exception inside ``stage()`` removes the staging folder. A process killed mid-way leaves only a
+   staging folder in the workspace, which the next ``stage()`` removes once its owner is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from converters.errors import InvalidArgument, NotFound, PublishError, UnsafeInput
+from converters.triton_config import fsync_dir, read_config, to_text, version_policy, write_config
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MANIFEST = "manifest.json"
+CONFIG = "config.pbtxt"
+LOCK_TIMEOUT_S = 300.0
+
+# Points in commit() where a test can inject a failure (disk full, a kill): the hook is called with
+# the point's name. Production code passes no hook.
+HOOK_POINTS = ("staged", "manifest_written", "renamed", "config_written")
+
+
+def default_repository() -> Path:
+    """``model_repository/`` at the project root."""
+    return Path(__file__).resolve().parent.parent / "model_repository"
+
+
+def validate_name(name: str) -> str:
+    """A model name that is safe as one path component: ``^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$``, no ``..``."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise UnsafeInput(
+            f"--name: {name!r} is not a safe model name; use 1-64 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit, without '..' (e.g. 'minilm')",
+            field="name",
+        )
+    return name
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME:VERSION`` -> (name, version or None)."""
+    name, sep, version = ref.partition(":")
+    validate_name(name)
+    if not sep:
+        return name, None
+    if not version.isdigit() or int(version) <= 0:
+        raise InvalidArgument(
+            f"{ref!r}: the version after ':' must be a positive integer, e.g. {name}:1", field="version"
+        )
+    return name, int(version)
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a folder (relative paths and contents of every file, in sorted order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _fsync_tree(path: Path) -> None:
+    for folder, _dirs, files in os.walk(path):
+        for file in files:
+            fd = os.open(os.path.join(folder, file), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(folder)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Staged:
+    """A version being prepared: write its files into ``dir``."""
+
+    name: str
+    root: Path  # the staging folder: <workspace>/staging-<pid>-<token>/
+    dir: Path  # <root>/<name>/pending/: the version's files go here
+    version: int | None = None
+    path: Path | None = None  # where it landed, after commit
+
+
+class Repository:
+    def __init__(self, root: str | os.PathLike | None = None, *, hook: Callable[[str], None] | None = None):
+        self.root = Path(root if root is not None else default_repository()).absolute()
+        self._hook = hook or (lambda point: None)
+
+    # ---- reading ----
+    def model_dir(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / CONFIG).is_file()
+        )
+
+    def versions(self, name: str) -> list[int]:
+        folder = self.model_dir(name)
+        if not folder.is_dir():
+            return []
+        return sorted(
+            int(p.name)
+            for p in folder.iterdir()
+            if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")
+        )
+
+    def require(self, name: str, version: int | None = None) -> int:
+        """The version (the latest when None) of an existing entry, or NotFound naming what exists."""
+        versions = self.versions(name)
+        if not versions:
+            known = ", ".join(self.models()) or "none"
+            raise NotFound(f"model {name!r} is not in {self.root} (models there: {known})", field="name")
+        if version is None:
+            return versions[-1]
+        if version not in versions:
+            raise NotFound(
+                f"{name}:{version} does not exist in {self.root}; versions: {', '.join(map(str, versions))}",
+                field="version",
+            )
+        return version
+
+    def version_dir(self, name: str, version: int) -> Path:
+        return self.model_dir(name) / str(version)
+
+    def manifest(self, name: str, version: int | None = None) -> dict:
+        version = self.require(name, version)
+        path = self.version_dir(name, version) / MANIFEST
+        if not path.is_file():
+            raise NotFound(f"{path}: the version has no {MANIFEST}", field="version")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def config(self, name: str) -> mc.ModelConfig:
+        return read_config(self.model_dir(name) / CONFIG)
+
+    def served_versions(self, name: str) -> list[int]:
+        """The versions Triton serves under the entry's version_policy."""
+        versions = self.versions(name)
+        policy = self.config(name).version_policy
+        kind = policy.WhichOneof("policy_choice")
+        if kind == "all":
+            return versions
+        if kind == "specific":
+            return [v for v in versions if v in set(policy.specific.versions)]
+        count = policy.latest.num_versions if kind == "latest" else 1
+        return versions[-count:]
+
+    # ---- workspace, lock ----
+    def workspace(self) -> Path:
+        """Hidden folder beside the repository on the same filesystem (inside it, as a dot-folder,
+        only when the parent is on another filesystem)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        beside = self.root.parent / f".{self.root.name}.publish"
+        try:
+            beside.mkdir(exist_ok=True)
+            if beside.stat().st_dev == self.root.stat().st_dev:
+                return beside
+        except OSError:
+            pass
+        inside = self.root / ".publish"
+        inside.mkdir(exist_ok=True)
+        return inside
+
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Exclusive per-model lock, shared by every process publishing into this repository."""
+        locks = self.workspace() / "locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{validate_name(name)}.lock", "a+") as handle:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise PublishError(
+                            f"{locks / (name + '.lock')}: another publish of {name!r} held the lock for "
+                            f"more than {timeout_s:.0f} s; retry when it is done"
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _remove_stale_staging(self, workspace: Path) -> None:
+        for folder in workspace.glob("staging-*"):
+            parts = folder.name.split("-")
+            if len(parts) >= 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+                log.info("removing staging folder %s left by a process that is gone", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # ---- publishing ----
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[Staged]:
+        """A staging folder for a new version of ``name``; removed on any failure, and after commit."""
+        validate_name(name)
+        workspace = self.workspace()
+        self._remove_stale_staging(workspace)
+        root = workspace / f"staging-{os.getpid()}-{secrets.token_hex(4)}"
+        pending = root / name / "pending"
+        pending.mkdir(parents=True)
+        staged = Staged(name=name, root=root, dir=pending)
+        try:
+            yield staged
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def commit(self, staged: Staged, config: mc.ModelConfig, manifest: dict) -> Staged:
+        """Publish the staged files as the next version of the model, with ``config``."""
+        name = staged.name
+        if config.name != name:
+            raise InvalidArgument(
+                f"config.name {config.name!r} differs from the model name {name!r}", field="name"
+            )
+        self._hook("staged")
+        try:
+            with self.lock(name):
+                self._check_same_task(name, manifest.get("task"))
+                version = max(self.versions(name), default=0) + 1
+                manifest = dict(manifest)
+                manifest.update(
+                    name=name,
+                    version=version,
+                    size_bytes=tree_size(staged.dir),
+                    created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                )
+                (staged.dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+                self._hook("manifest_written")
+                versioned = staged.dir.with_name(str(version))
+                os.rename(staged.dir, versioned)
+                model_dir = self.model_dir(name)
+                if not model_dir.exists():
+                    # A new model: the whole <name>/ folder, config included, appears in one rename.
+                    write_config(versioned.parent / CONFIG, config)
+                    _fsync_tree(versioned.parent)
+                    os.rename(versioned.parent, model_dir)
+                    fsync_dir(self.root)
+                    undo = model_dir
+                    steps = ("renamed", "config_written")
+                else:
+                    _fsync_tree(versioned)
+                    undo = model_dir / str(version)
+                    os.rename(versioned, undo)
+                    fsync_dir(model_dir)
+                    steps = ("renamed",)
+                try:
+                    for point in steps:
+                        self._hook(point)
+                    if undo != model_dir:
+                        if to_text(self.config(name)) != to_text(config):
+                            write_config(model_dir / CONFIG, config)
+                        self._hook("config_written")
+                except BaseException:
+                    shutil.rmtree(undo, ignore_errors=True)
+                    fsync_dir(undo.parent)
+                    raise
+        except OSError as err:
+            hint = " (disk full)" if err.errno == errno.ENOSPC else ""
+            raise PublishError(
+                f"publishing {name!r} into {self.root} failed{hint}: {err}; the repository is unchanged"
+            ) from err
+        staged.version = version
+        staged.path = self.version_dir(name, version)
+        staged.dir = staged.path
+        log.info("published %s version %d at %s", name, version, staged.path)
+        return staged
+
+    def _check_same_task(self, name: str, task: str | None) -> None:
+        versions = self.versions(name)
+        if not versions or task is None:
+            return
+        current = self.manifest(name, versions[-1]).get("task")
+        if current != task:
+            raise InvalidArgument(
+                f"--name: {name!r} holds {current} versions; a {task} model needs another name (its "
+                "inputs and outputs differ)",
+                field="name",
+            )
+
+    def set_version_policy(self, name: str, policy: str | list[int]) -> mc.ModelConfig:
+        """Change which versions Triton serves (atomically); nothing is deleted."""
+        with self.lock(name):
+            config = self.config(name)
+            config.version_policy.CopyFrom(version_policy(policy))
+            write_config(self.model_dir(name) / CONFIG, config)
+        return config
+
+    def update_config(self, name: str, change: Callable[[mc.ModelConfig], None]) -> mc.ModelConfig:
+        """Apply ``change`` to the entry's config under the model lock and write it atomically."""
+        with self.lock(name):
+            config = self.config(name)
+            change(config)
+            write_config(self.model_dir(name) / CONFIG, config)
+        return config

@@ -1,0 +1,259 @@
+"""Triton ``config.pbtxt``: built, read and written through Triton's own protobuf.
+
+The message is ``tritonclient.grpc.model_config_pb2.ModelConfig`` and the text format is
+``google.protobuf.text_format``: no string templates. ``build_config`` validates every argument
+(naming the field, the bad value and the fix), ``write_config`` replaces the file atomically and
+checks that what it wrote parses back to the same message, ``read_config`` parses one back.
+The benchmark tuner uses the same three functions.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from converters.errors import CheckFailed, InvalidArgument, NotFound
+from converters.specs import TensorSpec
+
+PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
+INSTANCE_KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
+ACCELERATORS = ("tensorrt",)
+ACCELERATOR_PRECISIONS = ("FP16", "FP32")
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_PREFERRED_BATCH_SIZES = (16, 32)
+DEFAULT_MAX_QUEUE_DELAY_US = 2000
+
+_DATA_TYPES = {
+    "INT64": mc.TYPE_INT64,
+    "INT32": mc.TYPE_INT32,
+    "FP32": mc.TYPE_FP32,
+    "FP16": mc.TYPE_FP16,
+}
+
+
+def data_type(datatype: str) -> int:
+    """Triton datatype name ("INT64") to the protobuf enum (TYPE_INT64)."""
+    try:
+        return _DATA_TYPES[datatype]
+    except KeyError:
+        raise InvalidArgument(
+            f"datatype: unsupported {datatype!r}; use one of {', '.join(_DATA_TYPES)}", field="datatype"
+        ) from None
+
+
+def datatype_name(value: int) -> str:
+    """The protobuf enum back to the Triton datatype name."""
+    return mc.DataType.Name(value).removeprefix("TYPE_")
+
+
+def _positive(field: str, value: int, fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidArgument(f"{field}: must be a positive integer, got {value!r}; {fix}", field=field)
+    return value
+
+
+def version_policy(policy: str | Sequence[int] | None) -> mc.ModelVersionPolicy:
+    """``"latest"`` / ``"latest:N"`` / ``"all"`` / a list of versions -> ModelVersionPolicy."""
+    message = mc.ModelVersionPolicy()
+    if policy is None or policy == "latest":
+        message.latest.num_versions = 1
+    elif policy == "all":
+        message.all.SetInParent()
+    elif isinstance(policy, str) and policy.startswith("latest:"):
+        count = policy.split(":", 1)[1]
+        if not count.isdigit() or int(count) <= 0:
+            raise InvalidArgument(
+                f"version_policy: bad count in {policy!r}; write e.g. 'latest:2'", field="version_policy"
+            )
+        message.latest.num_versions = int(count)
+    elif not isinstance(policy, str) and policy:
+        for version in policy:
+            _positive("version_policy", version, "list version numbers such as [1, 2]")
+        message.specific.versions.extend(sorted(set(policy)))
+    else:
+        raise InvalidArgument(
+            f"version_policy: {policy!r} is not one of 'latest', 'latest:N', 'all' or a list of versions",
+            field="version_policy",
+        )
+    return message
+
+
+def build_config(
+    name: str,
+    inputs: Iterable[TensorSpec],
+    outputs: Iterable[TensorSpec],
+    *,
+    platform: str = "onnxruntime_onnx",
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    preferred_batch_sizes: Sequence[int] | None = None,
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+    instance_kind: str = "cpu",
+    instance_count: int = 1,
+    policy: str | Sequence[int] | None = "latest",
+    parameters: dict[str, str] | None = None,
+    accelerator: str | None = None,
+    accelerator_precision: str = "FP16",
+) -> mc.ModelConfig:
+    """A validated ModelConfig. Shapes in ``inputs``/``outputs`` include the batch axis, which
+    Triton leaves out of ``dims`` when ``max_batch_size`` > 0."""
+    if platform not in PLATFORMS:
+        raise InvalidArgument(
+            f"platform: unsupported {platform!r}; use one of {', '.join(PLATFORMS)}", field="platform"
+        )
+    _positive("max_batch_size", max_batch_size, "set --max-batch-size to e.g. 64")
+    if preferred_batch_sizes is None:
+        preferred = [p for p in DEFAULT_PREFERRED_BATCH_SIZES if p <= max_batch_size]
+    else:
+        preferred = list(preferred_batch_sizes)
+    for size in preferred:
+        _positive("preferred_batch_size", size, "give sizes such as 8,16")
+        if size > max_batch_size:
+            raise InvalidArgument(
+                f"preferred_batch_size: {size} is larger than max_batch_size {max_batch_size}; "
+                "lower it or raise --max-batch-size",
+                field="preferred_batch_size",
+            )
+    if (
+        isinstance(max_queue_delay_us, bool)
+        or not isinstance(max_queue_delay_us, int)
+        or max_queue_delay_us < 0
+    ):
+        raise InvalidArgument(
+            f"max_queue_delay_microseconds: must be an integer >= 0, got {max_queue_delay_us!r}",
+            field="max_queue_delay_microseconds",
+        )
+    if instance_kind not in INSTANCE_KINDS:
+        raise InvalidArgument(
+            f"instance_group.kind: unsupported {instance_kind!r}; use one of {', '.join(INSTANCE_KINDS)}",
+            field="instance_group.kind",
+        )
+    _positive("instance_group.count", instance_count, "set --instance-count to 1 or more")
+
+    config = mc.ModelConfig(name=name, platform=platform, max_batch_size=max_batch_size)
+    for spec in inputs:
+        tensor = config.input.add(name=spec.name, data_type=data_type(spec.datatype), dims=spec.shape[1:])
+        if spec.ragged:
+            tensor.allow_ragged_batch = True
+    for spec in outputs:
+        config.output.add(name=spec.name, data_type=data_type(spec.datatype), dims=spec.shape[1:])
+    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    config.instance_group.add(kind=INSTANCE_KINDS[instance_kind], count=instance_count)
+    config.version_policy.CopyFrom(version_policy(policy))
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = str(value)
+    if accelerator is not None:
+        set_accelerator(config, accelerator, accelerator_precision)
+    return config
+
+
+def set_accelerator(config: mc.ModelConfig, accelerator: str, precision: str = "FP16") -> mc.ModelConfig:
+    """Write ONNX Runtime's TensorRT execution accelerator into ``config`` (for GPU deployments)."""
+    if accelerator not in ACCELERATORS:
+        raise InvalidArgument(
+            f"--accelerator: unsupported {accelerator!r}; use one of {', '.join(ACCELERATORS)}",
+            field="accelerator",
+        )
+    if precision not in ACCELERATOR_PRECISIONS:
+        raise InvalidArgument(
+            f"precision_mode: unsupported {precision!r}; use one of {', '.join(ACCELERATOR_PRECISIONS)}",
+            field="precision_mode",
+        )
+    if config.platform != "onnxruntime_onnx":
+        raise InvalidArgument(
+            f"--accelerator: only ONNX entries take an execution accelerator; this is {config.platform!r}",
+            field="accelerator",
+        )
+    accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+    kept = [a for a in accelerators if a.name != accelerator]
+    del accelerators[:]
+    accelerators.extend(kept)
+    entry = accelerators.add(name=accelerator)
+    entry.parameters["precision_mode"] = precision
+    return config
+
+
+def to_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_text(text: str, *, source: str = "<text>") -> mc.ModelConfig:
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as err:
+        raise InvalidArgument(f"{source}: not a valid Triton model config: {err}", field="config") from None
+
+
+def read_config(path: str | os.PathLike) -> mc.ModelConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"{path}: no config.pbtxt there", field="config")
+    return parse_text(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def write_config(path: str | os.PathLike, config: mc.ModelConfig) -> Path:
+    """Write ``config`` to ``path`` atomically (temp file in the same folder, fsync, os.replace),
+    after checking that its text parses back to the very same message."""
+    path = Path(path)
+    text = to_text(config)
+    if parse_text(text, source=str(path)) != config:
+        raise CheckFailed(f"{path}: the config does not survive a text round trip; nothing written")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """What the user chose for serving (the CLI flags); ``build`` turns it into a validated config."""
+
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    preferred_batch_sizes: tuple[int, ...] | None = None
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
+    instance_kind: str = "cpu"
+    instance_count: int = 1
+    intra_op_threads: int | None = None
+    accelerator: str | None = None
+
+    def build(self, name: str, inputs, outputs, *, platform: str = "onnxruntime_onnx") -> mc.ModelConfig:
+        parameters = {}
+        if self.intra_op_threads is not None:
+            _positive("intra_op_thread_count", self.intra_op_threads, "set --intra-op-threads to 1 or more")
+            parameters["intra_op_thread_count"] = str(self.intra_op_threads)
+        return build_config(
+            name,
+            inputs,
+            outputs,
+            platform=platform,
+            max_batch_size=self.max_batch_size,
+            preferred_batch_sizes=self.preferred_batch_sizes,
+            max_queue_delay_us=self.max_queue_delay_us,
+            instance_kind=self.instance_kind,
+            instance_count=self.instance_count,
+            parameters=parameters,
+            accelerator=self.accelerator,
+        )

@@ -1,0 +1,96 @@
+"""config.pbtxt through Triton's own protobuf: build, validate, write, parse back."""
+
+from __future__ import annotations
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from converters.errors import InvalidArgument
+from converters.specs import TASK_SPECS, with_static_dims
+from converters.triton_config import build_config, read_config, set_accelerator, to_text, write_config
+
+
+def _minilm_config(**kwargs) -> mc.ModelConfig:
+    spec = TASK_SPECS["feature-extraction"]
+    return build_config("minilm", spec.inputs, [with_static_dims(spec.outputs[0], {1: 384})], **kwargs)
+
+
+def test_text_encoder_config_has_the_contract_fields():
+    config = _minilm_config()
+    assert config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 64
+    assert [(i.name, i.data_type, list(i.dims), i.allow_ragged_batch) for i in config.input] == [
+        ("input_ids", mc.TYPE_INT64, [-1], True),
+        ("attention_mask", mc.TYPE_INT64, [-1], True),
+    ]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
+        ("embeddings", mc.TYPE_FP32, [384])
+    ]
+    assert list(config.dynamic_batching.preferred_batch_size) == [16, 32]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
+    assert config.version_policy.latest.num_versions == 1
+
+
+def test_round_trip_through_the_file_is_identical(tmp_path):
+    config = _minilm_config(
+        max_batch_size=8,
+        preferred_batch_sizes=[2, 8],
+        max_queue_delay_us=500,
+        instance_kind="gpu",
+        instance_count=2,
+        policy=[1, 3],
+        parameters={"intra_op_thread_count": "2"},
+        accelerator="tensorrt",
+    )
+    path = write_config(tmp_path / "config.pbtxt", config)
+    back = read_config(path)
+    assert back == config
+    assert back.parameters["intra_op_thread_count"].string_value == "2"
+    assert list(back.version_policy.specific.versions) == [1, 3]
+    accelerator = back.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"precision_mode": "FP16"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.pbtxt"]  # no temp file left
+
+
+def test_set_accelerator_twice_keeps_one_entry():
+    config = set_accelerator(set_accelerator(_minilm_config(), "tensorrt"), "tensorrt", "FP32")
+    accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert len(accelerators) == 1 and accelerators[0].parameters["precision_mode"] == "FP32"
+
+
+def test_default_preferred_sizes_are_capped_by_a_small_max_batch_size():
+    assert list(_minilm_config(max_batch_size=16).dynamic_batching.preferred_batch_size) == [16]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "words"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size", "positive integer, got 0"),
+        ({"preferred_batch_sizes": [128]}, "preferred_batch_size", "larger than max_batch_size 64"),
+        ({"max_queue_delay_us": -1}, "max_queue_delay_microseconds", ">= 0, got -1"),
+        ({"instance_kind": "tpu"}, "instance_group.kind", "'tpu'"),
+        ({"instance_count": 0}, "instance_group.count", "got 0"),
+        ({"policy": "newest"}, "version_policy", "'newest'"),
+        ({"platform": "pytorch_libtorch"}, "platform", "'pytorch_libtorch'"),
+        ({"accelerator": "openvino"}, "accelerator", "'openvino'"),
+    ],
+)
+def test_bad_values_name_the_field_and_the_value(kwargs, field, words):
+    with pytest.raises(InvalidArgument) as caught:
+        _minilm_config(**kwargs)
+    assert caught.value.field == field
+    assert words in str(caught.value)
+
+
+def test_read_config_reports_the_path_of_a_broken_file(tmp_path):
+    path = tmp_path / "config.pbtxt"
+    path.write_text("name: 'x'\nmax_batch_size: [oops\n")
+    with pytest.raises(InvalidArgument, match=str(path)):
+        read_config(path)
+
+
+def test_text_is_the_protobuf_text_format():
+    text = to_text(_minilm_config())
+    assert 'platform: "onnxruntime_onnx"' in text
+    assert "allow_ragged_batch: true" in text

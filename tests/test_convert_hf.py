@@ -1,0 +1,78 @@
+"""MiniLM to ONNX: the embeddings in the graph equal sentence-transformers' on real sentences."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from converters.repository import Repository
+from converters.runtime import ort_session, run
+from converters.triton_config import read_config
+
+
+@pytest.fixture(scope="module")
+def minilm_entry(model_repo):
+    return model_repo / "minilm"
+
+
+def test_entry_layout_and_manifest(minilm_entry, minilm_path):
+    version = minilm_entry / "1"
+    assert (minilm_entry / "config.pbtxt").is_file()
+    assert (version / "model.onnx").is_file()
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["name"] == "minilm" and manifest["version"] == 1
+    assert manifest["task"] == "feature-extraction"
+    assert manifest["source"]["path"] == str(minilm_path) and len(manifest["source"]["sha256"]) == 64
+    assert manifest["inputs"] == [
+        {"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]},
+        {"name": "attention_mask", "datatype": "INT64", "shape": [-1, -1]},
+    ]
+    assert manifest["outputs"] == [{"name": "embeddings", "datatype": "FP32", "shape": [-1, 384]}]
+    assert manifest["parity"]["passed"] is True
+    assert manifest["parity"]["max_abs_err"] < 1e-4
+    assert {o["name"] for o in manifest["parity"]["outputs"]} == {
+        "embeddings[batch=1]",
+        "embeddings[batch=8]",
+    }
+    assert manifest["preprocessing"] == {"tokenizer": "tokenizer", "max_length": 256}
+    assert manifest["versions"]["opset"] == 17 and manifest["precision"] == "fp32"
+    assert manifest["size_bytes"] > 80_000_000
+    assert manifest["created_at"].endswith("Z")
+    assert read_config(minilm_entry / "config.pbtxt").name == "minilm"
+
+
+def test_onnx_embeddings_equal_sentence_transformers_on_unseen_sentences(minilm_entry, minilm_path):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    sentences = [
+        "A completely different sentence.",
+        "Short",
+        "Models are served by Triton over gRPC and HTTP.",
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_entry / "1" / "tokenizer"))
+    feeds = tokenizer(sentences, padding=True, return_tensors="np")
+    session = ort_session(minilm_entry / "1" / "model.onnx")
+    got = run(session, {k: feeds[k].astype(np.int64) for k in ("input_ids", "attention_mask")})["embeddings"]
+    expected = SentenceTransformer(str(minilm_path), device="cpu").encode(
+        sentences, normalize_embeddings=True
+    )
+    assert got.shape == (3, 384)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_tokenizer_json_loads_with_the_tokenizers_library(minilm_entry):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(minilm_entry / "1" / "tokenizer" / "tokenizer.json"))
+    assert tokenizer.encode("hello world").ids[0] == 101  # [CLS]
+
+
+def test_the_repository_lists_the_session_entries(model_repo):
+    repo = Repository(model_repo)
+    assert repo.models() == ["image_classifier", "minilm"]
+    assert repo.versions("minilm") == [1]
+    assert repo.served_versions("minilm") == [1]
