@@ -19,13 +19,15 @@ import numpy as np
 
 from converters import torch2onnx
 from converters.errors import InvalidArgument, NotFound
+from converters.inputs import tokenize
 from converters.manifest import build_manifest
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
+from converters.pipeline import parity_step, publish
 from converters.repository import Repository, validate_name
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
 from converters.sentences import SENTENCES
-from converters.specs import TEXT_TASKS, task_spec, with_static_dims
+from converters.specs import TASK_SPECS, TEXT_TASKS, task_spec, with_static_dims
 from converters.triton_config import ServingOptions
 
 log = logging.getLogger(__name__)
@@ -113,13 +115,6 @@ def max_length_of(path: Path, tokenizer) -> int:
     return int(min(limit, DEFAULT_MAX_LENGTH))
 
 
-def tokenize(tokenizer, sentences, max_length: int) -> dict[str, np.ndarray]:
-    encoded = tokenizer(
-        list(sentences), padding=True, truncation=True, max_length=max_length, return_tensors="np"
-    )
-    return {k: np.asarray(encoded[k], dtype=np.int64) for k in ("input_ids", "attention_mask")}
-
-
 def reference_outputs(path: Path, task: str, module, tokenizer, sentences, max_length: int) -> np.ndarray:
     """The source model's outputs: sentence-transformers for embeddings, PyTorch for logits."""
     import torch
@@ -137,9 +132,12 @@ def reference_outputs(path: Path, task: str, module, tokenizer, sentences, max_l
 
 
 def text_parity(
-    model_path: Path, output: str, tokenizer, max_length: int, reference: np.ndarray, atol: float, rtol: float
+    model_path: Path, source: Path, task: str, module, tokenizer, max_length: int, atol: float, rtol: float
 ) -> ParityReport:
-    """ONNX Runtime on SENTENCES at batch 1 (each alone) and batch N (padded together) vs ``reference``."""
+    """ONNX Runtime on SENTENCES at batch 1 (each alone) and batch N (padded together) against the
+    source model: sentence-transformers for embeddings, the PyTorch module for logits."""
+    output = TASK_SPECS[task].outputs[0].name
+    reference = reference_outputs(source, task, module, tokenizer, SENTENCES, max_length)
     session = ort_session(model_path)
     report = ParityReport(atol=atol, rtol=rtol)
     singles = np.concatenate([run(session, tokenize(tokenizer, [s], max_length))[output] for s in SENTENCES])
@@ -147,6 +145,7 @@ def text_parity(
     batched = run(session, tokenize(tokenizer, SENTENCES, max_length))[output]
     report.add(f"{output}[batch={len(SENTENCES)}]", batched, reference)
     report.cases = [f"{len(SENTENCES)} real sentences, batch 1 and batch {len(SENTENCES)}"]
+    log.info("parity: max abs err %.3g, max rel err %.3g", report.max_abs_err, report.max_rel_err)
     return report
 
 
@@ -163,6 +162,8 @@ def convert_hf(
     hook=None,
 ) -> ConversionResult:
     """Export, check parity, publish as the next version of ``name``. Nothing is published on failure."""
+    import torch
+
     spec = task_spec(task, allowed=TEXT_TASKS)
     validate_name(name)
     path = check_model_folder(path)
@@ -173,31 +174,22 @@ def convert_hf(
     with Timer() as timer:
         tokenizer, module, labels = load(path, task)
         max_length = max_length_of(path, tokenizer)
+        example = tokenize(tokenizer, SENTENCES[:2], max_length)
+        example_args = (torch.from_numpy(example["input_ids"]), torch.from_numpy(example["attention_mask"]))
+        with torch.no_grad():
+            width = int(module(*example_args).shape[1])
     steps.append(StepResult("load", "ok", timer.elapsed, {"path": path}))
-
-    output = spec.outputs[0]
-    example = tokenize(tokenizer, SENTENCES[:2], max_length)
-    import torch
-
-    example_args = (torch.from_numpy(example["input_ids"]), torch.from_numpy(example["attention_mask"]))
-    with torch.no_grad():
-        width = int(module(*example_args).shape[1])
-    outputs = [with_static_dims(output, {1: width})]
     inputs = list(spec.inputs)
+    outputs = [with_static_dims(spec.outputs[0], {1: width})]
 
     repo = Repository(repository, hook=hook)
     with repo.stage(name) as staged:
         model_path = staged.dir / "model.onnx"
         steps.append(torch2onnx.export(module, example_args, model_path, inputs, outputs, opset=opset))
         tokenizer.save_pretrained(str(staged.dir / "tokenizer"))
-
         with Timer() as timer:
-            reference = reference_outputs(path, task, module, tokenizer, SENTENCES, max_length)
-            report = text_parity(model_path, output.name, tokenizer, max_length, reference, atol, rtol)
-        steps.append(
-            StepResult("parity", "ok" if report.passed else "failed", timer.elapsed, report.to_manifest())
-        )
-        log.info("parity: max abs err %.3g, max rel err %.3g", report.max_abs_err, report.max_rel_err)
+            report = text_parity(model_path, path, task, module, tokenizer, max_length, atol, rtol)
+        steps.append(parity_step(report, timer.elapsed))
         reference_name = "sentence-transformers" if task == "feature-extraction" else "PyTorch"
         report.raise_if_failed(f"{name} ({task}) against {reference_name}")
 
@@ -212,11 +204,4 @@ def convert_hf(
             opset=opset,
             labels=labels,
         )
-        config = serving.build(name, inputs, outputs)
-        with Timer() as timer:
-            repo.commit(staged, config, manifest)
-        steps.append(
-            StepResult("publish", "ok", timer.elapsed, {"path": staged.path, "version": staged.version})
-        )
-        published = repo.manifest(name, staged.version)
-    return ConversionResult(name, staged.version, staged.path, published, steps)
+        return publish(repo, staged, steps, manifest=manifest, config=serving.build(name, inputs, outputs))

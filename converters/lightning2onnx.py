@@ -13,12 +13,12 @@ import logging
 import pickle
 from pathlib import Path
 
-import numpy as np
-
 from converters import torch2onnx
 from converters.errors import InvalidArgument, NotFound, UnsafeInput
+from converters.inputs import IMAGE_SEED, seeded_images
 from converters.manifest import build_manifest
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
+from converters.pipeline import parity_step, publish
 from converters.repository import Repository, validate_name
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 TASK = "image-classification"
 TRUST_FLAG = "--trust-checkpoint"
 PARITY_BATCHES = (1, 4)
-PARITY_SEED = 1234
 
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
@@ -138,8 +137,20 @@ def input_shape_of(module, override: tuple[int, ...] | None) -> tuple[int, ...]:
     return tuple(int(d) for d in example.shape[1:])
 
 
-def seeded_inputs(shape: tuple[int, ...], batch: int, seed: int = PARITY_SEED) -> np.ndarray:
-    return np.random.default_rng(seed + batch).standard_normal((batch, *shape)).astype(np.float32)
+def image_parity(model_path: Path, module, shape: tuple[int, ...], atol: float, rtol: float) -> ParityReport:
+    """ONNX Runtime against the PyTorch module on seeded inputs of the declared shape, batch 1 and 4."""
+    import torch
+
+    session = ort_session(model_path)
+    report = ParityReport(atol=atol, rtol=rtol)
+    for batch in PARITY_BATCHES:
+        x = seeded_images(shape, batch)
+        with torch.no_grad():
+            reference = module(torch.from_numpy(x)).numpy()
+        report.add(f"logits[batch={batch}]", run(session, {"input": x})["logits"], reference)
+    report.cases = [f"seeded N(0,1) inputs of shape {list(shape)} (seed {IMAGE_SEED}), batch 1 and 4"]
+    log.info("parity: max abs err %.3g, max rel err %.3g", report.max_abs_err, report.max_rel_err)
+    return report
 
 
 def preprocessing_of(module, shape: tuple[int, ...]) -> dict:
@@ -185,7 +196,7 @@ def convert_lightning(
         read_checkpoint(ckpt, trust=trust_checkpoint)
         module = load_module(ckpt, cls, trust=trust_checkpoint)
         shape = input_shape_of(module, input_shape)
-        example = torch.from_numpy(seeded_inputs(shape, 1))
+        example = torch.from_numpy(seeded_images(shape, 1))
         with torch.no_grad():
             try:
                 probe = module(example)
@@ -218,20 +229,8 @@ def convert_lightning(
         model_path = staged.dir / "model.onnx"
         steps.append(torch2onnx.export(module, (example,), model_path, inputs, outputs, opset=opset))
         with Timer() as timer:
-            session = ort_session(model_path)
-            report = ParityReport(atol=atol, rtol=rtol)
-            for batch in PARITY_BATCHES:
-                x = seeded_inputs(shape, batch)
-                with torch.no_grad():
-                    reference = module(torch.from_numpy(x)).numpy()
-                report.add(f"logits[batch={batch}]", run(session, {"input": x})["logits"], reference)
-            report.cases = [
-                f"seeded N(0,1) inputs of shape {list(shape)} (seed {PARITY_SEED}), batch 1 and 4"
-            ]
-        steps.append(
-            StepResult("parity", "ok" if report.passed else "failed", timer.elapsed, report.to_manifest())
-        )
-        log.info("parity: max abs err %.3g, max rel err %.3g", report.max_abs_err, report.max_rel_err)
+            report = image_parity(model_path, module, shape, atol, rtol)
+        steps.append(parity_step(report, timer.elapsed))
         report.raise_if_failed(f"{name} ({TASK}) against PyTorch")
 
         manifest = build_manifest(
@@ -246,11 +245,4 @@ def convert_lightning(
             labels=labels,
             extra={"module": module_ref},
         )
-        config = serving.build(name, inputs, outputs)
-        with Timer() as timer:
-            repo.commit(staged, config, manifest)
-        steps.append(
-            StepResult("publish", "ok", timer.elapsed, {"path": staged.path, "version": staged.version})
-        )
-        published = repo.manifest(name, staged.version)
-    return ConversionResult(name, staged.version, staged.path, published, steps)
+        return publish(repo, staged, steps, manifest=manifest, config=serving.build(name, inputs, outputs))
