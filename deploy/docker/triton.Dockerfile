@@ -1,0 +1,33 @@
+# Production Triton image: NVIDIA's Triton 2.51 container (release 24.10) with this project's model
+# repository baked in. The same config.pbtxt files the local CPU server loads are served here by the
+# native ONNX Runtime backend (and its TensorRT accelerator on a GPU).
+#
+# Build from the repository root after publishing the models (see README "Deploy"):
+#   docker build -f deploy/docker/triton.Dockerfile -t modelpack-triton:0.1.0 .
+# BuildKit reads deploy/docker/triton.Dockerfile.dockerignore, so only model_repository/ is sent.
+# To pin the base by digest as well as by tag, look it up once and replace the FROM line with
+#   FROM nvcr.io/nvidia/tritonserver:24.10-py3@sha256:<digest from `docker buildx imagetools inspect`>
+#
+# Kubernetes and ECS do not rely on the baked copy: they fill /models from S3 before Triton starts and
+# mount it over this path, so one image serves any published repository.
+FROM nvcr.io/nvidia/tritonserver:24.10-py3
+
+LABEL org.opencontainers.image.title="modelpack-triton" \
+      org.opencontainers.image.description="Triton 2.51 serving the modelpack model repository"
+
+# The base image ships the unprivileged user triton-server with uid and gid 1000.
+COPY --chown=1000:1000 model_repository/ /models/
+
+USER 1000:1000
+WORKDIR /models
+
+# 8000 HTTP (KServe v2, health), 8001 gRPC, 8002 Prometheus metrics.
+EXPOSE 8000 8001 8002
+
+# Ready only when every loaded model is ready (strict readiness is Triton's default).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["curl", "--fail", "--silent", "--show-error", "--max-time", "4", "http://127.0.0.1:8000/v2/health/ready"]
+
+ENTRYPOINT ["tritonserver"]
+CMD ["--model-repository=/models", "--model-control-mode=explicit", "--load-model=*", \
+     "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--exit-on-error=true"]
