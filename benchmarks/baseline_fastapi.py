@@ -1,8 +1,9 @@
 """The baseline most teams write first: a plain FastAPI app that runs the PyTorch model eagerly, one
 forward pass per request, in one uvicorn worker. No ONNX, no batching across requests, no server.
 
-It speaks the same routes and bodies as the Bento service (``/embed`` with texts, ``/predict`` with
-base64 images), so one Locust user class drives both and the comparison is at equal requests.
+It speaks the same routes and bodies as the Bento service (``service.py``: ``/embed`` with ``text``,
+``/embed/batch`` with ``texts``, ``/predict`` with a base64 ``image``), so the same Locust user
+(``benchmarks/locustfile.py:BentoUser``) drives both and the comparison is request for request.
 
     python -m benchmarks.baseline_fastapi --text-model DIR --checkpoint CKPT --port 0
 
@@ -27,15 +28,20 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODULE = "converters.examples.image_classifier:ImageClassifier"
 MAX_ITEMS = 64
+MAX_TEXT_CHARS = 10000
 
 
 class EmbedRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+
+
+class EmbedBatchRequest(BaseModel):
     texts: list[str] = Field(min_length=1, max_length=MAX_ITEMS)
 
 
 class PredictRequest(BaseModel):
-    images: list[str] = Field(min_length=1, max_length=MAX_ITEMS)
-    top_k: int = Field(default=1, ge=1)
+    image: str = Field(min_length=1, description="an image file (PNG, JPEG), base64")
+    top_k: int = Field(default=3, ge=1)
 
 
 class TextEncoder:
@@ -115,6 +121,12 @@ def create_app(text_model: Path | None, checkpoint: Path | None, module: str = D
     def embed(request: EmbedRequest) -> dict:
         if encoder is None:
             raise HTTPException(404, "this baseline was started without --text-model")
+        return {"embedding": encoder([request.text])[0]}
+
+    @app.post("/embed/batch")
+    def embed_batch(request: EmbedBatchRequest) -> dict:
+        if encoder is None:
+            raise HTTPException(404, "this baseline was started without --text-model")
         return {"embeddings": encoder(request.texts)}
 
     @app.post("/predict")
@@ -122,13 +134,15 @@ def create_app(text_model: Path | None, checkpoint: Path | None, module: str = D
         if classifier is None:
             raise HTTPException(404, "this baseline was started without --checkpoint")
         try:
-            images = [base64.b64decode(item, validate=True) for item in request.images]
+            data = base64.b64decode(request.image, validate=True)
         except (binascii.Error, ValueError):
-            raise HTTPException(400, "images: an item is not valid base64") from None
+            raise HTTPException(
+                400, "image: not valid base64; send the file's bytes base64-encoded"
+            ) from None
         try:
-            return {"predictions": classifier(images, request.top_k)}
+            return {"predictions": classifier([data], request.top_k)[0]}
         except OSError as err:  # PIL: not an image
-            raise HTTPException(400, f"images: an item is not a readable image ({err})") from None
+            raise HTTPException(400, f"image: not a readable image file ({err})") from None
 
     return app
 

@@ -1,0 +1,319 @@
+"""What a run leaves behind: ``summary.json`` (every figure), ``report.md`` (tables, ratios, goals,
+machine facts, package versions), PNG plots, and the summary table printed last.
+
+The summary is plain data (dicts and lists), so the report can be rebuilt from a ``summary.json``
+alone: ``render_markdown(json.load(...))``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from benchmarks.parsers import PERCENTILES, Point
+from benchmarks.stats import best, throughput_at_p99
+
+log = logging.getLogger(__name__)
+
+# Stacks, in report order, with how each was measured.
+STACKS: dict[str, str] = {
+    "ceiling": "ONNX Runtime in-process (x = batch size)",
+    "triton-grpc": "Triton direct, perf_analyzer gRPC (x = concurrency)",
+    "triton-http": "Triton direct, perf_analyzer HTTP (x = concurrency)",
+    "bento": "Bento service, Locust (x = users)",
+    "fastapi-eager": "FastAPI + eager PyTorch, Locust (x = users)",
+}
+PACKAGES = (
+    "onnxruntime",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "tritonclient",
+    "bentoml",
+    "locust",
+    "fastapi",
+    "uvicorn",
+    "numpy",
+)
+# The goals of the project (issue 5): stack -> (compared with, minimum ratio, how the ratio is taken).
+GOALS = (
+    ("triton", "ceiling", 0.90, "Triton direct (best of gRPC/HTTP) >= 90% of the in-process ceiling"),
+    ("bento", "ceiling", 0.80, "Bento >= 80% of the in-process ceiling"),
+    ("bento", "fastapi-eager@p99", 4.0, "Bento >= 4x the FastAPI-eager baseline at equal p99"),
+)
+
+
+def machine_facts() -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        memory_gib = None
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "memory_gib": round(memory_gib, 1) if memory_gib else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def stack_summary(points: list[Point], **info) -> dict:
+    """One stack of one workload: its points, its best point, and what produced them."""
+    top = best(points)
+    return {"points": [p.to_dict() for p in points], "best": top.to_dict() if top else None, **info}
+
+
+def _points(stack: dict | None) -> list[Point]:
+    return [Point.from_dict(p) for p in (stack or {}).get("points", [])]
+
+
+def compute_ratios(stacks: dict[str, dict]) -> dict:
+    """Served over ceiling (best against best), and Bento over the FastAPI baseline at equal p99
+    (the baseline's p99 at its best throughput is the target; each stack's throughput within it)."""
+    ratios: dict = {}
+    ceiling = best(_points(stacks.get("ceiling")))
+    for name in ("triton-grpc", "triton-http", "bento", "fastapi-eager"):
+        top = best(_points(stacks.get(name)))
+        if ceiling and top:
+            ratios[f"{name}/ceiling"] = top.throughput / ceiling.throughput
+    triton = [ratios[k] for k in ("triton-grpc/ceiling", "triton-http/ceiling") if k in ratios]
+    if triton:
+        ratios["triton/ceiling"] = max(triton)
+    baseline, bento = _points(stacks.get("fastapi-eager")), _points(stacks.get("bento"))
+    base_best = best(baseline)
+    if base_best and bento:
+        target = base_best.p99
+        bento_tp = throughput_at_p99(bento, target)
+        ratios["bento/fastapi-eager@p99"] = {
+            "p99_ms": target,
+            "fastapi-eager": base_best.throughput,
+            "bento": bento_tp,
+            "ratio": (bento_tp / base_best.throughput) if bento_tp else 0.0,
+        }
+    return ratios
+
+
+def evaluate_goals(ratios: dict) -> list[dict]:
+    goals = []
+    for stack, against, minimum, text in GOALS:
+        key = f"{stack}/{against}"
+        value = ratios.get(key)
+        if isinstance(value, dict):
+            value = value["ratio"]
+        goals.append(
+            {
+                "goal": text,
+                "key": key,
+                "target": minimum,
+                "value": value,
+                "met": None if value is None else bool(value >= minimum),
+            }
+        )
+    return goals
+
+
+# ---- rendering -----------------------------------------------------------------------------------
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio_text(value) -> str:
+    if value is None:
+        return "not measured"
+    return f"{value * 100:.0f}%" if value < 2 else f"{value:.2f}x"
+
+
+def _goal_line(goal: dict) -> str:
+    if goal["met"] is None:
+        return f"- **not measured**: {goal['goal']} (a stack it needs did not run; see Errors)"
+    target = f"{goal['target'] * 100:.0f}%" if goal["target"] < 2 else f"{goal['target']:.0f}x"
+    verdict = "met" if goal["met"] else "NOT met"
+    return f"- **{verdict}**: {goal['goal']}: measured {_ratio_text(goal['value'])} (goal {target})"
+
+
+def render_markdown(summary: dict) -> str:
+    lines = [f"# Benchmark report ({summary['mode']} run)", ""]
+    lines += [
+        f"Run from {summary['started_at']} to {summary['finished_at']} ({summary['duration_s']:.0f} s), "
+        f"command `{summary['command']}`.",
+        "",
+        "One item = one sentence or one image; every served request carries one item. Throughput is items/s; "
+        "latencies are in ms (per request for the served stacks, per `session.run` call for the ceiling).",
+        "",
+    ]
+    if summary.get("notes"):
+        lines += [f"> {note}" for note in summary["notes"]] + [""]
+    lines += ["## Goals", ""]
+    for name, workload in summary["workloads"].items():
+        lines.append(f"**{name}**")
+        lines += [_goal_line(goal) for goal in workload.get("goals", [])]
+        lines.append("")
+    lines += ["## Ratios", "", "| workload | ratio | value |", "|---|---|---|"]
+    for name, workload in summary["workloads"].items():
+        for key, value in workload.get("ratios", {}).items():
+            if isinstance(value, dict):
+                bento = "none within it" if not value["bento"] else f"{value['bento']:.1f}/s"
+                text = (
+                    f"{_ratio_text(value['ratio'])} (at p99 <= {value['p99_ms']:.1f} ms: Bento {bento}, "
+                    f"FastAPI-eager {value['fastapi-eager']:.1f}/s)"
+                )
+            else:
+                text = _ratio_text(value)
+            lines.append(f"| {name} | {key} | {text} |")
+    lines.append("")
+    for name, workload in summary["workloads"].items():
+        lines += [f"## {name}: {workload['description']}", ""]
+        for stack, label in STACKS.items():
+            data = workload["stacks"].get(stack)
+            if not data:
+                continue
+            lines += [
+                f"**{label}**"
+                + (f"; files: {', '.join(f'`{f}`' for f in data['files'])}" if data.get("files") else ""),
+                "",
+            ]
+            lines += [
+                "| x | items/s | p50 | p90 | p95 | p99 | avg | requests | failures |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for p in data["points"]:
+                pct = " | ".join(_fmt(p[k], 2) for k in PERCENTILES)
+                lines.append(
+                    f"| {p['concurrency']} | {p['throughput']:.1f} | {pct} | {p['avg']:.2f} | "
+                    f"{p['requests']} | {p['failures']} |"
+                )
+            lines.append("")
+        if workload.get("plot"):
+            lines += [f"![latency against throughput, {name}]({workload['plot']})", ""]
+    if summary.get("errors"):
+        lines += ["## Errors", ""] + [f"- {e}" for e in summary["errors"]] + [""]
+    machine = summary["machine"]
+    lines += [
+        "## Machine",
+        "",
+        f"- CPU: {machine['cpu_model']}, {machine['cores']} cores ({machine['cores_usable']} usable), "
+        f"{machine['memory_gib']} GiB",
+        f"- {machine['platform']}, Python {machine['python']}",
+        f"- load average at start: {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])}",
+        "",
+        "## Package versions",
+        "",
+    ]
+    lines += [f"- {name} {version or 'not installed'}" for name, version in summary["versions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_workload(name: str, workload: dict, out_dir: Path) -> Path | None:
+    """Latency (p99, and p50 dashed) against throughput, one curve per stack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stacks = {k: v for k, v in workload["stacks"].items() if v and v.get("points")}
+    if not stacks:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for index, (stack, data) in enumerate(stacks.items()):
+        points = sorted(data["points"], key=lambda p: p["concurrency"])
+        color = f"C{index}"
+        xs = [p["throughput"] for p in points]
+        ax.plot(xs, [p["p99"] for p in points], "o-", color=color, label=f"{stack} p99")
+        ax.plot(xs, [p["p50"] for p in points], ".--", color=color, alpha=0.6, label=f"{stack} p50")
+        for p in points:
+            ax.annotate(
+                str(p["concurrency"]),
+                (p["throughput"], p["p99"]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(3, 3),
+            )
+    ax.set_xlabel("throughput (items/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"{name}: latency against throughput (labels: concurrency / users / batch)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = out_dir / f"latency_{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def summary_table(summary: dict) -> str:
+    """The table printed last: best point of each stack per workload, and the goals."""
+    rows = [("workload", "stack", "best x", "items/s", "p50 ms", "p99 ms", "of ceiling")]
+    for name, workload in summary["workloads"].items():
+        for stack in STACKS:
+            data = workload["stacks"].get(stack)
+            if not data or not data.get("best"):
+                continue
+            top = data["best"]
+            ratio = workload.get("ratios", {}).get(f"{stack}/ceiling")
+            rows.append(
+                (
+                    name,
+                    stack,
+                    str(top["concurrency"]),
+                    f"{top['throughput']:.1f}",
+                    f"{top['p50']:.2f}",
+                    f"{top['p99']:.2f}",
+                    "-" if ratio is None else f"{ratio * 100:.0f}%",
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    for name, workload in summary["workloads"].items():
+        for goal in workload.get("goals", []):
+            verdict = {True: "met", False: "NOT met", None: "not measured"}[goal["met"]]
+            text.append(f"{name}: {verdict}: {goal['goal']} ({_ratio_text(goal['value'])})")
+    return "\n".join(text)
+
+
+def write_report(summary: dict, out_dir: Path) -> dict[str, Path]:
+    """summary.json, plots, report.md; the plots' names are recorded in the summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for name, workload in summary["workloads"].items():
+        try:
+            plot = plot_workload(name, workload, out_dir)
+        except Exception as err:  # a plot must not cost the figures: record it and go on
+            log.warning("plot of %s failed: %s", name, err)
+            summary.setdefault("errors", []).append(f"plot {name}: {err}")
+            plot = None
+        if plot:
+            workload["plot"] = plot.name
+            paths[f"plot_{name}"] = plot
+    paths["summary"] = out_dir / "summary.json"
+    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    paths["report"] = out_dir / "report.md"
+    paths["report"].write_text(render_markdown(summary), encoding="utf-8")
+    return paths
