@@ -87,7 +87,8 @@ def _thread_counts(model_name: str, parameters: dict) -> dict[str, int]:
         if value < 0:
             raise pb_utils.TritonModelException(
                 f"{model_name}: config parameter {key} = {raw!r} is not a whole number >= 0; "
-                f'write e.g. parameters {{ key: "{key}" value {{ string_value: "2" }} }} (0 = ONNX Runtime default)'
+                f'write e.g. parameters {{ key: "{key}" value {{ string_value: "2" }} }} '
+                "(0 = ONNX Runtime default)"
             )
         counts[key] = value
     return counts
@@ -136,7 +137,9 @@ class TritonPythonModel:
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # ORT raises its own exception types; report them as a load failure
-            raise pb_utils.TritonModelException(f"{self.name}: ONNX Runtime cannot load {path}: {err}") from err
+            raise pb_utils.TritonModelException(
+                f"{self.name}: ONNX Runtime cannot load {path}: {err}"
+            ) from err
 
         graph_inputs = {i.name: i for i in self.session.get_inputs()}
         graph_outputs = {o.name: o for o in self.session.get_outputs()}
@@ -158,7 +161,8 @@ class TritonPythonModel:
         """Match config inputs/outputs to the ONNX graph by name and type, or refuse to load."""
         if not entries:
             raise pb_utils.TritonModelException(
-                f"{self.name}: config.pbtxt declares no {kind}s; list each {kind} with name, data_type and dims "
+                f"{self.name}: config.pbtxt declares no {kind}s; "
+                f"list each {kind} with name, data_type and dims "
                 f"(the graph has {sorted(graph)})"
             )
         tensors = []
@@ -166,12 +170,14 @@ class TritonPythonModel:
             name = entry["name"]
             if name not in graph:
                 raise pb_utils.TritonModelException(
-                    f"{self.name}: config {kind} {name!r} is not in the ONNX graph, whose {kind}s are {sorted(graph)}"
+                    f"{self.name}: config {kind} {name!r} is not in the ONNX graph, "
+                    f"whose {kind}s are {sorted(graph)}"
                 )
             want = _FROM_ORT.get(graph[name].type)
             if want != entry["data_type"]:
                 raise pb_utils.TritonModelException(
-                    f"{self.name}: config {kind} {name!r} has data_type {entry['data_type']} but the ONNX graph "
+                    f"{self.name}: config {kind} {name!r} has data_type {entry['data_type']} "
+                    "but the ONNX graph "
                     f"has {graph[name].type}; set data_type: {want or 'a supported type'} in config.pbtxt"
                 )
             tensors.append(_Tensor(entry, graph[name].shape, self.batched))
@@ -198,12 +204,16 @@ class TritonPythonModel:
         responses = []
         for i, request in enumerate(requests):
             if errors[i] is not None:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(errors[i])))
+                responses.append(
+                    pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(errors[i]))
+                )
                 continue
             wanted = request.requested_output_names() or self.output_names
             responses.append(
                 pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(name, results[i][name]) for name in wanted if name in results[i]]
+                    output_tensors=[
+                        pb_utils.Tensor(name, results[i][name]) for name in wanted if name in results[i]
+                    ]
                 )
             )
         return responses
@@ -216,16 +226,20 @@ class TritonPythonModel:
         for tensor in self.inputs:
             got = pb_utils.get_input_tensor_by_name(request, tensor.name)
             if got is None:
-                raise ValueError(f"{self.name}: input {tensor.name!r} is missing; send every input of the model")
+                raise ValueError(
+                    f"{self.name}: input {tensor.name!r} is missing; send every input of the model"
+                )
             array = got.as_numpy()
             if array.dtype != tensor.dtype:
                 raise ValueError(
-                    f"{self.name}: input {tensor.name!r} has type {array.dtype}, expected {tensor.config_type}"
+                    f"{self.name}: input {tensor.name!r} has type {array.dtype}, "
+                    f"expected {tensor.config_type}"
                 )
             expected_rank = len(tensor.dims) + (1 if self.batched else 0)
             if array.ndim != expected_rank:
                 raise ValueError(
-                    f"{self.name}: input {tensor.name!r} has shape {list(array.shape)}, expected rank {expected_rank}"
+                    f"{self.name}: input {tensor.name!r} has shape {list(array.shape)}, "
+                    f"expected rank {expected_rank}"
                     f" ({'[batch] + ' if self.batched else ''}{tensor.dims})"
                 )
             if self.batched:
@@ -233,7 +247,8 @@ class TritonPythonModel:
                     batch = array.shape[0]
                 elif array.shape[0] != batch:
                     raise ValueError(
-                        f"{self.name}: input {tensor.name!r} has batch size {array.shape[0]} but the other inputs "
+                        f"{self.name}: input {tensor.name!r} has batch size {array.shape[0]} "
+                        "but the other inputs "
                         f"have {batch}; send the same number of rows in every input"
                     )
             axes = array.shape[1:] if self.batched else array.shape
@@ -243,8 +258,9 @@ class TritonPythonModel:
                 seen = sizes.setdefault(symbol, (size, tensor.name))
                 if seen[0] != size:
                     raise ValueError(
-                        f"{self.name}: input {tensor.name!r} has {size} on axis {symbol!r} but input {seen[1]!r} has "
-                        f"{seen[0]}; those axes must be equal (e.g. input_ids and attention_mask of one tokenizer call)"
+                        f"{self.name}: input {tensor.name!r} has {size} on axis {symbol!r} "
+                        f"but input {seen[1]!r} has {seen[0]}; those axes must be equal "
+                        "(e.g. input_ids and attention_mask of one tokenizer call)"
                     )
             arrays[tensor.name] = array
         return arrays
@@ -270,10 +286,13 @@ class TritonPythonModel:
                 return
             errors[group[0]] = f"{self.name}: ONNX Runtime failed on this request: {err}"
             return
+        if len(group) == 1:  # nothing merged, nothing to cut back
+            results[group[0]] = dict(zip(self.output_names, outputs, strict=True))
+            return
         start = 0
         for i, request_sizes in zip(group, lengths, strict=True):
-            rows = slice(start, start + request_sizes["batch"]) if self.batched else slice(None)
-            start = rows.stop if self.batched else 0
+            rows = slice(start, start + request_sizes["batch"])
+            start = rows.stop
             results[i] = {
                 tensor.name: self._slice(tensor, value[rows], request_sizes)
                 for tensor, value in zip(self.outputs, outputs, strict=True)

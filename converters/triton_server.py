@@ -1,0 +1,562 @@
+"""A real Triton Inference Server on this machine: no Docker, no GPU.
+
+``TritonServer`` runs ``.triton/bin/tritonserver`` (Triton 2.51.0 from the nvidia-pytriton wheel, put
+there by ``converters/setup_triton.sh``) on 127.0.0.1 with explicit model control. Models whose config
+says ``platform: "onnxruntime_onnx"`` run through the python-based backend in
+``.triton/backends/onnxruntime/model.py``, inside ``.venv-triton`` (numpy<2), so the repository that
+NVIDIA's Triton image serves in production loads here unchanged.
+
+    with TritonServer("model_repository") as server:       # free ports, every model loaded
+        client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
+
+The server runs in its own process group (the python backend's stub processes included): ``stop()``
+ends the whole group and waits until none of it is left. ``stop()`` then ``start()`` restarts it on the
+same ports, and ``kill()`` simulates a crash, for tests of clients that must survive one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from converters.errors import InvalidArgument, MissingDependency, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+SETUP_HINT = "run `make setup` (it runs converters/setup_triton.sh)"
+
+
+@dataclass(frozen=True)
+class Installation:
+    """Where the set-up put Triton, its backends and the backends' venv."""
+
+    root: Path
+
+    @property
+    def binary(self) -> Path:
+        return self.root / ".triton" / "bin" / "tritonserver"
+
+    @property
+    def libraries(self) -> Path:
+        return self.root / ".triton" / "lib"
+
+    @property
+    def backends(self) -> Path:
+        return self.root / ".triton" / "backends"
+
+    @property
+    def venv(self) -> Path:
+        return self.root / ".venv-triton"
+
+    def check(self) -> Installation:
+        """Raise MissingDependency naming the first missing piece and how to get it."""
+        needed = [
+            (self.binary, "the tritonserver binary"),
+            (self.backends / "python" / "libtriton_python.so", "Triton's python backend"),
+            (self.backends / "python" / "triton_python_backend_stub", "the python backend stub"),
+            (self.backends / "onnxruntime" / "model.py", "the python-based onnxruntime backend"),
+            (self.venv / "bin" / "python3", "the backend venv .venv-triton"),
+        ]
+        for path, what in needed:
+            if not path.exists():
+                raise MissingDependency(f"{what} is missing: {path} does not exist; {SETUP_HINT}")
+        return self
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment: the stub takes ``sys.prefix`` from the first ``python3`` on PATH,
+        so ``.venv-triton/bin`` goes first; the bundled libraries go on LD_LIBRARY_PATH, with the
+        libpython the venv's interpreter was built with (the stub links ``libpython3.X.so``)."""
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        env.pop("PYTHONHOME", None)
+        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        libs = [str(self.libraries)]
+        libdir = self._python_libdir()
+        if libdir:
+            libs.append(libdir)
+        if env.get("LD_LIBRARY_PATH"):
+            libs.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
+        return env
+
+    def _python_libdir(self) -> str | None:
+        """The directory of the venv interpreter's shared libpython, if it has one."""
+        cfg = self.venv / "pyvenv.cfg"
+        try:
+            home = next(
+                line.split("=", 1)[1].strip()
+                for line in cfg.read_text().splitlines()
+                if line.split("=", 1)[0].strip() == "home"
+            )
+        except (OSError, StopIteration):
+            return None
+        libdir = Path(home).parent / "lib"
+        return str(libdir) if any(libdir.glob("libpython3*.so*")) else None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def check_port_free(port: int, field: str) -> int:
+    """Raise InvalidArgument naming the flag when 127.0.0.1:port is taken or not a port."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise InvalidArgument(
+            f"{field}: {port!r} is not a TCP port; give 1-65535, or 0 for a free one", field=field
+        )
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise InvalidArgument(
+                    f"{field}: {HOST}:{port} is already in use; pick another port (0 picks a free one) "
+                    "or stop what listens there",
+                    field=field,
+                ) from None
+            raise InvalidArgument(
+                f"{field}: cannot bind {HOST}:{port}: {err.strerror}", field=field
+            ) from None
+    return port
+
+
+# Lines of Triton's log that say why it did not come up, most specific first.
+_FAILURE_PATTERNS = (
+    re.compile(r"failed to load '([^']+)' version (\d+): (.+?)\"?$"),
+    re.compile(r"(failed to start \w+ service: .+?)\"?$"),
+    re.compile(r"\] \"?(.*already in use.*?)\"?$", re.IGNORECASE),
+    re.compile(r"^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] \"?(.+?)\"?$"),
+    re.compile(r"^error: (.+)$"),
+)
+
+
+def failure_reason(log_text: str) -> str | None:
+    """The one line of a Triton log that explains a failed start, or None."""
+    lines = log_text.splitlines()
+    for pattern in _FAILURE_PATTERNS:
+        for line in lines:
+            match = pattern.search(line)
+            if match is None:
+                continue
+            if pattern is _FAILURE_PATTERNS[0]:
+                name, version, why = match.groups()
+                return f"model {name!r} version {version} failed to load: {why}"
+            return match.group(1)
+    return None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A group whose only members are zombies still answers; a zombie is gone for our purposes.
+    return any(_state(pid) not in ("Z", None) for pid in _group_members(pgid))
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+class TritonServer:
+    """One tritonserver process (and its stubs) serving ``repository`` on 127.0.0.1.
+
+    Ports left as None are picked free at the first ``start()`` and kept, so a restart comes back on
+    the same addresses. ``models=None`` loads every model of the repository; a list loads those only
+    (explicit model control either way: ``load``/``unload`` change what is served without a restart).
+    """
+
+    def __init__(
+        self,
+        repository: str | os.PathLike,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        models: Iterable[str] | None = None,
+        log_path: str | os.PathLike | None = None,
+        *,
+        root: str | os.PathLike | None = None,
+        exit_timeout_s: int = 10,
+        die_with_parent: bool = False,
+        extra_args: Iterable[str] = (),
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        if not self.repository.is_dir():
+            raise NotFound(
+                f"repository: {self.repository} is not a directory; convert a model first "
+                "(python -m converters hf PATH --name NAME) or pass --repository DIR",
+                field="repository",
+            )
+        self.install = Installation(Path(root).resolve() if root else ROOT)
+        self.models = None if models is None else list(models)
+        self.log_path = Path(log_path).resolve() if log_path else None
+        self.exit_timeout_s = exit_timeout_s
+        self.die_with_parent = die_with_parent
+        self.extra_args = list(extra_args)
+        self._requested = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
+        self.http_port = self.grpc_port = self.metrics_port = None
+        self._process: subprocess.Popen | None = None
+        self._log_file = None
+        self._log_offset = 0
+
+    # ---- addresses ----------------------------------------------------------------------------------
+
+    @property
+    def http_url(self) -> str:
+        return f"{HOST}:{self._port('http_port')}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{HOST}:{self._port('grpc_port')}"
+
+    @property
+    def metrics_url(self) -> str:
+        """``127.0.0.1:P``: Prometheus metrics are at ``http://{metrics_url}/metrics``."""
+        return f"{HOST}:{self._port('metrics_port')}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _port(self, which: str) -> int:
+        port = getattr(self, which)
+        if port is None:
+            raise Unavailable(
+                f"the Triton server has not been started, so it has no {which} yet; call start()"
+            )
+        return port
+
+    # ---- life cycle ---------------------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        args = [
+            str(self.install.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={self.install.backends}",
+            "--model-control-mode=explicit",
+            f"--http-address={HOST}",
+            f"--grpc-address={HOST}",
+            f"--metrics-address={HOST}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            # CPU only: no pinned (CUDA host) memory pool to allocate.
+            "--pinned-memory-pool-byte-size=0",
+            "--log-info=true",
+        ]
+        if self.models is None:
+            args.append("--load-model=*")
+        else:
+            args.extend(f"--load-model={name}" for name in self.models)
+        return args + self.extra_args
+
+    def start(self, timeout: float = 120.0) -> TritonServer:
+        """Start the server and wait until it and its models are ready; raise on failure."""
+        if self.running:
+            return self
+        self.install.check()
+        auto = self.http_port is None
+        for attempt in range(3):
+            self._assign_ports()
+            try:
+                self._spawn()
+                self.wait_ready(timeout)
+                return self
+            except Unavailable as err:
+                self.stop()
+                port_clash = "already in use" in str(err) or "Address in use" in str(err)
+                if auto and port_clash and attempt < 2:  # lost a race for a free port: pick new ones
+                    log.warning("port taken while starting (%s); retrying on other ports", err)
+                    self.http_port = self.grpc_port = self.metrics_port = None
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def _assign_ports(self) -> None:
+        for which in ("http_port", "grpc_port", "metrics_port"):
+            if getattr(self, which) is not None:  # a restart keeps its ports
+                continue
+            wanted = self._requested[which]
+            flag = "--" + which.replace("_", "-")
+            setattr(self, which, free_port() if not wanted else check_port_free(wanted, flag))
+
+    def _spawn(self) -> None:
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_offset = self._log_file.tell()
+        log.info(
+            "starting tritonserver: http %s, grpc %s, metrics %s, repository %s, log %s",
+            self.http_port,
+            self.grpc_port,
+            self.metrics_port,
+            self.repository,
+            self.log_path,
+        )
+        self._process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=self.install.environment(),
+            cwd=self.repository,
+            # Its own process group: stop() signals the server and every stub it spawned at once.
+            preexec_fn=self._child_setup,
+        )
+        atexit.register(self.stop)
+
+    def _child_setup(self) -> None:  # runs in the child between fork and exec
+        os.setsid()
+        if self.die_with_parent:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the server ends with the command that runs it
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until /v2/health/ready answers 200 and every model asked for is ready."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.running:
+                raise Unavailable(self._start_failure(f"exited with status {self._process.returncode}"))
+            if self._ready():
+                return
+            if time.monotonic() > deadline:
+                raise Unavailable(self._start_failure(f"was not ready after {timeout:.0f}s"))
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as reply:
+                if reply.status != 200:
+                    return False
+        except (urllib.error.URLError, OSError):
+            return False
+        for name in self.models or []:
+            try:
+                with urllib.request.urlopen(
+                    f"http://{self.http_url}/v2/models/{name}/ready", timeout=2
+                ) as reply:
+                    if reply.status != 200:
+                        return False
+            except (urllib.error.URLError, OSError):
+                return False
+        return True
+
+    def _start_failure(self, what: str) -> str:
+        text = self.log_text()
+        reason = failure_reason(text)
+        return f"tritonserver {what}" + (f": {reason}" if reason else "") + f" (log: {self.log_path})"
+
+    def log_text(self) -> str:
+        """What this server wrote to its log since it was last started."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as handle:
+            handle.seek(self._log_offset)
+            return handle.read().decode("utf-8", "replace")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``timeout``; return once none of it is left."""
+        atexit.unregister(self.stop)
+        process, self._process = self._process, None
+        if process is not None:
+            pgid = process.pid
+            self._signal_group(pgid, signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver %s did not stop in %.0fs; killing it", pgid, timeout)
+            self._end_group(pgid, min(timeout, 10.0))
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def kill(self) -> None:
+        """SIGKILL the server and its stubs at once, as a crash would (ports are kept for start())."""
+        atexit.unregister(self.stop)
+        process, self._process = self._process, None
+        if process is not None:
+            self._signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+            self._end_group(process.pid, 10.0)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def restart(self, timeout: float = 120.0) -> TritonServer:
+        self.stop()
+        return self.start(timeout)
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: int) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+
+    @staticmethod
+    def _end_group(pgid: int, grace_s: float) -> None:
+        """Wait for the stubs the server leaves behind, then SIGKILL whatever is still there."""
+        deadline = time.monotonic() + grace_s
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _group_alive(pgid):
+            TritonServer._signal_group(pgid, signal.SIGKILL)
+            while _group_alive(pgid):
+                time.sleep(0.05)
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- model control and statistics (tritonclient over HTTP) --------------------------------------
+
+    def client(self):
+        import tritonclient.http as httpclient
+
+        return httpclient.InferenceServerClient(self.http_url, network_timeout=300.0, connection_timeout=10.0)
+
+    def load(self, name: str, config: dict | None = None) -> list[str]:
+        """(Re)load a model: versions come and go by its version_policy. Returns the ready versions."""
+        return load_model(self.http_url, name, config=config)
+
+    def unload(self, name: str) -> None:
+        unload_model(self.http_url, name)
+
+    def index(self) -> list[dict]:
+        return repository_index(self.http_url)
+
+    def statistics(self, name: str, version: str = "") -> dict:
+        return self.client().get_inference_statistics(name, version)
+
+
+# ---- against any running server (the CLI's status/load/unload) ---------------------------------------
+
+
+def _client(url: str):
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(url, network_timeout=300.0, connection_timeout=5.0)
+
+
+def _unreachable(url: str, err: Exception) -> Unavailable:
+    return Unavailable(
+        f"no Triton server answers at {url} ({err}); start one with `python -m converters serve` "
+        "or pass --url HOST:PORT (its HTTP port)"
+    )
+
+
+def server_status(url: str) -> dict:
+    """Liveness, readiness, version and the repository index of the server at ``url`` (HTTP)."""
+    from tritonclient.utils import InferenceServerException
+
+    client = _client(url)
+    try:
+        metadata = client.get_server_metadata()
+        return {
+            "url": url,
+            "live": client.is_server_live(),
+            "ready": client.is_server_ready(),
+            "version": metadata.get("version"),
+            "models": client.get_model_repository_index(),
+        }
+    except (InferenceServerException, OSError, ConnectionError) as err:
+        raise _unreachable(url, err) from err
+    finally:
+        client.close()
+
+
+def repository_index(url: str) -> list[dict]:
+    return server_status(url)["models"]
+
+
+def load_model(url: str, name: str, config: dict | None = None) -> list[str]:
+    """Ask the server to (re)load ``name``; returns the versions now READY, raises with Triton's reason."""
+    from tritonclient.utils import InferenceServerException
+
+    client = _client(url)
+    try:
+        try:
+            client.load_model(name, config=json.dumps(config) if config is not None else None)
+        except InferenceServerException as err:
+            message = err.message() or str(err)
+            if "no such file" in message.lower() or "not found" in message.lower():
+                raise NotFound(
+                    f"model {name!r}: not in the server's repository ({message})", field="name"
+                ) from None
+            raise Unavailable(f"model {name!r} failed to load: {message}") from None
+        index = client.get_model_repository_index()
+    except (OSError, ConnectionError) as err:
+        raise _unreachable(url, err) from err
+    finally:
+        client.close()
+    return sorted((m["version"] for m in index if m["name"] == name and m.get("state") == "READY"), key=int)
+
+
+def unload_model(url: str, name: str) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    client = _client(url)
+    try:
+        index = client.get_model_repository_index()
+        if name not in {m["name"] for m in index}:
+            known = sorted({m["name"] for m in index}) or ["(none)"]
+            raise NotFound(
+                f"model {name!r} is not in the server's repository; it has {', '.join(known)}", field="name"
+            )
+        client.unload_model(name)
+    except InferenceServerException as err:
+        raise Unavailable(f"model {name!r} failed to unload: {err.message() or err}") from None
+    except (OSError, ConnectionError) as err:
+        raise _unreachable(url, err) from err
+    finally:
+        client.close()
