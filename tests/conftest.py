@@ -53,3 +53,17 @@ def writable_model_repo(model_repo, tmp_path) -> Path:
     copy = tmp_path / "repository"
     shutil.copytree(model_repo, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def triton_server(model_repo, tmp_path_factory):
+    """A real tritonserver (``converters.triton_server.TritonServer``) serving ``model_repo`` on free
+    127.0.0.1 ports, started once per session; its log is in the session's tmp folder
+    (``triton_server.log_path``). A test that stops or kills it must ``start()`` it again before it
+    ends (it comes back on the same ports); ``stop()`` at the end leaves no process behind."""
+    from converters.triton_server import TritonServer
+
+    server = TritonServer(model_repo, log_path=tmp_path_factory.mktemp("triton") / "tritonserver.log")
+    server.start()
+    yield server
+    server.stop()
