@@ -159,9 +159,14 @@ def failure_reason(log_text: str) -> str | None:
                 continue
             if pattern is _FAILURE_PATTERNS[0]:
                 name, version, why = match.groups()
-                return f"model {name!r} version {version} failed to load: {why}"
-            return match.group(1)
+                return f"model {name!r} version {version} failed to load: {_first_line(why)}"
+            return _first_line(match.group(1))
     return None
+
+
+def _first_line(message: str) -> str:
+    """Triton quotes multi-line errors with literal ``\\n``: keep the first line (no traceback)."""
+    return message.split("\\n", 1)[0].strip()
 
 
 def _group_alive(pgid: int) -> bool:
@@ -255,6 +260,10 @@ class TritonServer:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll() if self._process else None
 
     @property
     def running(self) -> bool:
@@ -364,11 +373,11 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while True:
             if not self.running:
-                raise Unavailable(self._start_failure(f"exited with status {self._process.returncode}"))
+                raise Unavailable(self.explain(f"exited with status {self._process.returncode}"))
             if self._ready():
                 return
             if time.monotonic() > deadline:
-                raise Unavailable(self._start_failure(f"was not ready after {timeout:.0f}s"))
+                raise Unavailable(self.explain(f"was not ready after {timeout:.0f}s"))
             time.sleep(0.1)
 
     def _ready(self) -> bool:
@@ -389,7 +398,8 @@ class TritonServer:
                 return False
         return True
 
-    def _start_failure(self, what: str) -> str:
+    def explain(self, what: str) -> str:
+        """``tritonserver <what>: <the log line that says why> (log: PATH)``."""
         text = self.log_text()
         reason = failure_reason(text)
         return f"tritonserver {what}" + (f": {reason}" if reason else "") + f" (log: {self.log_path})"
@@ -554,6 +564,14 @@ def unload_model(url: str, name: str) -> None:
                 f"model {name!r} is not in the server's repository; it has {', '.join(known)}", field="name"
             )
         client.unload_model(name)
+        deadline = time.monotonic() + 60  # unloading waits for in-flight requests; report when done
+        while any(
+            m["name"] == name and m.get("state") not in ("UNAVAILABLE", None)
+            for m in client.get_model_repository_index()
+        ):
+            if time.monotonic() > deadline:
+                raise Unavailable(f"model {name!r} was still unloading after 60s")
+            time.sleep(0.1)
     except InferenceServerException as err:
         raise Unavailable(f"model {name!r} failed to unload: {err.message() or err}") from None
     except (OSError, ConnectionError) as err:

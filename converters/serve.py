@@ -1,0 +1,216 @@
+"""`serve`, `status`, `load`, `unload`: a local Triton server for the model repository.
+
+    python -m converters serve [--repository DIR] [--http-port P] [--grpc-port P] [--metrics-port P]
+    python -m converters status [--url HOST:PORT] [--json]
+    python -m converters load NAME [--url HOST:PORT]      # a new version goes live, no restart
+    python -m converters unload NAME [--url HOST:PORT]
+
+`serve` runs until Ctrl-C or SIGTERM and then stops tritonserver and its stub processes. While it
+runs, it records its addresses in ``runs/triton/serve.json`` so that `status`, `load` and `unload`
+find it without ``--url``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from converters.errors import InvalidArgument, Unavailable
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_FILE = ROOT / "runs" / "triton" / "serve.json"
+DEFAULT_LOG = ROOT / "runs" / "triton" / "tritonserver.log"
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own defaults
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="run a local Triton server on the model repository (Ctrl-C stops it)",
+        description="Start tritonserver on 127.0.0.1 with explicit model control, load the repository's "
+        "models, wait until they are ready, and serve until Ctrl-C or SIGTERM.",
+    )
+    serve.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="model repository (default: model_repository/ at the project root)",
+    )
+    for kind, port in DEFAULT_PORTS.items():
+        serve.add_argument(
+            f"--{kind}-port",
+            type=int,
+            default=port,
+            metavar="P",
+            help=f"(default {port}; 0 picks a free port)",
+        )
+    serve.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        metavar="NAME",
+        help="load only this model (repeatable; default: every model in the repository)",
+    )
+    serve.add_argument("--log", type=Path, default=DEFAULT_LOG, help="server log file (default %(default)s)")
+    serve.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds to wait for readiness (default %(default)s)"
+    )
+    serve.set_defaults(func=run_serve)
+
+    for name, helptext, func in (
+        ("status", "show a running server's health and the state of every model", run_status),
+        ("load", "(re)load a model on a running server: a new version goes live without restart", run_load),
+        ("unload", "unload a model from a running server", run_unload),
+    ):
+        parser = subparsers.add_parser(name, help=helptext, description=helptext)
+        if name != "status":
+            parser.add_argument("name", metavar="NAME", help="model name in the repository")
+        parser.add_argument(
+            "--url",
+            default=None,
+            metavar="HOST:PORT",
+            help="the server's HTTP address (default: the running `serve`, else 127.0.0.1:8000)",
+        )
+        if name == "status":
+            parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        parser.set_defaults(func=func)
+
+
+# ---- serve ------------------------------------------------------------------------------------------
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from converters.repository import default_repository
+    from converters.triton_server import TritonServer
+
+    repository = (args.repository or default_repository()).resolve()
+    if not repository.is_dir():
+        raise InvalidArgument(
+            f"--repository: {repository} is not a directory; convert a model into it first "
+            "(python -m converters hf PATH --name NAME) or pass --repository DIR",
+            field="repository",
+        )
+    names = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+    if args.models:
+        unknown = sorted(set(args.models) - set(names))
+        if unknown:
+            raise InvalidArgument(
+                f"--model: {', '.join(unknown)} not in {repository} "
+                f"(it has {', '.join(names) or 'no models'})",
+                field="model",
+            )
+    elif not names:
+        log.warning("%s holds no model (no */config.pbtxt): serving an empty repository", repository)
+
+    server = TritonServer(
+        repository,
+        http_port=args.http_port or None,
+        grpc_port=args.grpc_port or None,
+        metrics_port=args.metrics_port or None,
+        models=args.models,
+        log_path=args.log,
+        die_with_parent=True,
+    )
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        server.start(timeout=args.timeout)
+        _write_state(server)
+        served = ", ".join(args.models or names) or "no models"
+        print(
+            f"serving {served} from {repository}\n"
+            f"  http    {server.http_url}\n  grpc    {server.grpc_url}\n"
+            f"  metrics http://{server.metrics_url}/metrics\n  log     {server.log_path}\n"
+            "Ctrl-C stops it.",
+            flush=True,
+        )
+        while server.running:
+            time.sleep(0.5)
+        raise Unavailable(server.explain(f"stopped by itself (status {server.returncode})"))
+    except KeyboardInterrupt:
+        print("stopping tritonserver", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        server.stop()
+        STATE_FILE.unlink(missing_ok=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _write_state(server) -> None:
+    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "pid": server.pid,
+        "repository": str(server.repository),
+        "http_url": server.http_url,
+        "grpc_url": server.grpc_url,
+        "metrics_url": server.metrics_url,
+        "log": str(server.log_path),
+    }
+    tmp = STATE_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, STATE_FILE)
+
+
+def _url(args: argparse.Namespace) -> str:
+    """--url, else the address of the `serve` that is running, else Triton's default HTTP port."""
+    if args.url:
+        return args.url
+    try:
+        state = json.loads(STATE_FILE.read_text())
+        os.kill(int(state["pid"]), 0)
+        return state["http_url"]
+    except (OSError, ValueError, KeyError):
+        return f"127.0.0.1:{DEFAULT_PORTS['http']}"
+
+
+# ---- status / load / unload -------------------------------------------------------------------------
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from converters.triton_server import server_status
+
+    status = server_status(_url(args))
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0 if status["ready"] else 1
+    print(
+        f"Triton {status['version']} at {status['url']}: "
+        f"{'live' if status['live'] else 'not live'}, {'ready' if status['ready'] else 'NOT READY'}"
+    )
+    rows = [
+        (m["name"], m.get("version", "-"), m.get("state", "-"), m.get("reason", "")) for m in status["models"]
+    ]
+    if not rows:
+        print("no models in the repository")
+    width = max([len(r[0]) for r in rows] + [5])
+    for name, version, state, reason in [("MODEL", "VERSION", "STATE", "REASON"), *rows]:
+        print(f"{name:<{width}}  {version:<7}  {state:<11}  {reason}".rstrip())
+    return 0 if status["ready"] else 1
+
+
+def run_load(args: argparse.Namespace) -> int:
+    from converters.triton_server import load_model
+
+    versions = load_model(_url(args), args.name)
+    print(f"{args.name}: ready, serving version{'s' if len(versions) != 1 else ''} {', '.join(versions)}")
+    return 0
+
+
+def run_unload(args: argparse.Namespace) -> int:
+    from converters.triton_server import unload_model
+
+    unload_model(_url(args), args.name)
+    print(f"{args.name}: unloaded")
+    return 0
