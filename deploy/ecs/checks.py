@@ -98,7 +98,7 @@ def task_definition_problems(task: dict) -> list[str]:
     task_cpu, task_memory = _int(task.get("cpu")), _int(task.get("memory"))
     for key, value in (("cpu", task.get("cpu")), ("memory", task.get("memory"))):
         if value is not None and _int(value) is None:
-            problems.append(f"{key}: {value!r} is not a whole number (write e.g. \"4096\")")
+            problems.append(f'{key}: {value!r} is not a whole number (write e.g. "4096")')
     if fargate:
         problems.extend(_fargate_size_problems(task.get("cpu"), task.get("memory"), task_cpu, task_memory))
         for index, volume in enumerate(task.get("volumes") or []):
@@ -120,7 +120,7 @@ def task_definition_problems(task: dict) -> list[str]:
 
 def _fargate_size_problems(cpu_raw, memory_raw, cpu: int | None, memory: int | None) -> list[str]:
     if cpu_raw is None or memory_raw is None:
-        return ["cpu, memory: Fargate tasks need both at task level, e.g. \"4096\" and \"16384\""]
+        return ['cpu, memory: Fargate tasks need both at task level, e.g. "4096" and "16384"']
     if cpu is None or memory is None:
         return []  # already reported as not a whole number
     if cpu not in FARGATE_CPU_MEMORY:
@@ -137,7 +137,12 @@ def _fargate_size_problems(cpu_raw, memory_raw, cpu: int | None, memory: int | N
 
 
 def _container_problems(
-    task: dict, containers: list, fargate: bool, network_mode: str, task_cpu: int | None, task_memory: int | None
+    task: dict,
+    containers: list,
+    fargate: bool,
+    network_mode: str,
+    task_cpu: int | None,
+    task_memory: int | None,
 ) -> list[str]:
     problems: list[str] = []
     names = [c.get("name") for c in containers if isinstance(c, dict)]
@@ -146,7 +151,9 @@ def _container_problems(
         problems.append(f"containerDefinitions: the name {name!r} is used more than once")
     volumes = {v.get("name") for v in task.get("volumes") or [] if isinstance(v, dict)}
     if not any(c.get("essential", True) for c in containers if isinstance(c, dict)):
-        problems.append("containerDefinitions: no container is essential; mark the serving containers essential")
+        problems.append(
+            "containerDefinitions: no container is essential; mark the serving containers essential"
+        )
 
     seen_ports: dict[tuple[int, str], str] = {}
     cpu_sum = memory_sum = 0
@@ -166,7 +173,7 @@ def _container_problems(
         if essential and (not user or user in ROOT_USERS):
             problems.append(
                 f"{where}.user: {container.get('user')!r}: essential containers run as a non-root user; "
-                "set the image's unprivileged uid, e.g. \"1000:1000\""
+                'set the image\'s unprivileged uid, e.g. "1000:1000"'
             )
         if container.get("privileged"):
             problems.append(f"{where}.privileged: must be false")
@@ -214,7 +221,9 @@ def _container_problems(
     return problems
 
 
-def _port_problems(where: str, container: dict, network_mode: str, seen: dict[tuple[int, str], str]) -> list[str]:
+def _port_problems(
+    where: str, container: dict, network_mode: str, seen: dict[tuple[int, str], str]
+) -> list[str]:
     problems = []
     for index, mapping in enumerate(container.get("portMappings") or []):
         port, protocol = mapping.get("containerPort"), mapping.get("protocol", "tcp")
@@ -226,7 +235,9 @@ def _port_problems(where: str, container: dict, network_mode: str, seen: dict[tu
             problems.append(f"{at}.protocol: {protocol!r} must be 'tcp' or 'udp'")
         host_port = mapping.get("hostPort")
         if network_mode == "awsvpc" and host_port not in (None, port):
-            problems.append(f"{at}.hostPort: {host_port!r} must equal containerPort {port} (or be left out) in awsvpc")
+            problems.append(
+                f"{at}.hostPort: {host_port!r} must equal containerPort {port} (or be left out) in awsvpc"
+            )
         if network_mode == "awsvpc":
             # Every container of an awsvpc task shares one network namespace.
             key = (port, protocol)
@@ -240,14 +251,16 @@ def _health_check_problems(where: str, container: dict, essential: bool) -> list
     check = container.get("healthCheck")
     if check is None:
         if essential:
-            return [f"{where}.healthCheck: every essential container needs one (ECS restarts unhealthy tasks)"]
+            return [
+                f"{where}.healthCheck: every essential container needs one (ECS restarts unhealthy tasks)"
+            ]
         return []
     problems = []
     command = check.get("command")
     if not isinstance(command, list) or len(command) < 2 or command[0] not in ("CMD", "CMD-SHELL"):
         problems.append(
             f"{where}.healthCheck.command: {command!r} must be a list starting with 'CMD' or 'CMD-SHELL', "
-            "e.g. [\"CMD\", \"curl\", \"--fail\", \"http://127.0.0.1:8000/v2/health/ready\"]"
+            'e.g. ["CMD", "curl", "--fail", "http://127.0.0.1:8000/v2/health/ready"]'
         )
     for key, (low, high) in HEALTH_CHECK_LIMITS.items():
         value = check.get(key)
@@ -255,7 +268,9 @@ def _health_check_problems(where: str, container: dict, essential: bool) -> list
             problems.append(f"{where}.healthCheck.{key}: {value!r} must be an integer from {low} to {high}")
     interval, timeout = check.get("interval", 30), check.get("timeout", 5)
     if isinstance(interval, int) and isinstance(timeout, int) and timeout >= interval:
-        problems.append(f"{where}.healthCheck.timeout: {timeout} s must be shorter than the interval {interval} s")
+        problems.append(
+            f"{where}.healthCheck.timeout: {timeout} s must be shorter than the interval {interval} s"
+        )
     return problems
 
 
@@ -288,13 +303,15 @@ def _depends_on_problems(containers: list, by_name: dict[str, dict]) -> list[str
                 continue
             graph.setdefault(container.get("name"), []).append(target)
             if condition not in DEPENDS_ON_CONDITIONS:
-                problems.append(f"{at}.condition: {condition!r} is not one of {', '.join(DEPENDS_ON_CONDITIONS)}")
+                problems.append(
+                    f"{at}.condition: {condition!r} is not one of {', '.join(DEPENDS_ON_CONDITIONS)}"
+                )
             elif condition == "HEALTHY" and not by_name[target].get("healthCheck"):
                 problems.append(f"{at}.condition: HEALTHY needs a healthCheck on {target!r}")
             elif condition in ("SUCCESS", "COMPLETE") and by_name[target].get("essential", True):
                 problems.append(
                     f"{at}.condition: {condition} waits for {target!r} to exit, but it is essential and its "
-                    "exit would stop the task; mark it \"essential\": false"
+                    'exit would stop the task; mark it "essential": false'
                 )
     cycle = _find_cycle(graph)
     if cycle:
@@ -309,7 +326,7 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
         state[node] = 1
         for nxt in graph.get(node, []):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+                return path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt]
             if state.get(nxt) is None:
                 found = visit(nxt, path + [nxt])
                 if found:
@@ -380,9 +397,14 @@ def service_problems(service: dict, task: dict) -> list[str]:
             continue
         ports = [m.get("containerPort") for m in containers[target].get("portMappings") or []]
         if balancer.get("containerPort") not in ports:
-            problems.append(f"{at}.containerPort: {balancer.get('containerPort')!r} is not one of {target}'s ports {ports}")
+            problems.append(
+                f"{at}.containerPort: {balancer.get('containerPort')!r} is not one of "
+                f"{target}'s ports {ports}"
+            )
         if not containers[target].get("essential", True):
-            problems.append(f"{at}.containerName: {target!r} is not essential; balance onto a serving container")
+            problems.append(
+                f"{at}.containerName: {target!r} is not essential; balance onto a serving container"
+            )
     return problems
 
 

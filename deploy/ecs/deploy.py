@@ -37,7 +37,14 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python deploy/ecs/deploy.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from converters.errors import InvalidArgument, MissingDependency, NotFound, PublishError, ToolkitError, Unavailable
+from converters.errors import (
+    InvalidArgument,
+    MissingDependency,
+    NotFound,
+    PublishError,
+    ToolkitError,
+    Unavailable,
+)
 from deploy.ecs.checks import check_definitions
 
 log = logging.getLogger(__name__)
@@ -115,7 +122,7 @@ def apply_variant(task: dict, service: dict, variant: dict, *, source: str) -> t
     task = _merge(task, task_patch)
     containers = task.get("containerDefinitions") or []
     names = [c.get("name") for c in containers]
-    for name, patch in container_patches.items():
+    for name in container_patches:
         if name not in names:
             raise InvalidArgument(
                 f"{source}: taskDefinition.containers.{name}: no such container (the task has {names})",
@@ -161,7 +168,8 @@ def render(templates: dict[str, Any], variables: dict[str, str]) -> dict[str, An
     if missing:
         lines = [f"- {name} (used at {'; '.join(places)})" for name, places in sorted(missing.items())]
         raise InvalidArgument(
-            f"{len(missing)} variable(s) not set:\n" + "\n".join(lines)
+            f"{len(missing)} variable(s) not set:\n"
+            + "\n".join(lines)
             + "\npass --var NAME=VALUE or set the environment variable",
             field=sorted(missing)[0],
         )
@@ -185,7 +193,9 @@ def load_definitions(
         task, service = apply_variant(task, service, _read_json(variant_path), source=str(variant_path))
     rendered = render({task_path.name: task, service_path.name: service}, variables)
     task, service = rendered[task_path.name], rendered[service_path.name]
-    check_definitions(task, service, source=f"{task_path.name} + {service_path.name}" + (f" ({variant})" if variant else ""))
+    check_definitions(
+        task, service, source=f"{task_path.name} + {service_path.name}" + (f" ({variant})" if variant else "")
+    )
     return Definitions(task=task, service=service, variant=variant)
 
 
@@ -232,7 +242,9 @@ def _differences(current: dict, wanted: dict) -> list[str]:
         if isinstance(want, dict) and isinstance(have, dict):
             changed = {k: v for k, v in want.items() if have.get(k) != v}
             if changed:
-                reasons.append(f"{key}: {json.dumps({k: have.get(k) for k in changed})} -> {json.dumps(changed)}")
+                reasons.append(
+                    f"{key}: {json.dumps({k: have.get(k) for k in changed})} -> {json.dumps(changed)}"
+                )
         elif have != want:
             reasons.append(f"{key}: {have!r} -> {want!r}")
     return reasons
@@ -259,10 +271,14 @@ def plan(ecs, definitions: Definitions) -> Plan:
         reasons.append(f"service: {name!r} does not exist in cluster {cluster!r}")
     else:
         if current.get("status") == "DRAINING":
-            raise Unavailable(f"service {name!r} is DRAINING after a delete; wait until it is INACTIVE, then rerun")
+            raise Unavailable(
+                f"service {name!r} is DRAINING after a delete; wait until it is INACTIVE, then rerun"
+            )
         changes = _differences(current, service)
         if register or current.get("taskDefinition") != target_arn:
-            changes.insert(0, f"taskDefinition: {current.get('taskDefinition')} -> {target_arn or 'the new revision'}")
+            changes.insert(
+                0, f"taskDefinition: {current.get('taskDefinition')} -> {target_arn or 'the new revision'}"
+            )
         controller = (current.get("deploymentController") or {}).get("type", "ECS")
         if changes and controller == "CODE_DEPLOY":
             raise InvalidArgument(
@@ -335,7 +351,11 @@ def deploy(ecs, definitions: Definitions, *, dry_run: bool = False, register_onl
         if dry_run:
             return Plan(**{**the_plan.to_dict(), "dry_run": True})
         if register_only:
-            arn = register(ecs, definitions.task, the_plan.definition_sha256) if the_plan.register else latest_arn
+            arn = (
+                register(ecs, definitions.task, the_plan.definition_sha256)
+                if the_plan.register
+                else latest_arn
+            )
             return Plan(**{**the_plan.to_dict(), "task_definition_arn": arn})
         return apply(ecs, definitions, the_plan)
     except NoCredentialsError:
@@ -359,7 +379,8 @@ def parse_vars(pairs: list[str], environ: dict[str, str]) -> dict[str, str]:
         name, sep, value = pair.partition("=")
         if not sep or not VARIABLE.fullmatch("${" + name + "}"):
             raise InvalidArgument(
-                f"--var: {pair!r} is not NAME=VALUE with an upper-case NAME, e.g. TRITON_IMAGE=repo/triton:0.1.0",
+                f"--var: {pair!r} is not NAME=VALUE with an upper-case NAME, "
+                "e.g. TRITON_IMAGE=repo/triton:0.1.0",
                 field="var",
             )
         variables[name] = value
@@ -373,18 +394,26 @@ def build_parser() -> argparse.ArgumentParser:
         "(only when it changed) and create or update the service.",
     )
     parser.add_argument(
-        "--var", action="append", default=[], metavar="NAME=VALUE",
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="a ${NAME} of the definitions (also read from the environment); repeat for each",
     )
-    parser.add_argument("--variant", default=None, help="a file of deploy/ecs/variants/ without .json, e.g. gpu")
+    parser.add_argument(
+        "--variant", default=None, help="a file of deploy/ecs/variants/ without .json, e.g. gpu"
+    )
     parser.add_argument("--region", default=None, help="AWS region (default: AWS_REGION)")
-    parser.add_argument("--task-definition", type=Path, default=TASK_DEFINITION, help="(default: %(default)s)")
+    parser.add_argument(
+        "--task-definition", type=Path, default=TASK_DEFINITION, help="(default: %(default)s)"
+    )
     parser.add_argument("--service", type=Path, default=SERVICE, help="(default: %(default)s)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     mode.add_argument("--validate-only", action="store_true", help="render and validate, no AWS call")
     mode.add_argument(
-        "--register-only", action="store_true",
+        "--register-only",
+        action="store_true",
         help="register the task definition if it changed, leave the service (blue/green via CodeDeploy)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -398,7 +427,9 @@ def _client(region: str | None):
     try:
         return boto3.client("ecs", region_name=region)
     except NoRegionError:
-        raise InvalidArgument("--region: no AWS region set; pass --region or set AWS_REGION", field="region") from None
+        raise InvalidArgument(
+            "--region: no AWS region set; pass --region or set AWS_REGION", field="region"
+        ) from None
 
 
 def main(argv: list[str] | None = None, *, ecs=None, environ: dict[str, str] | None = None) -> int:
