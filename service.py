@@ -56,10 +56,11 @@ from typing import Annotated, Any, Literal
 
 import bentoml
 import numpy as np
+import orjson
 import yaml
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from converters.errors import InvalidArgument, NotFound, PayloadTooLarge, ToolkitError, Unavailable
 from converters.repository import Repository, validate_name
@@ -811,12 +812,18 @@ async def _no_receive() -> dict:
     return {"type": "http.disconnect"}
 
 
-def error_response(err: ToolkitError) -> JSONResponse:
+def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """orjson, numpy arrays included: a 384-float embedding encodes ~10x faster than with json.dumps."""
+    content = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
+
+
+def error_response(err: ToolkitError) -> Response:
     body = {"error": str(err), "field": getattr(err, "field", None), "request_id": REQUEST_ID.get()}
     headers = {}
     if isinstance(err, Unavailable):
         headers["Retry-After"] = str(err.retry_after_s)
-    return JSONResponse(body, status_code=err.http_status, headers=headers)
+    return json_response(body, err.http_status, headers)
 
 
 # ---- request checks -------------------------------------------------------------------------------
@@ -987,7 +994,7 @@ class ModelService:
         model: str | None,
         version: int | None,
         work: Callable[[ModelEntry, VersionEntry], Awaitable[dict]],
-    ) -> JSONResponse:
+    ) -> Response:
         started = time.perf_counter()
         model_label, version_label = "unknown", ""
         try:
@@ -997,7 +1004,7 @@ class ModelService:
             version_label = str(chosen.version)
             body = await work(entry, chosen)
             version_label = str(body["version"])
-            response = JSONResponse(body)
+            response = json_response(body)
         except ToolkitError as err:
             response = error_response(err)
             level = logging.WARNING if response.status_code < 500 else logging.ERROR
@@ -1077,7 +1084,7 @@ class ModelService:
         async def work(entry: ModelEntry, chosen: VersionEntry) -> dict:
             check_texts([text], "text", self.settings.limits)
             vectors, served = await self._encode(entry, chosen, [text])
-            return {"model": entry.name, "version": served, "embedding": vectors[0].tolist()}
+            return {"model": entry.name, "version": served, "embedding": vectors[0]}
 
         return await self._serve("/embed", "feature-extraction", model, version, work)
 
@@ -1089,7 +1096,7 @@ class ModelService:
             check_items(texts, "texts", self.settings.limits)
             check_texts(texts, "texts", self.settings.limits)
             vectors, served = await self._encode(entry, chosen, texts)
-            return {"model": entry.name, "version": served, "embeddings": vectors.tolist()}
+            return {"model": entry.name, "version": served, "embeddings": vectors}
 
         return await self._serve("/embed/batch", "feature-extraction", model, version, work)
 

@@ -1,0 +1,147 @@
+"""Locust users for the Bento service and for Triton direct, one item per request.
+
+Both kinds of user send the same fixed local inputs (``benchmarks.workloads``: real sentences cut to
+an exact token count, or seeded images), so a run of each at equal concurrency compares the stacks:
+
+- ``BentoUser``: the service's JSON endpoint for the entry's task (``/embed`` for feature-extraction,
+  ``/classify`` for text-classification, ``/predict`` with a base64 PNG for images). ``--host`` is the
+  Bento URL, e.g. http://127.0.0.1:3000.
+- ``TritonUser``: Triton's KServe v2 HTTP ``/v2/models/<name>/infer`` with the tensors as JSON (token
+  ids tokenized once, before the run: the client-side cost Bento takes on is not in this baseline).
+  ``--host`` is Triton's HTTP URL, e.g. http://127.0.0.1:8000.
+
+Every response is checked (status, and the shape of what came back); a wrong one counts as a failure.
+
+Environment:
+    MODELPACK_WORKLOAD    a workload of benchmarks.workloads (default ``minilm-short``)
+    MODELPACK_REPOSITORY  the model repository holding the entry (default ``model_repository/``)
+    MODELPACK_VERSION     pin a version (default: Bento's configured split / Triton's latest)
+
+    locust -f benchmarks/locustfile.py --headless -u 8 -r 8 -t 30s --host http://127.0.0.1:3000 BentoUser
+"""
+
+import functools
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+from locust import FastHttpUser, constant, task
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # locust puts only this file's folder on sys.path
+    sys.path.insert(0, str(ROOT))
+
+
+@functools.cache
+def workload_data() -> dict:
+    """The workload's items in both request forms, loaded once per Locust process."""
+    from benchmarks.workloads import WORKLOADS, load_inputs
+    from converters.errors import InvalidArgument
+    from converters.repository import Repository
+
+    name = os.environ.get("MODELPACK_WORKLOAD", "minilm-short")
+    if name not in WORKLOADS:
+        raise InvalidArgument(
+            f"MODELPACK_WORKLOAD={name!r} is not a workload; choose from {', '.join(WORKLOADS)}", field="workload"
+        )
+    workload = WORKLOADS[name]
+    repository = Repository(os.environ.get("MODELPACK_REPOSITORY") or None)
+    version = int(os.environ["MODELPACK_VERSION"]) if os.environ.get("MODELPACK_VERSION") else None
+    manifest = repository.manifest(workload.model, version)
+    inputs = load_inputs(workload, repository)
+    output = manifest["outputs"][0]
+    bento_route = {
+        "feature-extraction": "/embed",
+        "text-classification": "/classify",
+        "image-classification": "/predict",
+    }[manifest["task"]]
+    if workload.kind == "text":
+        bodies = [{"text": text} for text in inputs.texts]
+    else:
+        bodies = [{"image": png} for png in inputs.png_b64]
+    if version is not None:
+        bodies = [{**body, "version": version} for body in bodies]
+    triton_bodies = [
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": key,
+                        "shape": [1, *value.shape],
+                        "datatype": "INT64" if value.dtype.kind == "i" else "FP32",
+                        "data": value.reshape(-1).tolist(),
+                    }
+                    for key, value in item.items()
+                ],
+                "outputs": [{"name": output["name"]}],
+            }
+        )
+        for item in inputs.tensors
+    ]
+    return {
+        "model": workload.model,
+        "version": version,
+        "route": bento_route,
+        "bodies": [json.dumps(b) for b in bodies],
+        "triton_bodies": triton_bodies,
+        "output": output["name"],
+        "width": int(output["shape"][-1]),
+    }
+
+
+class BentoUser(FastHttpUser):
+    """POSTs one item per request to the service's endpoint for the entry's task."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.data = workload_data()
+        self.bodies = itertools.cycle(self.data["bodies"])
+
+    @task
+    def infer(self) -> None:
+        route = self.data["route"]
+        with self.client.post(
+            route,
+            data=next(self.bodies),
+            headers={"Content-Type": "application/json"},
+            name=route,
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                return
+            body = response.json()
+            values = body.get("embedding") or body.get("predictions")
+            if not values or (route == "/embed" and len(values) != self.data["width"]):
+                response.failure(f"unexpected body: {response.text[:200]}")
+
+
+class TritonUser(FastHttpUser):
+    """POSTs one item per request to Triton's KServe v2 HTTP inference endpoint."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.data = workload_data()
+        self.bodies = itertools.cycle(self.data["triton_bodies"])
+        version = self.data["version"]
+        self.path = f"/v2/models/{self.data['model']}" + (f"/versions/{version}" if version else "") + "/infer"
+
+    @task
+    def infer(self) -> None:
+        with self.client.post(
+            self.path,
+            data=next(self.bodies),
+            headers={"Content-Type": "application/json"},
+            name="triton " + self.path,
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                return
+            outputs = response.json().get("outputs") or []
+            if not outputs or outputs[0].get("shape", [0, 0])[-1] != self.data["width"]:
+                response.failure(f"unexpected body: {response.text[:200]}")
