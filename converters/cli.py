@@ -18,7 +18,7 @@ from converters.errors import ToolkitError
 log = logging.getLogger(__name__)
 
 # Modules (relative to this package) that each register one or more subcommands, in --help order.
-COMMAND_MODULES: list[str] = ["commands.convert", "serve"]
+COMMAND_MODULES: list[str] = ["commands.convert", "commands.manage", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

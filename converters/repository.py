@@ -181,6 +181,11 @@ class Repository:
             )
         return version
 
+    def latest_fp32(self, name: str) -> int:
+        """The newest fp32 version (what quantize and tensorrt start from), else the newest version."""
+        versions = [v for v in self.versions(name) if self.manifest(name, v).get("precision") == "fp32"]
+        return versions[-1] if versions else self.require(name)
+
     def version_dir(self, name: str, version: int) -> Path:
         return self.model_dir(name) / str(version)
 

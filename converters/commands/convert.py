@@ -150,6 +150,29 @@ def run_lightning(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_quantize(args: argparse.Namespace) -> int:
+    from converters.onnx2int8 import quantize
+
+    result = quantize(
+        args.ref,
+        repository=args.repository,
+        min_cosine=args.min_cosine,
+        min_top1=args.min_top1,
+        speed_seconds=args.speed_seconds,
+    )
+    report(result)
+    quantization = result.manifest["quantization"]
+    print(json.dumps({"model_bytes": quantization["model_bytes"], "throughput": quantization["throughput"]}))
+    return 0
+
+
+def run_tensorrt(args: argparse.Namespace) -> int:
+    from converters.onnx2trt import convert_trt
+
+    report(convert_trt(args.ref, repository=args.repository, fp16=args.fp16, output_name=args.output_name))
+    return 0
+
+
 def register(subparsers) -> None:
     hf = subparsers.add_parser(
         "hf",
@@ -197,3 +220,42 @@ def register(subparsers) -> None:
     )
     add_common_flags(lightning)
     lightning.set_defaults(func=run_lightning)
+
+    quantize = subparsers.add_parser(
+        "quantize",
+        help="int8 variant of an fp32 ONNX entry, as a new version",
+        description="Quantise an fp32 version with ONNX Runtime dynamic quantisation (per-channel int8 "
+        "weights), hold it to its own gate against fp32 (cosine of embeddings, or top-1 agreement of "
+        "classifiers, on the entry's fixed inputs), and publish it as the next version with its size and "
+        "in-process speed against fp32 in the manifest.",
+    )
+    quantize.add_argument(
+        "ref", metavar="NAME[:VERSION]", help="entry, and the fp32 version (default: latest fp32)"
+    )
+    add_repository_flag(quantize)
+    quantize.add_argument(
+        "--min-cosine", type=float, default=0.99, help="embeddings gate (default %(default)s)"
+    )
+    quantize.add_argument("--min-top1", type=float, default=0.9, help="classifier gate (default %(default)s)")
+    quantize.add_argument(
+        "--speed-seconds",
+        type=float,
+        default=1.0,
+        help="time per in-process speed measurement (default %(default)s)",
+    )
+    quantize.set_defaults(func=run_quantize)
+
+    tensorrt = subparsers.add_parser(
+        "tensorrt",
+        help="TensorRT plan of an ONNX entry (needs TensorRT and an NVIDIA GPU)",
+        description="Build a TensorRT plan from an ONNX entry with optimisation profiles (min/opt/max) from "
+        "its dynamic axes, check it against ONNX Runtime, and publish it as a tensorrt_plan entry. Without "
+        "TensorRT or a GPU it exits 2 naming what is missing and leaves the repository untouched.",
+    )
+    tensorrt.add_argument(
+        "ref", metavar="NAME[:VERSION]", help="the ONNX entry (default: its latest version)"
+    )
+    tensorrt.add_argument("--fp16", action="store_true", help="allow fp16 kernels (parity atol 1e-2)")
+    tensorrt.add_argument("--output-name", default=None, help="entry name of the plan (default NAME_trt)")
+    add_repository_flag(tensorrt)
+    tensorrt.set_defaults(func=run_tensorrt)

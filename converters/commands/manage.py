@@ -1,0 +1,186 @@
+"""`list`, `validate`, `rollback`, `configure`: look after the entries already in a repository."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from converters.commands.convert import add_repository_flag
+from converters.errors import InvalidArgument
+from converters.triton_config import ACCELERATOR_PRECISIONS, ACCELERATORS
+
+_ROW = "{name:<20} {version:>3} {served:<6} {task:<20} {precision:<5} {size:>9} {err:>11} {parity}"
+
+
+def _fmt_size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+def rows(repository) -> list[dict]:
+    from converters.repository import Repository
+
+    repo = Repository(repository)
+    table = []
+    for name in repo.models():
+        served = set(repo.served_versions(name))
+        platform = repo.config(name).platform
+        for version in repo.versions(name):
+            manifest = repo.manifest(name, version)
+            parity = manifest.get("parity", {})
+            table.append(
+                {
+                    "name": name,
+                    "version": version,
+                    "served": version in served,
+                    "platform": platform,
+                    "task": manifest.get("task"),
+                    "precision": manifest.get("precision"),
+                    "size_bytes": manifest.get("size_bytes"),
+                    "max_abs_err": parity.get("max_abs_err"),
+                    "parity_passed": parity.get("passed"),
+                    "created_at": manifest.get("created_at"),
+                }
+            )
+    return table
+
+
+def run_list(args: argparse.Namespace) -> int:
+    table = rows(args.repository)
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    if not table:
+        print("no models")
+        return 0
+    print(
+        _ROW.format(
+            name="NAME",
+            version="VER",
+            served="SERVED",
+            task="TASK",
+            precision="PREC",
+            size="SIZE",
+            err="MAX ABS ERR",
+            parity="PARITY",
+        )
+    )
+    for row in table:
+        err = row["max_abs_err"]
+        print(
+            _ROW.format(
+                name=row["name"],
+                version=row["version"],
+                served="yes" if row["served"] else "",
+                task=row["task"] or "?",
+                precision=row["precision"] or "?",
+                size=_fmt_size(row["size_bytes"] or 0),
+                err="-" if err is None else f"{err:.2e}",
+                parity="passed" if row["parity_passed"] else "FAILED",
+            )
+        )
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from converters.validate import validate
+
+    result = validate(args.ref, repository=args.repository, trust_checkpoint=args.trust_checkpoint)
+    outputs = result.outputs
+    figures = {
+        k: outputs[k] for k in ("max_abs_err", "max_rel_err", "min_cosine", "top1_agreement") if k in outputs
+    }
+    print(json.dumps({"name": outputs["name"], "version": outputs["version"], "passed": True, **figures}))
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from converters.repository import Repository, validate_name
+
+    repo = Repository(args.repository)
+    name = validate_name(args.name)
+    versions = [repo.require(name, v) for v in repo.versions(name)]
+    if args.to == "latest":
+        repo.set_version_policy(name, "latest")
+    else:
+        if args.to is None:
+            current = max(repo.served_versions(name), default=versions[-1])
+            earlier = [v for v in versions if v < current]
+            if not earlier:
+                raise InvalidArgument(
+                    f"{name}: version {current} is the oldest; there is nothing to roll back to", field="name"
+                )
+            target = earlier[-1]
+        else:
+            if not args.to.isdigit():
+                raise InvalidArgument(f"--to: {args.to!r} is not a version number or 'latest'", field="to")
+            target = repo.require(name, int(args.to))
+        repo.set_version_policy(name, [target])
+    print(json.dumps({"name": name, "served": repo.served_versions(name), "versions": versions}))
+    return 0
+
+
+def run_configure(args: argparse.Namespace) -> int:
+    from converters.repository import Repository, validate_name
+    from converters.triton_config import set_accelerator
+
+    repo = Repository(args.repository)
+    name = validate_name(args.name)
+    repo.require(name)
+
+    def change(config) -> None:
+        if args.accelerator == "none":
+            config.ClearField("optimization")
+        else:
+            set_accelerator(config, args.accelerator, args.precision)
+
+    config = repo.update_config(name, change)
+    accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+    print(json.dumps({"name": name, "gpu_execution_accelerator": [a.name for a in accelerators]}))
+    return 0
+
+
+def register(subparsers) -> None:
+    listing = subparsers.add_parser(
+        "list",
+        help="models, versions, sizes, parity",
+        description="List every entry and version of a repository.",
+    )
+    add_repository_flag(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    listing.set_defaults(func=run_list)
+
+    validate = subparsers.add_parser(
+        "validate",
+        help="re-run the parity check of a version",
+        description="Re-run the check a version was published under: parity against the source in its "
+        "manifest (fp32), or the int8 gate against its fp32 version. Exit 1 when it fails.",
+    )
+    validate.add_argument("ref", metavar="NAME[:VERSION]", help="entry and version (default: latest)")
+    validate.add_argument(
+        "--trust-checkpoint", action="store_true", help="full-pickle load of a Lightning source"
+    )
+    add_repository_flag(validate)
+    validate.set_defaults(func=run_validate)
+
+    rollback = subparsers.add_parser(
+        "rollback",
+        help="serve the previous version (nothing deleted)",
+        description="Point the entry's version_policy at the version before the one served now (or at "
+        "--to VERSION, or back to 'latest'). No version is deleted; Triton picks the change up on reload.",
+    )
+    rollback.add_argument("name", metavar="NAME")
+    rollback.add_argument("--to", default=None, metavar="VERSION|latest", help="serve this version instead")
+    add_repository_flag(rollback)
+    rollback.set_defaults(func=run_rollback)
+
+    configure = subparsers.add_parser(
+        "configure",
+        help="set the GPU execution accelerator of an ONNX entry",
+        description="Write ONNX Runtime's TensorRT execution accelerator into an ONNX entry's config (for "
+        "GPU deployments), or remove it with --accelerator none.",
+    )
+    configure.add_argument("name", metavar="NAME")
+    configure.add_argument("--accelerator", required=True, choices=(*ACCELERATORS, "none"))
+    configure.add_argument("--precision", choices=ACCELERATOR_PRECISIONS, default="FP16")
+    add_repository_flag(configure)
+    configure.set_defaults(func=run_configure)

@@ -1,0 +1,103 @@
+"""``validate NAME[:VERSION]``: re-run the check a version was published under, from its manifest.
+
+- fp32 ONNX versions: parity against the source named in the manifest (its sha256 must still match),
+  exactly as at export: sentence-transformers / the PyTorch model on the fixed sentences, or the
+  LightningModule on seeded inputs;
+- int8 versions: the int8 gate against the fp32 version they came from.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from converters.errors import CheckFailed, NotFound
+from converters.inputs import EntryInputs
+from converters.repository import Repository, parse_ref, sha256_path
+from converters.results import StepResult, Timer
+from converters.runtime import ort_session, run
+from converters.specs import TEXT_TASKS
+
+log = logging.getLogger(__name__)
+
+
+def _source(manifest: dict) -> Path:
+    source = Path(manifest["source"]["path"])
+    if not source.exists():
+        raise NotFound(
+            f"source {source} named in the manifest no longer exists; cannot re-run parity", field="source"
+        )
+    digest = sha256_path(source)
+    if digest != manifest["source"]["sha256"]:
+        raise CheckFailed(
+            f"source {source} changed since export (sha256 {digest[:12]}... where the manifest has "
+            f"{manifest['source']['sha256'][:12]}...); convert it again to publish a new version"
+        )
+    return source
+
+
+def _fp32_parity(manifest: dict, version_dir: Path, *, trust_checkpoint: bool):
+    parity = manifest["parity"]
+    atol, rtol = float(parity["atol"]), float(parity["rtol"])
+    source = _source(manifest)
+    model_path = version_dir / "model.onnx"
+    if manifest["task"] in TEXT_TASKS:
+        from converters.hf2onnx import load, text_parity
+        from converters.inputs import load_tokenizer
+
+        _, module, _ = load(source, manifest["task"])
+        tokenizer = load_tokenizer(version_dir / manifest["preprocessing"]["tokenizer"])
+        max_length = int(manifest["preprocessing"]["max_length"])
+        return text_parity(model_path, source, manifest["task"], module, tokenizer, max_length, atol, rtol)
+    from converters.lightning2onnx import image_parity, load_module, read_checkpoint, resolve_class
+
+    cls = resolve_class(manifest["module"])
+    read_checkpoint(source, trust=trust_checkpoint)
+    module = load_module(source, cls, trust=trust_checkpoint)
+    shape = tuple(int(d) for d in manifest["inputs"][0]["shape"][1:])
+    return image_parity(model_path, module, shape, atol, rtol)
+
+
+def _int8_gate(repo: Repository, name: str, manifest: dict, version_dir: Path) -> dict:
+    from converters.onnx2int8 import GATE_BATCH, gate
+
+    quantization = manifest["quantization"]
+    source_version = int(quantization["source_version"])
+    fp32_dir = repo.version_dir(name, repo.require(name, source_version))
+    inputs = EntryInputs(manifest, version_dir)
+    feeds = inputs.feeds(GATE_BATCH)
+    output = manifest["outputs"][0]["name"]
+    threshold = float(quantization["gate"]["threshold"])
+    result = gate(
+        manifest["task"],
+        run(ort_session(fp32_dir / "model.onnx"), feeds)[output],
+        run(ort_session(version_dir / "model.onnx"), feeds)[output],
+        min_cosine=threshold,
+        min_top1=threshold,
+    )
+    if not result["passed"]:
+        measured = result.get("min_cosine", result.get("top1_agreement"))
+        raise CheckFailed(
+            f"int8 gate of {name}:{manifest['version']} failed:\n- {output}: {result['kind']} {measured:.4f} "
+            f"< {threshold} against {name}:{source_version}"
+        )
+    return result
+
+
+def validate(ref: str, *, repository: str | Path | None = None, trust_checkpoint: bool = False) -> StepResult:
+    """Re-run the version's check; CheckFailed (exit 1) when it no longer passes."""
+    name, version = parse_ref(ref)
+    repo = Repository(repository)
+    version = repo.require(name, version)
+    manifest = repo.manifest(name, version)
+    version_dir = repo.version_dir(name, version)
+    with Timer() as timer:
+        if manifest.get("precision") == "int8":
+            outputs = _int8_gate(repo, name, manifest, version_dir)
+        elif (version_dir / "model.onnx").is_file():
+            report = _fp32_parity(manifest, version_dir, trust_checkpoint=trust_checkpoint)
+            report.raise_if_failed(f"{name}:{version}")
+            outputs = report.to_manifest()
+        else:
+            raise CheckFailed(f"{name}:{version} has no model.onnx; validate re-runs ONNX parity only")
+    return StepResult("validate", "ok", timer.elapsed, {"name": name, "version": version, **outputs})
