@@ -1,0 +1,245 @@
+"""Offline checks of the deployment definitions: what CI runs, since nothing here can be applied.
+
+    python -m deploy.checks [--out DIR]
+
+1. ``kubectl kustomize`` renders each overlay of ``deploy/k8s/overlays`` (cpu, gpu, canary);
+2. every rendered object is validated against the Kubernetes ``KUBERNETES_VERSION`` schemas, strictly
+   (unknown fields are errors), by kubernetes-validate;
+3. checkov scans the rendered manifests and every Dockerfile under ``deploy/`` in one run; a failed
+   check fails, and a skipped one must carry its reason in the file (checkov skip annotation/comment);
+4. hadolint lints every Dockerfile under ``deploy/``.
+
+Each check returns a ``CheckResult``; ``main`` prints one line per check and exits 1 if any failed.
+Tools: kubectl (the machine's, else ``.venv-checkov/bin/kubectl``), checkov in ``.venv-checkov/``,
+hadolint and kubernetes-validate in the main venv (``make setup`` installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from converters.errors import CheckFailed, MissingDependency, NotFound
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+OVERLAYS_DIR = DEPLOY / "k8s" / "overlays"
+OVERLAYS = ("cpu", "gpu", "canary")
+# The Kubernetes version the manifests are validated against (EKS 1.32; kubectl 1.32 renders them).
+KUBERNETES_VERSION = "1.32.0"
+CHECKOV_VENV = ROOT / ".venv-checkov"
+
+
+@dataclass
+class CheckResult:
+    """One check over one or more files: passed, and a line per problem found."""
+
+    name: str
+    passed: bool
+    problems: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    def line(self) -> str:
+        status = "ok" if self.passed else "FAILED"
+        head = f"{status:6} {self.name} ({self.duration_s:.1f} s)"
+        return "\n".join([head] + [f"       - {p}" for p in self.problems])
+
+
+def dockerfiles() -> list[Path]:
+    """Every Dockerfile under deploy/ (``Dockerfile``, ``*.Dockerfile``)."""
+    found = [p for p in DEPLOY.rglob("*") if p.is_file() and _is_dockerfile(p)]
+    return sorted(found)
+
+
+def _is_dockerfile(path: Path) -> bool:
+    return path.name == "Dockerfile" or path.name.endswith(".Dockerfile")
+
+
+def _tool(name: str, *candidates: Path) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    raise MissingDependency(
+        f"{name}: not found on PATH nor in {', '.join(map(str, candidates))}; run `make setup`"
+    )
+
+
+def kubectl() -> str:
+    return _tool("kubectl", CHECKOV_VENV / "bin" / "kubectl")
+
+
+def checkov() -> str:
+    binary = CHECKOV_VENV / "bin" / "checkov"
+    if not binary.is_file():
+        raise MissingDependency(f"checkov: {binary} is missing; run `make setup` (it builds .venv-checkov/)")
+    return str(binary)
+
+
+def hadolint() -> str:
+    return _tool("hadolint", Path(sys.executable).parent / "hadolint", ROOT / ".venv" / "bin" / "hadolint")
+
+
+def render(overlay: str | Path) -> str:
+    """``kubectl kustomize`` of an overlay (a name under deploy/k8s/overlays, or a folder)."""
+    path = Path(overlay) if Path(overlay).is_absolute() else OVERLAYS_DIR / str(overlay)
+    if not (path / "kustomization.yaml").is_file():
+        known = ", ".join(sorted(p.name for p in OVERLAYS_DIR.iterdir() if p.is_dir()))
+        raise NotFound(
+            f"overlay {overlay!r}: no kustomization.yaml in {path} (overlays: {known})", field="overlay"
+        )
+    done = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise CheckFailed(f"kubectl kustomize {path}: {done.stderr.strip() or 'failed'}")
+    return done.stdout
+
+
+def render_all(out_dir: Path, overlays: Iterable[str] = OVERLAYS) -> dict[str, Path]:
+    """Render each overlay to ``out_dir/<overlay>.yaml``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for overlay in overlays:
+        paths[overlay] = out_dir / f"{overlay}.yaml"
+        paths[overlay].write_text(render(overlay), encoding="utf-8")
+    return paths
+
+
+def load_documents(path: Path) -> list[dict]:
+    import yaml
+
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+def validate_manifests(path: Path, version: str = KUBERNETES_VERSION) -> CheckResult:
+    """kubernetes-validate, strict, on every object of a rendered file."""
+    import kubernetes_validate
+
+    start = time.perf_counter()
+    problems, kinds = [], []
+    for doc in load_documents(path):
+        name = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+        kinds.append(name)
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            where = ".".join(str(p) for p in err.path) or "(top level)"
+            problems.append(f"{path.name}: {name}: {where}: {err.message}")
+        except kubernetes_validate.SchemaNotFoundError as err:
+            problems.append(f"{path.name}: {name}: {err}")
+    return CheckResult(
+        name=f"kubernetes-validate --strict -k {version} {path.name}",
+        passed=not problems,
+        problems=problems,
+        details={"objects": kinds},
+        duration_s=time.perf_counter() - start,
+    )
+
+
+def run_checkov(files: Iterable[Path]) -> CheckResult:
+    """One checkov run over rendered manifests and Dockerfiles; failures and reasonless skips fail."""
+    files = list(files)
+    start = time.perf_counter()
+    command = [checkov(), "--skip-download", "--framework", "kubernetes", "dockerfile", "-o", "json"]
+    for path in files:
+        command += ["-f", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    try:
+        reports = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise CheckFailed(
+            f"checkov printed no JSON report (exit {done.returncode}): {done.stderr[-2000:]}"
+        ) from None
+    reports = reports if isinstance(reports, list) else [reports]
+    problems, summary = [], {}
+    for report in reports:
+        kind = report.get("check_type", "?")
+        summary[kind] = report.get("summary", {})
+        results = report.get("results", {})
+        for failed in results.get("failed_checks", []):
+            problems.append(
+                f"{kind}: {failed['check_id']} {failed['check_name']} in {Path(failed['file_path']).name} "
+                f"({failed.get('resource')})"
+            )
+        for skipped in results.get("skipped_checks", []):
+            reason = (skipped.get("check_result") or {}).get("suppress_comment") or ""
+            if not reason.strip() or reason.strip() == "No comment provided":
+                problems.append(
+                    f"{kind}: {skipped['check_id']} skipped without a reason in {skipped.get('resource')}"
+                )
+        for error in results.get("parsing_errors", []) if isinstance(results, dict) else []:
+            problems.append(f"{kind}: could not parse {error}")
+    if not any(s.get("resource_count") for s in summary.values()):
+        problems.append(f"checkov scanned no resource in {', '.join(p.name for p in files)}")
+    return CheckResult(
+        name=f"checkov on {len(files)} file(s)",
+        passed=not problems,
+        problems=problems,
+        details={"summary": summary},
+        duration_s=time.perf_counter() - start,
+    )
+
+
+def run_hadolint(dockerfile: Path) -> CheckResult:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [hadolint(), "--format", "json", str(dockerfile)], capture_output=True, text=True, timeout=120
+    )
+    try:
+        findings = json.loads(done.stdout or "[]")
+    except json.JSONDecodeError:
+        findings = [{"line": 0, "code": "hadolint", "message": (done.stderr or done.stdout).strip()}]
+    problems = [f"{dockerfile.name}:{f.get('line')}: {f.get('code')} {f.get('message')}" for f in findings]
+    return CheckResult(
+        name=f"hadolint {dockerfile.relative_to(ROOT) if dockerfile.is_relative_to(ROOT) else dockerfile}",
+        passed=done.returncode == 0 and not problems,
+        problems=problems,
+        duration_s=time.perf_counter() - start,
+    )
+
+
+def run_all(out_dir: Path) -> list[CheckResult]:
+    rendered = render_all(out_dir)
+    results = [validate_manifests(path) for path in rendered.values()]
+    files = dockerfiles()
+    results.append(run_checkov([*rendered.values(), *files]))
+    results.extend(run_hadolint(path) for path in files)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.checks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="keep the rendered manifests in this folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.out is not None:
+            results = run_all(args.out)
+        else:
+            with tempfile.TemporaryDirectory(prefix="deploy-checks-") as tmp:
+                results = run_all(Path(tmp))
+    except (CheckFailed, MissingDependency, NotFound) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    for result in results:
+        print(result.line())
+    failed = [r for r in results if not r.passed]
+    print(f"deploy checks: {len(results) - len(failed)} ok, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
