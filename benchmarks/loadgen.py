@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.parsers import Point, locust_point, parse_locust_history
-from converters.errors import CheckFailed, MissingDependency
+from benchmarks.parsers import Point, locust_point, parse_locust_history, parse_perf_analyzer_csv
+from converters.errors import CheckFailed, InvalidArgument, MissingDependency
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +108,97 @@ def run_locust(
         if p.exists()
     ]
     return LocustRun(point=point, files=files, exit_code=completed.returncode)
+
+
+# ---- perf_analyzer -------------------------------------------------------------------------------
+
+PERF_ANALYZER = ROOT / ".tools" / "bin" / "perf_analyzer"
+
+
+def perf_analyzer_bin() -> Path:
+    if not PERF_ANALYZER.exists():
+        raise MissingDependency(f"{PERF_ANALYZER}: perf_analyzer is not installed; run `make setup`")
+    return PERF_ANALYZER
+
+
+def perf_sweep(
+    model: str,
+    url: str,
+    protocol: str,
+    concurrency: list[int] | tuple[int, ...],
+    input_data: Path,
+    csv_path: Path,
+    *,
+    window_ms: int = 1000,
+    timeout_s: float | None = None,
+) -> list[Point]:
+    """perf_analyzer against ``model`` at ``url`` over ``protocol`` ("grpc" | "http"), one level per
+    concurrency value, one item per request (``input_data``: its ``--input-data`` JSON). Its ``-f`` CSV
+    is kept at ``csv_path`` and parsed back.
+
+    Stability: the shared 2-core machine is noisy, so a level counts as stable when its last 3 windows
+    are within 100% of each other (``-s 100``), with up to 6 windows per level (``-r 6``)."""
+    if protocol not in ("grpc", "http"):
+        raise InvalidArgument(f"protocol: {protocol!r} is not one of grpc, http", field="protocol")
+    levels = sorted(set(concurrency))
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    points: list[Point] = []
+    # One perf_analyzer per level: a level that cannot stabilise costs that level, not the sweep.
+    for level in levels:
+        level_csv = csv_path.with_name(f"{csv_path.stem}_c{level}.csv")
+        argv = [
+            str(perf_analyzer_bin()),
+            "-m",
+            model,
+            "-u",
+            url,
+            "-i",
+            protocol,
+            "--concurrency-range",
+            str(level),
+            "-p",
+            str(window_ms),
+            "-s",
+            "100",
+            "-r",
+            "6",
+            "--input-data",
+            str(input_data),
+            "-f",
+            str(level_csv),
+        ]
+        with open(csv_path.with_name(f"{csv_path.stem}_c{level}.log"), "wb") as log_file:
+            try:
+                done = subprocess.run(
+                    argv,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                    timeout=timeout_s or (7 * window_ms / 1000 + 30),
+                    start_new_session=True,
+                )
+            except subprocess.TimeoutExpired:
+                raise CheckFailed(
+                    f"perf_analyzer {model} {protocol} c={level} did not finish in time"
+                ) from None
+        if done.returncode != 0 or not level_csv.is_file():
+            tail = "\n".join(Path(log_file.name).read_text(errors="replace").splitlines()[-6:])
+            raise CheckFailed(
+                f"perf_analyzer {model} {protocol} at concurrency {level} failed "
+                f"(exit {done.returncode}):\n{tail}"
+            )
+        points += parse_perf_analyzer_csv(level_csv)
+    _merge_csv([csv_path.with_name(f"{csv_path.stem}_c{level}.csv") for level in levels], csv_path)
+    return sorted(points, key=lambda p: p.concurrency)
+
+
+def _merge_csv(parts: list[Path], target: Path) -> None:
+    """One CSV of the sweep: the header once, then every level's rows, in concurrency order."""
+    lines: list[str] = []
+    for part in parts:
+        text = part.read_text(encoding="utf-8").splitlines()
+        if not lines:
+            lines.append(text[0])
+        lines += [line for line in text[1:] if line.strip()]
+        part.unlink()
+    target.write_text("\n".join(lines) + "\n", encoding="utf-8")

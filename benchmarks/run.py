@@ -28,10 +28,10 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.ceiling import measure_ceiling
-from benchmarks.loadgen import LocustRun, run_locust
+from benchmarks.loadgen import LocustRun, perf_sweep, run_locust
 from benchmarks.plans import Plan
 from benchmarks.procs import ProcessSet, bound_socket, free_port, wait_http_ok
-from benchmarks.workloads import Inputs, Workload, load_inputs
+from benchmarks.workloads import Inputs, Workload, load_inputs, write_perf_analyzer_data
 from converters.errors import CheckFailed, InvalidArgument, NotFound
 from converters.repository import Repository, default_repository
 
@@ -191,26 +191,26 @@ class Run:
         )
         return server
 
-    def triton_sweeps(self, server, repo: Repository) -> None:
-        from benchmarks.perf_triton import run_sweep
-
+    def triton_sweeps(self, server) -> None:
         for name, inputs in self.inputs.items():
             levels = self.plan.concurrency_for(name)
+            data = write_perf_analyzer_data(inputs, self.out / "perf_analyzer" / f"{name}_input.json")
             for protocol in self.plan.protocols:
-                # perf_analyzer needs ~3 windows per level to call a measurement stable.
-                need = len(levels) * 3.5 * self.plan.triton_window_ms / 1000 + 3
+                # perf_analyzer needs at least 3 windows per level to call a measurement stable.
+                need = len(levels) * (3.5 * self.plan.triton_window_ms / 1000 + 0.5)
                 if self._skip(f"triton-{protocol} {name}", need):
                     continue
                 csv_path = self.out / "perf_analyzer" / f"{name}_{protocol}.csv"
+                url = server.grpc_url if protocol == "grpc" else server.http_url
                 try:
-                    points = run_sweep(
-                        server,
-                        inputs,
-                        repo,
-                        protocol=protocol,
-                        concurrency=levels,
+                    points = perf_sweep(
+                        inputs.workload.model,
+                        url,
+                        protocol,
+                        levels,
+                        data,
+                        csv_path,
                         window_ms=self.plan.triton_window_ms,
-                        csv_path=csv_path,
                     )
                 except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                     self._fail(f"triton-{protocol} {name}", err)
@@ -333,7 +333,7 @@ class Run:
                     except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                         self._fail("triton start", err)
                 if triton_server is not None and "triton" in stacks:
-                    self.triton_sweeps(triton_server, repo)
+                    self.triton_sweeps(triton_server)
                 if triton_server is not None and "bento" in stacks and not self._skip("bento start", 30):
                     try:
                         url = self.bento(procs, triton_server, repo)
