@@ -25,7 +25,7 @@ from benchmarks.loadgen import perf_sweep
 from benchmarks.parsers import Point
 from benchmarks.stats import throughput_at_p99
 from benchmarks.workloads import WORKLOADS, load_inputs, write_perf_analyzer_data
-from converters.errors import InvalidArgument
+from converters.errors import CheckFailed, InvalidArgument
 from converters.repository import CONFIG, Repository
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,25 @@ def apply_point(config, point: GridPoint) -> None:
         group.count = point.instances
 
 
+def _check_served(server, name: str, point: GridPoint) -> None:
+    """The server reports the point's settings back (the override really took effect)."""
+    client = server.client()
+    try:
+        served = client.get_model_config(name)
+    finally:
+        client.close()
+    batching = served.get("dynamic_batching", {})
+    got = (
+        int(batching.get("max_queue_delay_microseconds", 0)),
+        tuple(int(x) for x in batching.get("preferred_batch_size", [])),
+        sum(int(g.get("count", 1)) for g in served.get("instance_group", [])),
+    )
+    if got != (point.delay_us, point.preferred, point.instances):
+        raise CheckFailed(
+            f"{name}: Triton serves delay/preferred/instances {got} after loading {point.label()}"
+        )
+
+
 def tune(options: TuneOptions) -> TuneResult:
     from google.protobuf.json_format import MessageToDict
 
@@ -189,6 +208,7 @@ def tune(options: TuneOptions) -> TuneResult:
             override = MessageToDict(config, preserving_proto_field_name=True)
             try:
                 server.load(options.name, config=override)
+                _check_served(server, options.name, point)
                 point.curve = perf_sweep(
                     options.name,
                     server.grpc_url,
