@@ -1,0 +1,358 @@
+"""ECS: the shipped task and service definitions pass our own checks (moto would accept worse), each
+check refuses what it should with a message naming the field and the fix, and deploy.py registers and
+rolls out against moto's ECS, idempotently."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from converters.errors import InvalidArgument
+from deploy.ecs import checks as ecs_checks
+from deploy.ecs import deploy as ecs_deploy
+
+REGION = "us-east-1"
+BASE_VARS = {
+    "TRITON_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/modelpack-triton:0.1.0",
+    "BENTO_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/modelpack-bento:0.1.0",
+    "EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/modelpack-execution",
+    "TASK_ROLE_ARN": "arn:aws:iam::123456789012:role/modelpack-task",
+    "MODEL_REPOSITORY_S3": "s3://modelpack-models/model_repository",
+    "LOG_GROUP": "/ecs/modelpack",
+    "AWS_REGION": REGION,
+    "CLUSTER": "modelpack",
+    "SUBNETS": "subnet-aaaa,subnet-bbbb",
+    "SECURITY_GROUPS": "sg-1234",
+    "TARGET_GROUP_ARN": "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/modelpack/0123abcd",
+}
+
+
+@pytest.fixture
+def definitions() -> ecs_deploy.Definitions:
+    return ecs_deploy.load_definitions(BASE_VARS)
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """moto's AWS with a cluster, a VPC (two subnets, a security group) and a target group."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        ecs = boto3.client("ecs", region_name=REGION)
+        ecs.create_cluster(clusterName="modelpack")
+        ec2 = boto3.client("ec2", region_name=REGION)
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnets = [
+            ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)
+        ]
+        group = ec2.create_security_group(GroupName="modelpack", Description="modelpack", VpcId=vpc)[
+            "GroupId"
+        ]
+        elb = boto3.client("elbv2", region_name=REGION)
+        target_group = elb.create_target_group(
+            Name="modelpack", Protocol="HTTP", Port=3000, VpcId=vpc, TargetType="ip"
+        )["TargetGroups"][0]["TargetGroupArn"]
+        variables = dict(
+            BASE_VARS, SUBNETS=",".join(subnets), SECURITY_GROUPS=group, TARGET_GROUP_ARN=target_group
+        )
+        yield ecs, variables
+
+
+def _revisions(ecs) -> list[str]:
+    return ecs.list_task_definitions(familyPrefix="modelpack")["taskDefinitionArns"]
+
+
+# ---- the shipped definitions --------------------------------------------------------------------
+
+
+def test_shipped_definitions_pass(definitions):
+    task, service = definitions.task, definitions.service
+    assert ecs_checks.task_definition_problems(task) == []
+    assert ecs_checks.service_problems(service, task) == []
+    assert (task["cpu"], task["memory"]) == ("4096", "16384")
+    containers = {c["name"]: c for c in task["containerDefinitions"]}
+    assert [n for n, c in containers.items() if c["essential"]] == ["triton", "bento"]
+    assert containers["bento"]["dependsOn"] == [
+        {"containerName": "service-model-sync", "condition": "SUCCESS"},
+        {"containerName": "triton", "condition": "HEALTHY"},
+    ]
+    env = {e["name"]: e["value"] for e in containers["bento"]["environment"]}
+    assert env["MODELPACK_TRITON_URL"] == "127.0.0.1:8001"  # one awsvpc task: one network namespace
+    assert service["networkConfiguration"]["awsvpcConfiguration"]["subnets"] == ["subnet-aaaa", "subnet-bbbb"]
+    assert service["deploymentConfiguration"]["minimumHealthyPercent"] == 100
+
+
+def test_gpu_variant_runs_on_ec2_with_one_gpu():
+    definitions = ecs_deploy.load_definitions(BASE_VARS, variant="gpu")
+    task, service = definitions.task, definitions.service
+    assert task["requiresCompatibilities"] == ["EC2"] and "ephemeralStorage" not in task
+    triton = next(c for c in task["containerDefinitions"] if c["name"] == "triton")
+    assert triton["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
+    assert service["launchType"] == "EC2" and "platformVersion" not in service
+
+
+def test_unknown_variant_lists_the_known_ones():
+    with pytest.raises(InvalidArgument, match=r"no variant 'tpu' \(known: gpu\)"):
+        ecs_deploy.load_definitions(BASE_VARS, variant="tpu")
+
+
+def test_every_unset_variable_is_named_with_where_it_is_used():
+    with pytest.raises(InvalidArgument) as caught:
+        ecs_deploy.load_definitions({"AWS_REGION": REGION})
+    message = str(caught.value)
+    for name in set(BASE_VARS) - {"AWS_REGION"}:
+        assert f"- {name} (used at " in message
+    assert "task-definition.json: containerDefinitions[2].image" in message
+    assert "service.json: networkConfiguration.awsvpcConfiguration.subnets[0]" in message
+    assert "--var NAME=VALUE" in message
+
+
+# ---- each check refuses what it should ----------------------------------------------------------
+
+
+def _containers(task: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in task["containerDefinitions"]}
+
+
+MUTATIONS = {
+    "floating tag": (
+        lambda t, s: _containers(t)["bento"].update(image="example/bento:latest"),
+        "containerDefinitions[3] (bento).image: 'example/bento:latest' uses the floating tag 'latest'",
+    ),
+    "no tag": (
+        lambda t, s: _containers(t)["triton"].update(image="registry:5000/triton"),
+        "has no tag, so it floats; pin a version tag or a digest",
+    ),
+    "bad digest": (
+        lambda t, s: _containers(t)["triton"].update(image="triton@sha256:abc"),
+        "has a malformed digest",
+    ),
+    "fargate memory": (
+        lambda t, s: t.update(memory="4096"),
+        "memory: 4096 MiB is not allowed with cpu 4096 on Fargate; use 8192 to 30720 in steps of 1024",
+    ),
+    "fargate cpu": (
+        lambda t, s: t.update(cpu="3000"),
+        "cpu: 3000 is not a Fargate size; use one of 256, 512",
+    ),
+    "container memory above task": (
+        lambda t, s: _containers(t)["triton"].update(memory=16000),
+        "their memory adds up to 19584 MiB, above the task's 16384",
+    ),
+    "no health check": (
+        lambda t, s: _containers(t)["bento"].pop("healthCheck"),
+        "containerDefinitions[3] (bento).healthCheck: every essential container needs one",
+    ),
+    "health check timeout": (
+        lambda t, s: _containers(t)["triton"]["healthCheck"].update(timeout=20),
+        "(triton).healthCheck.timeout: 20 s must be shorter than the interval 15 s",
+    ),
+    "health check command": (
+        lambda t, s: _containers(t)["triton"]["healthCheck"].update(command=["curl", "-f", "x"]),
+        "healthCheck.command: ['curl', '-f', 'x'] must be a list starting with 'CMD' or 'CMD-SHELL'",
+    ),
+    "duplicate port": (
+        lambda t, s: _containers(t)["bento"]["portMappings"].append({"containerPort": 8001}),
+        "(bento).portMappings[1].containerPort: 8001/tcp is already taken by triton",
+    ),
+    "port range": (
+        lambda t, s: _containers(t)["bento"]["portMappings"][0].update(containerPort=70000),
+        "containerPort: 70000 must be a port number from 1 to 65535",
+    ),
+    "root user": (
+        lambda t, s: _containers(t)["triton"].update(user="0"),
+        "(triton).user: '0': essential containers run as a non-root user",
+    ),
+    "no essential": (
+        lambda t, s: [c.update(essential=False) for c in t["containerDefinitions"]],
+        "no container is essential",
+    ),
+    "depends on unknown": (
+        lambda t, s: _containers(t)["triton"]["dependsOn"][0].update(containerName="model-fetch"),
+        "(triton).dependsOn[0].containerName: 'model-fetch' is not a container of this task",
+    ),
+    "healthy without check": (
+        lambda t, s: _containers(t)["bento"]["dependsOn"].append(
+            {"containerName": "model-sync", "condition": "HEALTHY"}
+        ),
+        "HEALTHY needs a healthCheck on 'model-sync'",
+    ),
+    "success on essential": (
+        lambda t, s: _containers(t)["bento"]["dependsOn"][1].update(condition="SUCCESS"),
+        "SUCCESS waits for 'triton' to exit, but it is essential",
+    ),
+    "cycle": (
+        lambda t, s: _containers(t)["triton"]["dependsOn"].append(
+            {"containerName": "bento", "condition": "START"}
+        ),
+        "the containers wait on each other in a cycle: triton -> bento -> triton",
+    ),
+    "gpu on fargate": (
+        lambda t, s: _containers(t)["triton"].update(resourceRequirements=[{"type": "GPU", "value": "1"}]),
+        "(triton).resourceRequirements: Fargate has no GPUs; use the EC2 GPU variant",
+    ),
+    "no awslogs": (
+        lambda t, s: _containers(t)["bento"].pop("logConfiguration"),
+        "(bento).logConfiguration: missing; send logs to CloudWatch with the awslogs driver",
+    ),
+    "unknown volume": (
+        lambda t, s: _containers(t)["triton"]["mountPoints"][0].update(sourceVolume="model"),
+        "mountPoints[0].sourceVolume: 'model' is not one of the task's volumes (models, service-models)",
+    ),
+    "bridge on fargate": (
+        lambda t, s: t.update(networkMode="bridge"),
+        "networkMode: Fargate tasks need 'awsvpc', got 'bridge'",
+    ),
+    "rolling below capacity": (
+        lambda t, s: s["deploymentConfiguration"].update(minimumHealthyPercent=50),
+        "service deploymentConfiguration.minimumHealthyPercent: 50; keep 100",
+    ),
+    "launch type": (
+        lambda t, s: s.update(launchType="EC2"),
+        "service launchType: 'EC2' is not among the task's requiresCompatibilities ['FARGATE']",
+    ),
+    "balancer port": (
+        lambda t, s: s["loadBalancers"][0].update(containerPort=8080),
+        "service loadBalancers[0].containerPort: 8080 is not one of bento's ports [3000]",
+    ),
+    "no subnets": (
+        lambda t, s: s["networkConfiguration"]["awsvpcConfiguration"].update(subnets=[]),
+        "service networkConfiguration.awsvpcConfiguration.subnets: awsvpc tasks need subnets",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MUTATIONS))
+def test_check_refuses(definitions, case):
+    mutate, expected = MUTATIONS[case]
+    task, service = copy.deepcopy(definitions.task), copy.deepcopy(definitions.service)
+    mutate(task, service)
+    with pytest.raises(InvalidArgument) as caught:
+        ecs_checks.check_definitions(task, service, source="mutated")
+    assert expected in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("image", "pinned"),
+    [
+        ("nvcr.io/nvidia/tritonserver:24.10-py3", True),
+        ("localhost:5000/modelpack-bento:0.1.0", True),
+        ("repo/app@sha256:" + "a" * 64, True),
+        ("repo/app:1.0@sha256:" + "b" * 64, True),
+        ("localhost:5000/modelpack-bento", False),
+        ("repo/app:latest", False),
+        ("", False),
+    ],
+)
+def test_image_pinning(image, pinned):
+    assert (ecs_checks.image_problem(image) is None) is pinned
+
+
+# ---- deploy.py against moto ---------------------------------------------------------------------
+
+
+def test_dry_run_plans_and_changes_nothing(aws):
+    ecs, variables = aws
+    plan = ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(variables), dry_run=True)
+    assert plan.dry_run and plan.register and plan.service_action == "create"
+    assert plan.task_definition_arn is None
+    assert _revisions(ecs) == []
+    assert ecs.describe_services(cluster="modelpack", services=["modelpack"])["services"] == []
+
+
+def test_deploy_creates_then_does_nothing_when_unchanged(aws):
+    ecs, variables = aws
+    definitions = ecs_deploy.load_definitions(variables)
+    first = ecs_deploy.deploy(ecs, definitions)
+    assert first.register and first.service_action == "create"
+    assert first.task_definition_arn.endswith("task-definition/modelpack:1")
+    service = ecs.describe_services(cluster="modelpack", services=["modelpack"])["services"][0]
+    assert service["taskDefinition"] == first.task_definition_arn
+    assert service["launchType"] == "FARGATE" and service["desiredCount"] == 2
+    registered = ecs.describe_task_definition(taskDefinition="modelpack", include=["TAGS"])
+    assert {"key": ecs_deploy.HASH_TAG, "value": first.definition_sha256} in registered["tags"]
+    containers = {c["name"]: c for c in registered["taskDefinition"]["containerDefinitions"]}
+    assert containers["triton"]["image"] == variables["TRITON_IMAGE"]
+
+    again = ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(variables))
+    assert not again.register and again.service_action == "none"
+    assert again.task_definition_arn == first.task_definition_arn
+    assert len(_revisions(ecs)) == 1
+
+
+def test_changed_image_registers_one_revision_and_rolls_the_service(aws):
+    ecs, variables = aws
+    ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(variables))
+    newer = dict(variables, BENTO_IMAGE=variables["BENTO_IMAGE"].replace(":0.1.0", ":0.1.1"))
+
+    plan = ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(newer), dry_run=True)
+    assert plan.register and plan.service_action == "update" and len(_revisions(ecs)) == 1
+
+    done = ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(newer))
+    assert done.task_definition_arn.endswith("task-definition/modelpack:2")
+    service = ecs.describe_services(cluster="modelpack", services=["modelpack"])["services"][0]
+    assert service["taskDefinition"] == done.task_definition_arn
+    assert ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(newer)).service_action == "none"
+    assert len(_revisions(ecs)) == 2
+
+
+def test_code_deploy_service_is_not_rolled_by_update_service(aws):
+    ecs, variables = aws
+    definitions = ecs_deploy.load_definitions(variables)
+    arn = ecs_deploy.register(ecs, definitions.task, "0" * 64)
+    ecs.create_service(
+        cluster="modelpack",
+        serviceName="modelpack",
+        taskDefinition=arn,
+        desiredCount=2,
+        launchType="FARGATE",
+        deploymentController={"type": "CODE_DEPLOY"},
+        networkConfiguration=definitions.service["networkConfiguration"],
+    )
+    with pytest.raises(InvalidArgument, match="blue/green.*--register-only.*CodeDeploy deployment"):
+        ecs_deploy.deploy(ecs, definitions)
+    registered = ecs_deploy.deploy(ecs, definitions, register_only=True)
+    assert registered.register and registered.task_definition_arn.endswith(":2")
+    service = ecs.describe_services(cluster="modelpack", services=["modelpack"])["services"][0]
+    assert service["taskDefinition"] == arn  # left for CodeDeploy to shift
+
+
+def test_cli_dry_run_prints_the_plan(aws, capsys):
+    ecs, variables = aws
+    argv = ["--dry-run"] + [f"--var={k}={v}" for k, v in variables.items()]
+    assert ecs_deploy.main(argv, ecs=ecs, environ={}) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dry_run"] is True and plan["service_action"] == "create" and plan["register"] is True
+    assert _revisions(ecs) == []
+
+
+def test_cli_reports_a_bad_definition_before_calling_aws(capsys):
+    argv = [f"--var={k}={v}" for k, v in BASE_VARS.items()] + ["--var", "BENTO_IMAGE=example/bento"]
+    # No ECS client and no credentials: validation must fail first.
+    assert ecs_deploy.main(argv, environ={}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: task-definition.json + service.json: 1 problem(s):")
+    assert "(bento).image: 'example/bento' has no tag" in err
+
+
+def test_cli_rejects_a_malformed_var(capsys):
+    assert ecs_deploy.main(["--validate-only", "--var", "triton_image"], environ={}) == 2
+    assert "--var: 'triton_image' is not NAME=VALUE" in capsys.readouterr().err
+
+
+def test_cli_validate_only_prints_rendered_definitions(capsys):
+    argv = ["--validate-only", "--variant", "gpu"]
+    assert ecs_deploy.main(argv, environ=dict(BASE_VARS)) == 0
+    rendered = json.loads(capsys.readouterr().out)
+    assert rendered["taskDefinition"]["requiresCompatibilities"] == ["EC2"]
+    assert rendered["service"]["cluster"] == "modelpack"
