@@ -41,7 +41,14 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from converters.errors import InvalidArgument, NotFound, PublishError, UnsafeInput
-from converters.triton_config import fsync_dir, read_config, to_text, version_policy, write_config
+from converters.triton_config import (
+    atomic_write,
+    fsync_dir,
+    read_config,
+    to_text,
+    version_policy,
+    write_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +287,8 @@ class Repository:
             raise InvalidArgument(
                 f"config.name {config.name!r} differs from the model name {name!r}", field="name"
             )
-        self._hook("staged")
         try:
+            self._hook("staged")
             with self.lock(name):
                 self._check_same_task(name, manifest.get("task"))
                 version = max(self.versions(name), default=0) + 1
@@ -306,6 +313,7 @@ class Repository:
                     undo = model_dir
                     steps = ("renamed", "config_written")
                 else:
+                    old_config = (model_dir / CONFIG).read_bytes()
                     _fsync_tree(versioned)
                     undo = model_dir / str(version)
                     os.rename(versioned, undo)
@@ -319,6 +327,8 @@ class Repository:
                             write_config(model_dir / CONFIG, config)
                         self._hook("config_written")
                 except BaseException:
+                    if undo != model_dir and (model_dir / CONFIG).read_bytes() != old_config:
+                        atomic_write(model_dir / CONFIG, old_config)
                     shutil.rmtree(undo, ignore_errors=True)
                     fsync_dir(undo.parent)
                     raise

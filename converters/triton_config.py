@@ -204,10 +204,15 @@ def write_config(path: str | os.PathLike, config: mc.ModelConfig) -> Path:
     text = to_text(config)
     if parse_text(text, source=str(path)) != config:
         raise CheckFailed(f"{path}: the config does not survive a text round trip; nothing written")
+    return atomic_write(path, text.encode("utf-8"))
+
+
+def atomic_write(path: Path, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` in one step: temp file in the same folder, fsync, os.replace."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

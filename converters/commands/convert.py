@@ -159,6 +159,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         min_cosine=args.min_cosine,
         min_top1=args.min_top1,
         speed_seconds=args.speed_seconds,
+        max_fp32_nodes=args.max_fp32_nodes,
     )
     report(result)
     quantization = result.manifest["quantization"]
@@ -242,6 +243,13 @@ def register(subparsers) -> None:
         type=float,
         default=1.0,
         help="time per in-process speed measurement (default %(default)s)",
+    )
+    quantize.add_argument(
+        "--max-fp32-nodes",
+        type=int,
+        default=16,
+        help="when the gate fails, keep up to this many of the most outlier-heavy nodes in fp32, in steps "
+        "of 4, before giving up (default %(default)s; 0: quantise everything or fail)",
     )
     quantize.set_defaults(func=run_quantize)
 

@@ -1,0 +1,263 @@
+"""Versioned, atomic publishing: injected failures at every step, a killed publisher, two publishers
+at once. "Unchanged" means the whole repository tree hashes the same before and after."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from converters.errors import InvalidArgument, NotFound, PublishError, UnsafeInput
+from converters.repository import HOOK_POINTS, Repository, parse_ref, validate_name
+from converters.specs import TensorSpec
+from converters.triton_config import build_config, read_config
+
+ROOT = Path(__file__).resolve().parent.parent
+INPUT = TensorSpec("input", "FP32", (-1, 4), {0: "batch"})
+OUTPUT = TensorSpec("logits", "FP32", (-1, 2), {0: "batch"})
+
+
+def tree_hash(root: Path) -> str:
+    """Every path (files and folders) and every file's bytes under ``root``."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        digest.update(path.relative_to(root).as_posix().encode() + (b"/" if path.is_dir() else b""))
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def publish_files(repo: Repository, name: str, payload: bytes, *, max_batch_size: int = 8) -> int:
+    """Publish a version whose model file holds ``payload`` (the repository does not read it)."""
+    with repo.stage(name) as staged:
+        (staged.dir / "model.onnx").write_bytes(payload)
+        config = build_config(name, [INPUT], [OUTPUT], max_batch_size=max_batch_size)
+        repo.commit(staged, config, {"task": "image-classification", "precision": "fp32"})
+        return staged.version
+
+
+@pytest.fixture
+def repo(tmp_path) -> Repository:
+    repository = Repository(tmp_path / "repository")
+    publish_files(repository, "existing", b"v1")
+    return repository
+
+
+def test_versions_count_up_and_the_manifest_is_completed(repo):
+    assert publish_files(repo, "existing", b"v2") == 2
+    manifest = repo.manifest("existing", 2)
+    assert manifest["name"] == "existing" and manifest["version"] == 2
+    assert manifest["size_bytes"] == 2 and manifest["created_at"].endswith("Z")
+    assert (repo.version_dir("existing", 2) / "model.onnx").read_bytes() == b"v2"
+    assert repo.versions("existing") == [1, 2] and repo.served_versions("existing") == [2]
+
+
+def test_staging_happens_beside_the_repository(repo):
+    names = sorted(p.name for p in repo.root.iterdir())
+    assert names == ["existing"]  # no staging or lock files inside what Triton reads
+    workspace = repo.workspace()
+    assert workspace.parent == repo.root.parent and workspace.name.startswith(".")
+    assert list(workspace.glob("staging-*")) == []
+
+
+def test_non_numeric_and_zero_prefixed_folders_are_not_versions(repo):
+    (repo.model_dir("existing") / "notes").mkdir()
+    (repo.model_dir("existing") / "02").mkdir()
+    assert repo.versions("existing") == [1]
+
+
+@pytest.mark.parametrize("point", HOOK_POINTS)
+@pytest.mark.parametrize("model", ["existing", "fresh"])
+def test_disk_full_at_any_step_leaves_the_repository_byte_for_byte(repo, point, model):
+    before = tree_hash(repo.root)
+
+    def disk_full(at: str) -> None:
+        if at == point:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    failing = Repository(repo.root, hook=disk_full)
+    # A changed config too, so that the config replacement is part of what must be undone.
+    with pytest.raises(PublishError, match="disk full.*the repository is unchanged"):
+        publish_files(failing, model, b"new", max_batch_size=16)
+    assert tree_hash(repo.root) == before
+    assert list(repo.workspace().glob("staging-*")) == []
+    assert publish_files(repo, "existing", b"after") == 2  # and the repository still works
+
+
+def test_an_exception_while_staging_removes_the_staging_folder(repo):
+    before = tree_hash(repo.root)
+    with pytest.raises(RuntimeError, match="export blew up"):
+        with repo.stage("existing") as staged:
+            (staged.dir / "model.onnx").write_bytes(b"half")
+            raise RuntimeError("export blew up")
+    assert tree_hash(repo.root) == before
+    assert list(repo.workspace().glob("staging-*")) == []
+
+
+KILLED_PUBLISHER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from converters.repository import Repository
+    from converters.specs import TensorSpec
+    from converters.triton_config import build_config
+
+    root, name, point, ready = sys.argv[1:5]
+
+    def pause(at):
+        if at == point:
+            Path(ready).write_text("paused")
+            time.sleep(120)
+
+    repo = Repository(root, hook=pause)
+    spec_in = TensorSpec("input", "FP32", (-1, 4), {0: "batch"})
+    spec_out = TensorSpec("logits", "FP32", (-1, 2), {0: "batch"})
+    with repo.stage(name) as staged:
+        (staged.dir / "model.onnx").write_bytes(b"x" * 1_000_000)
+        repo.commit(staged, build_config(name, [spec_in], [spec_out]), {"task": "image-classification"})
+    """
+)
+
+
+def _start(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"publisher exited early: {process.communicate()}")
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError("publisher never reached the pause point")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("point", ["staged", "manifest_written"])
+@pytest.mark.parametrize("model", ["existing", "fresh"])
+def test_a_publisher_killed_mid_publish_leaves_the_repository_as_it_was(repo, tmp_path, point, model):
+    before = tree_hash(repo.root)
+    ready = tmp_path / "ready"
+    process = _start(KILLED_PUBLISHER, str(repo.root), model, point, str(ready))
+    try:
+        _wait_for(ready, process)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+        process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert tree_hash(repo.root) == before
+    leftovers = list(repo.workspace().glob("staging-*"))
+    assert len(leftovers) == 1  # what the killed process left, outside the repository
+    assert publish_files(repo, "existing", b"next") == 2
+    assert list(repo.workspace().glob("staging-*")) == []  # removed once its owner is gone
+
+
+CONCURRENT_PUBLISHER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from converters.repository import Repository
+    from converters.specs import TensorSpec
+    from converters.triton_config import build_config
+
+    root, name, me, other = sys.argv[1:5]
+
+    def rendezvous(at):
+        if at == "staged":  # both have staged before either takes the lock
+            Path(me).write_text("staged")
+            while not Path(other).exists():
+                time.sleep(0.01)
+
+    repo = Repository(root, hook=rendezvous)
+    spec_in = TensorSpec("input", "FP32", (-1, 4), {0: "batch"})
+    spec_out = TensorSpec("logits", "FP32", (-1, 2), {0: "batch"})
+    with repo.stage(name) as staged:
+        (staged.dir / "model.onnx").write_bytes(me.encode())
+        repo.commit(staged, build_config(name, [spec_in], [spec_out]), {"task": "image-classification"})
+    print(staged.version)
+    """
+)
+
+
+@pytest.mark.parametrize("model", ["existing", "fresh"])
+def test_two_concurrent_publishes_get_distinct_versions(repo, tmp_path, model):
+    a, b = tmp_path / "a", tmp_path / "b"
+    first = _start(CONCURRENT_PUBLISHER, str(repo.root), model, str(a), str(b))
+    second = _start(CONCURRENT_PUBLISHER, str(repo.root), model, str(b), str(a))
+    results = [p.communicate(timeout=60) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], results
+    versions = sorted(int(out) for out, _ in results)
+    expected = [2, 3] if model == "existing" else [1, 2]
+    assert versions == expected
+    assert repo.versions(model) == ([1] if model == "existing" else []) + expected
+    payloads = {(repo.version_dir(model, v) / "model.onnx").read_bytes() for v in expected}
+    assert payloads == {str(a).encode(), str(b).encode()}
+    assert read_config(repo.model_dir(model) / "config.pbtxt").name == model
+
+
+def test_a_model_keeps_its_task(repo):
+    with pytest.raises(InvalidArgument, match="holds image-classification versions"):
+        with repo.stage("existing") as staged:
+            config = build_config("existing", [INPUT], [OUTPUT])
+            repo.commit(staged, config, {"task": "feature-extraction"})
+
+
+def test_version_policy_rollback_deletes_nothing(repo):
+    publish_files(repo, "existing", b"v2")
+    before = {v: (repo.version_dir("existing", v) / "model.onnx").read_bytes() for v in (1, 2)}
+    repo.set_version_policy("existing", [1])
+    assert repo.served_versions("existing") == [1]
+    assert {v: (repo.version_dir("existing", v) / "model.onnx").read_bytes() for v in (1, 2)} == before
+    assert list(
+        read_config(repo.model_dir("existing") / "config.pbtxt").version_policy.specific.versions
+    ) == [1]
+    repo.set_version_policy("existing", "latest")
+    assert repo.served_versions("existing") == [2]
+
+
+@pytest.mark.parametrize("name", ["minilm", "image_classifier", "a", "A-1.b_2", "x" * 64])
+def test_safe_names(name):
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "..", "../etc", "a/b", "a..b", ".hidden", "-flag", "x" * 65, "a b", "ä", "a\\b", "/abs", "a\0"],
+)
+def test_unsafe_names_are_refused_with_the_pattern(name):
+    with pytest.raises(UnsafeInput, match="not a safe model name") as caught:
+        validate_name(name)
+    assert caught.value.field == "name" and caught.value.exit_code == 2
+
+
+def test_refs_parse_and_missing_ones_name_what_exists(repo):
+    assert parse_ref("minilm") == ("minilm", None) and parse_ref("minilm:3") == ("minilm", 3)
+    for bad in ("minilm:0", "minilm:x", "minilm:-1"):
+        with pytest.raises(InvalidArgument, match="positive integer"):
+            parse_ref(bad)
+    with pytest.raises(NotFound, match=r"'nope' is not in .*\(models there: existing\)"):
+        repo.require("nope")
+    with pytest.raises(NotFound, match="existing:9 does not exist.*versions: 1"):
+        repo.require("existing", 9)
+
+
+def test_manifest_json_is_plain_json(repo):
+    text = (repo.version_dir("existing", 1) / "manifest.json").read_text()
+    assert json.loads(text)["task"] == "image-classification"
