@@ -219,7 +219,7 @@ class TritonServer:
         log_path: str | os.PathLike | None = None,
         *,
         root: str | os.PathLike | None = None,
-        exit_timeout_s: int = 10,
+        exit_timeout_s: int = 5,
         die_with_parent: bool = False,
         extra_args: Iterable[str] = (),
     ) -> None:
@@ -471,6 +471,8 @@ class TritonServer:
     # ---- model control and statistics (tritonclient over HTTP) --------------------------------------
 
     def client(self):
+        """A tritonclient HTTP client for this server; close it (``with server.client() as c:``): Triton
+        waits up to ``exit_timeout_s`` for open HTTP connections when it stops."""
         import tritonclient.http as httpclient
 
         return httpclient.InferenceServerClient(self.http_url, network_timeout=300.0, connection_timeout=10.0)
@@ -486,7 +488,9 @@ class TritonServer:
         return repository_index(self.http_url)
 
     def statistics(self, name: str, version: str = "") -> dict:
-        return self.client().get_inference_statistics(name, version)
+        """Triton's inference statistics of a model (inference_count, execution_count, ...)."""
+        with self.client() as client:
+            return client.get_inference_statistics(name, version)
 
 
 # ---- against any running server (the CLI's status/load/unload) ---------------------------------------

@@ -164,7 +164,8 @@ def test_bad_request_fails_alone(triton_server, protocol, case, feeds, expected)
     message = _bad(protocol, triton_server, feeds)
     assert expected in message, f"{case}: {message}"
     # The server and the model stay up, and the next good request is answered.
-    assert triton_server.client().is_model_ready("minilm")
+    with triton_server.client() as client:
+        assert client.is_model_ready("minilm")
     assert _infer(protocol, _url(triton_server, protocol), "minilm", GOOD)["embeddings"].shape == (1, 384)
 
 
@@ -202,12 +203,13 @@ def test_bad_request_in_a_batch_does_not_fail_the_others(triton_server, entries)
 def test_config_and_metadata_are_served_unchanged(triton_server, model_repo):
     """Triton serves the repository's config.pbtxt as written (platform onnxruntime_onnx, ragged
     token inputs), through the python-based onnxruntime backend."""
-    config = triton_server.client().get_model_config("minilm")
+    with triton_server.client() as client:
+        config = client.get_model_config("minilm")
+        metadata = client.get_model_metadata("minilm")
     assert config["platform"] == "onnxruntime_onnx"
     assert config["backend"] == "onnxruntime"
     assert [i["name"] for i in config["input"]] == ["input_ids", "attention_mask"]
     assert all(i["allow_ragged_batch"] for i in config["input"])
-    metadata = triton_server.client().get_model_metadata("minilm")
     assert {o["name"]: o["datatype"] for o in metadata["outputs"]} == {"embeddings": "FP32"}
     assert (
         json.loads((model_repo / "minilm" / "1" / "manifest.json").read_text())["task"]

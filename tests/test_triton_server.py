@@ -1,0 +1,292 @@
+"""The local Triton server's life cycle: versions going live without a restart, stop/kill/restart
+leaving no process behind, the backend honouring config parameters, and the `serve` / `status` /
+`load` / `unload` commands with their one-line failures. Each test that changes a repository or the
+server's state runs its own server on a private copy, never the session ``triton_server``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters.errors import InvalidArgument, MissingDependency, NotFound, Unavailable
+from converters.inputs import seeded_images
+from converters.repository import Repository
+from converters.runtime import ort_session, run
+from converters.triton_server import TritonServer, _group_members, failure_reason, free_port
+
+pytestmark = pytest.mark.triton
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _classify(server: TritonServer, images: np.ndarray, version: str = "") -> np.ndarray:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    tensor = grpcclient.InferInput("input", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    try:
+        return client.infer("image_classifier", [tensor], model_version=version).as_numpy("logits")
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def classifier_repo(model_repo, tmp_path) -> Path:
+    """A private repository holding only the (small) image classifier."""
+    repo = tmp_path / "repository"
+    repo.mkdir()
+    shutil.copytree(model_repo / "image_classifier", repo / "image_classifier")
+    return repo
+
+
+def _publish_scaled_version(repo_root: Path, factor: float) -> Path:
+    """Publish, through the converters' repository code, a new version of the classifier whose
+    float weights are multiplied by ``factor`` (so its outputs differ from version 1)."""
+    import onnx
+    from onnx import numpy_helper
+
+    repo = Repository(repo_root)
+    last = repo.versions("image_classifier")[-1]
+    model = onnx.load(str(repo.version_dir("image_classifier", last) / "model.onnx"))
+    for initializer in model.graph.initializer:
+        array = numpy_helper.to_array(initializer)
+        if array.dtype == np.float32:
+            initializer.CopyFrom(numpy_helper.from_array(array * np.float32(factor), initializer.name))
+    with repo.stage("image_classifier") as staged:
+        onnx.save(model, str(staged.dir / "model.onnx"))
+        repo.commit(staged, repo.config("image_classifier"), repo.manifest("image_classifier", last))
+        return staged.path
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "converters", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def test_new_version_goes_live_without_restart(classifier_repo):
+    images = seeded_images((3, 32, 32), 2, seed=3)
+    with TritonServer(classifier_repo, models=["image_classifier"]) as server:
+        pid = server.pid
+        v1 = _classify(server, images)
+        v2_dir = _publish_scaled_version(classifier_repo, 0.5)
+        expected_v2 = run(ort_session(v2_dir / "model.onnx"), {"input": images})["logits"]
+
+        done = _cli("load", "image_classifier", "--url", server.http_url)
+        assert done.returncode == 0, done.stderr
+        assert "serving version 2" in done.stdout
+
+        assert server.pid == pid and server.running
+        index = {(m["name"], m["version"]): m.get("state") for m in server.index()}
+        assert index[("image_classifier", "2")] == "READY"
+        assert index.get(("image_classifier", "1")) != "READY"  # version_policy latest:1
+        v2 = _classify(server, images)
+        assert np.abs(v2 - expected_v2).max() <= 1e-5
+        assert np.abs(v2 - v1).max() > 1e-3
+
+
+def test_stop_kill_and_restart_leave_no_process(classifier_repo):
+    server = TritonServer(classifier_repo, models=["image_classifier"])
+    server.start()
+    ports = (server.http_url, server.grpc_url, server.metrics_url)
+    members = _group_members(server.pid)
+    stubs = [p for p in members if "stub" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+    assert server.pid in members and stubs, "expected tritonserver and a python backend stub in one group"
+
+    server.kill()  # a crash: everything gone at once, the ports are kept for the restart
+    assert not _alive(members)
+    server.start()
+    assert (server.http_url, server.grpc_url, server.metrics_url) == ports
+    with server.client() as client:
+        assert client.is_model_ready("image_classifier")
+    members = _group_members(server.pid)
+
+    server.stop()
+    assert not _alive(members)
+    assert not server.running
+    server.stop()  # idempotent
+
+
+def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
+    """intra_op_thread_count/inter_op_thread_count and default_model_filename from the config; a bad
+    thread count fails the load with a message naming the parameter, and the server stays up."""
+    from tritonclient.utils import InferenceServerException
+
+    from converters.triton_config import read_config, write_config
+
+    entry = classifier_repo / "image_classifier"
+    os.rename(entry / "1" / "model.onnx", entry / "1" / "classifier.onnx")
+    config = read_config(entry / "config.pbtxt")
+    config.default_model_filename = "classifier.onnx"
+    config.parameters["intra_op_thread_count"].string_value = "1"
+    config.parameters["inter_op_thread_count"].string_value = "1"
+    write_config(entry / "config.pbtxt", config)
+
+    images = seeded_images((3, 32, 32), 3, seed=5)
+    expected = run(ort_session(entry / "1" / "classifier.onnx"), {"input": images})["logits"]
+    with TritonServer(classifier_repo, models=["image_classifier"]) as server:
+        assert np.abs(_classify(server, images) - expected).max() <= 1e-5
+        assert "threads {'intra_op_thread_count': 1, 'inter_op_thread_count': 1}" in server.log_text()
+
+        with server.client() as client:
+            bad = client.get_model_config("image_classifier")
+            bad["parameters"]["intra_op_thread_count"] = {"string_value": "many"}
+            with pytest.raises(InferenceServerException, match="intra_op_thread_count = 'many'"):
+                client.load_model("image_classifier", config=json.dumps(bad))
+            assert client.is_server_live()
+
+
+def test_missing_installation_is_one_clear_error(classifier_repo, tmp_path):
+    with pytest.raises(MissingDependency, match=r"tritonserver binary is missing: .* run `make setup`"):
+        TritonServer(classifier_repo, root=tmp_path).start()
+
+
+def test_missing_repository_is_not_found(tmp_path):
+    with pytest.raises(NotFound, match="is not a directory"):
+        TritonServer(tmp_path / "nowhere")
+
+
+def test_port_in_use_is_refused_before_starting(classifier_repo):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(InvalidArgument, match=f"--grpc-port: 127.0.0.1:{port} is already in use"):
+            TritonServer(classifier_repo, grpc_port=port).start()
+
+
+def test_failure_reason_picks_the_line_that_explains():
+    log = (
+        'I1124 06:49:17.1 1 model_lifecycle.cc:472] "loading: broken:1"\n'
+        "E1124 06:49:17.2 1 model_lifecycle.cc:641] \"failed to load 'broken' version 1: Internal: "
+        'bad protobuf\\n\\nAt:\\n  model.py(140): initialize\\n"\n'
+        'E1124 06:49:17.3 1 main.cc:258] "failed to start: Internal"\n'
+    )
+    assert failure_reason(log) == "model 'broken' version 1 failed to load: Internal: bad protobuf"
+    assert failure_reason("I1124 all fine\n") is None
+
+
+# ---- the CLI ----------------------------------------------------------------------------------------
+
+
+def test_serve_runs_until_sigterm_and_leaves_nothing(classifier_repo, tmp_path):
+    log_path = tmp_path / "serve.log"
+    http = free_port()
+    command = [sys.executable, "-m", "converters", "serve", "--repository", str(classifier_repo)]
+    command += ["--http-port", str(http), "--grpc-port", "0", "--metrics-port", "0", "--log", str(log_path)]
+    serve = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        members: list[int] = []
+        while time.monotonic() < deadline and serve.poll() is None:
+            status = _cli("status", "--url", f"127.0.0.1:{http}")
+            if status.returncode == 0:
+                break
+            time.sleep(0.5)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "image_classifier" in status.stdout and "READY" in status.stdout
+        assert "live, ready" in status.stdout
+        server_pid = int(
+            next(p for p in _children(serve.pid) if "tritonserver" in Path(f"/proc/{p}/cmdline").read_text())
+        )
+        members = _group_members(server_pid)
+
+        unloaded = _cli("unload", "image_classifier", "--url", f"127.0.0.1:{http}")
+        assert unloaded.returncode == 0 and "unloaded" in unloaded.stdout
+        missing = _cli("unload", "nope", "--url", f"127.0.0.1:{http}")
+        assert missing.returncode == 2
+        assert (
+            missing.stderr.strip().splitlines()[-1].startswith("error: model 'nope' is not in the server's")
+        )
+
+        serve.send_signal(signal.SIGTERM)
+        out, err = serve.communicate(timeout=60)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+    assert serve.returncode == 0, err
+    assert "serving image_classifier" in out and f"127.0.0.1:{http}" in out
+    assert not _alive(members)
+    assert log_path.read_text().count("Started GRPCInferenceService") == 1
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if ppid == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_serve_reports_a_model_that_fails_to_load(classifier_repo, tmp_path):
+    (classifier_repo / "image_classifier" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    done = _cli(
+        "serve", "--repository", str(classifier_repo), "--http-port", "0", "--grpc-port", "0",
+        "--metrics-port", "0", "--log", str(tmp_path / "serve.log"),
+    )  # fmt: skip
+    assert done.returncode == 1
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(
+        "error: tritonserver exited with status 1: model 'image_classifier' version 1 failed"
+    )
+    assert "ONNX Runtime cannot load" in line and "serve.log" in line
+
+
+def test_serve_reports_a_port_in_use(classifier_repo):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _cli("serve", "--repository", str(classifier_repo), "--http-port", str(port))
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: --http-port: 127.0.0.1:{port} is already in use")
+    )
+
+
+def test_status_without_a_server_says_how_to_start_one():
+    done = _cli("status", "--url", f"127.0.0.1:{free_port()}")
+    assert done.returncode == 1
+    assert "no Triton server answers at" in done.stderr and "python -m converters serve" in done.stderr
+
+
+def test_unavailable_is_raised_when_the_server_dies(classifier_repo):
+    server = TritonServer(classifier_repo, models=["image_classifier"], extra_args=["--not-a-flag"])
+    with pytest.raises(Unavailable, match="tritonserver exited with status"):
+        server.start(timeout=30)
+    assert not server.running
