@@ -356,3 +356,34 @@ def test_cli_validate_only_prints_rendered_definitions(capsys):
     rendered = json.loads(capsys.readouterr().out)
     assert rendered["taskDefinition"]["requiresCompatibilities"] == ["EC2"]
     assert rendered["service"]["cluster"] == "modelpack"
+
+
+@pytest.mark.parametrize("form", ["script", "module"])
+def test_runs_from_the_command_line_without_aws(form, tmp_path):
+    """`python deploy/ecs/deploy.py` and `python -m deploy.ecs.deploy`, from a bare environment."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(ecs_deploy.__file__).resolve().parents[2]
+    entry = [str(root / "deploy" / "ecs" / "deploy.py")] if form == "script" else ["-m", "deploy.ecs.deploy"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **BASE_VARS}
+    done = subprocess.run(
+        [sys.executable, *entry, "--validate-only"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["taskDefinition"]["family"] == "modelpack"
+
+    env.pop("BENTO_IMAGE")
+    done = subprocess.run(
+        [sys.executable, *entry], cwd=root, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        "error: 1 variable(s) not set:\n- BENTO_IMAGE (used at task-definition.json:"
+    )
