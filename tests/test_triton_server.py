@@ -135,7 +135,7 @@ def test_stop_kill_and_restart_leave_no_process(classifier_repo):
 
 
 def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
-    """intra_op_thread_count/inter_op_thread_count and default_model_filename from the config; a bad
+    """Thread counts, a session.* entry and default_model_filename from the config; a bad
     thread count fails the load with a message naming the parameter, and the server stays up."""
     from tritonclient.utils import InferenceServerException
 
@@ -147,18 +147,23 @@ def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
     config.default_model_filename = "classifier.onnx"
     config.parameters["intra_op_thread_count"].string_value = "1"
     config.parameters["inter_op_thread_count"].string_value = "1"
+    config.parameters["session.intra_op.allow_spinning"].string_value = "0"
     write_config(entry / "config.pbtxt", config)
 
     images = seeded_images((3, 32, 32), 3, seed=5)
     expected = run(ort_session(entry / "1" / "classifier.onnx"), {"input": images})["logits"]
     with TritonServer(classifier_repo, models=["image_classifier"]) as server:
         assert np.abs(_classify(server, images) - expected).max() <= 1e-5
-        assert "threads {'intra_op_thread_count': 1, 'inter_op_thread_count': 1}" in server.log_text()
+        logged = server.log_text()
+        assert "'intra_op_thread_count': 1, 'inter_op_thread_count': 1" in logged
+        assert "'session.intra_op.allow_spinning': '0'" in logged
 
         with server.client() as client:
             bad = client.get_model_config("image_classifier")
             bad["parameters"]["intra_op_thread_count"] = {"string_value": "many"}
-            with pytest.raises(InferenceServerException, match="intra_op_thread_count = 'many'"):
+            with pytest.raises(
+                InferenceServerException, match="intra_op_thread_count = 'many' is not a whole"
+            ):
                 client.load_model("image_classifier", config=json.dumps(bad))
             assert client.is_server_live()
 

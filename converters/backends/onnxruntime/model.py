@@ -13,8 +13,9 @@ Docker. What it honours from ``config.pbtxt``:
 - ``allow_ragged_batch`` on an input: requests whose sizes differ on that input's variable axes are
   batched together; each input is padded with zeros to the longest request (token ids and attention
   masks: padding is masked out), and outputs that share a padded axis are sliced back per request.
-- ``parameters``: ``intra_op_thread_count``, ``inter_op_thread_count`` (ONNX Runtime thread pools, 0 =
-  its default), as in the native backend.
+- ``parameters`` and ``optimization.graph.level``, as NVIDIA's native onnxruntime backend reads them:
+  ``intra_op_thread_count``, ``inter_op_thread_count``, ``execution_mode``, ``enable_mem_arena``,
+  ``enable_mem_pattern``; and any ``session.*`` key as an ONNX Runtime session config entry.
 - ``default_model_filename`` (default ``model.onnx``) inside the version folder being loaded.
 
 A request that does not fit (an inconsistent shape, a type the model cannot take) fails alone with a
@@ -62,7 +63,11 @@ _FROM_ORT = {
     "tensor(float)": "TYPE_FP32",
     "tensor(double)": "TYPE_FP64",
 }
-_THREAD_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count")
+# Options of NVIDIA's native onnxruntime backend that this backend honours too (config `parameters`).
+_INT_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count")
+_FLAG_PARAMETERS = {"enable_mem_arena": "enable_cpu_mem_arena", "enable_mem_pattern": "enable_mem_pattern"}
+# optimization { graph { level } } as the native backend reads it: -1 basic, 1 extended, 2 none, 0 all.
+_GRAPH_LEVELS = {-1: "ORT_ENABLE_BASIC", 0: "ORT_ENABLE_ALL", 1: "ORT_ENABLE_EXTENDED", 2: "ORT_DISABLE_ALL"}
 
 
 def _check_numpy() -> None:
@@ -76,22 +81,64 @@ def _check_numpy() -> None:
         )
 
 
-def _thread_counts(model_name: str, parameters: dict) -> dict[str, int]:
-    counts = {}
-    for key in _THREAD_PARAMETERS:
-        raw = parameters.get(key, {}).get("string_value", "0")
-        try:
-            value = int(raw)
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise pb_utils.TritonModelException(
-                f"{model_name}: config parameter {key} = {raw!r} is not a whole number >= 0; "
-                f'write e.g. parameters {{ key: "{key}" value {{ string_value: "2" }} }} '
-                "(0 = ONNX Runtime default)"
-            )
-        counts[key] = value
-    return counts
+def _parameter_error(model: str, key: str, raw: str, allowed: str, example: str) -> Exception:
+    return pb_utils.TritonModelException(
+        f"{model}: config parameter {key} = {raw!r} is not {allowed}; write e.g. "
+        f'parameters {{ key: "{key}" value {{ string_value: "{example}" }} }}'
+    )
+
+
+def _session_options(model: str, config: dict, ort) -> tuple[object, dict]:
+    """ONNX Runtime session options from the config, and what was set (for the load log line).
+
+    ``intra_op_thread_count``/``inter_op_thread_count`` (0 = ONNX Runtime's default), ``execution_mode``
+    (0 sequential, 1 parallel), ``enable_mem_arena``/``enable_mem_pattern`` (0/1), the graph
+    optimisation ``level``, and any ``session.*`` key as an ONNX Runtime session config entry (e.g.
+    ``session.intra_op.allow_spinning`` = "0" stops idle pool threads from spinning on a busy CPU).
+    """
+    parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    options = ort.SessionOptions()
+    settings: dict[str, object] = {}
+    for key in _INT_PARAMETERS:
+        raw = parameters.get(key, "0")
+        if not raw.strip().isdigit():
+            raise _parameter_error(model, key, raw, "a whole number >= 0 (0 = ONNX Runtime default)", "2")
+        settings[key] = int(raw)
+    options.intra_op_num_threads = settings["intra_op_thread_count"]
+    options.inter_op_num_threads = settings["inter_op_thread_count"]
+    if "execution_mode" in parameters:
+        raw = parameters["execution_mode"]
+        if raw not in ("0", "1"):
+            raise _parameter_error(model, "execution_mode", raw, "0 (sequential) or 1 (parallel)", "0")
+        options.execution_mode = (
+            ort.ExecutionMode.ORT_PARALLEL if raw == "1" else ort.ExecutionMode.ORT_SEQUENTIAL
+        )
+        settings["execution_mode"] = int(raw)
+    for key, attribute in _FLAG_PARAMETERS.items():
+        if key in parameters:
+            raw = parameters[key]
+            if raw not in ("0", "1"):
+                raise _parameter_error(model, key, raw, "0 or 1", "1")
+            setattr(options, attribute, raw == "1")
+            settings[key] = int(raw)
+    level = int(config.get("optimization", {}).get("graph", {}).get("level", 0))
+    if level not in _GRAPH_LEVELS:
+        raise pb_utils.TritonModelException(
+            f"{model}: optimization.graph.level = {level} is not one of -1 (basic), 1 (extended), "
+            "2 (disabled) or 0 (all, the default)"
+        )
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS[level])
+    settings["graph_level"] = _GRAPH_LEVELS[level]
+    for key, raw in sorted(parameters.items()):
+        if key.startswith("session."):
+            try:
+                options.add_session_config_entry(key, raw)
+            except Exception as err:  # ORT rejects some keys/values with its own error type
+                raise pb_utils.TritonModelException(
+                    f"{model}: config parameter {key} = {raw!r}: {err}"
+                ) from err
+            settings[key] = raw
+    return options, settings
 
 
 class _Tensor:
@@ -128,11 +175,7 @@ class TritonPythonModel:
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.batched = self.max_batch_size > 0
 
-        threads = _thread_counts(self.name, config.get("parameters", {}))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads["intra_op_thread_count"]
-        options.inter_op_num_threads = threads["inter_op_thread_count"]
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options, settings = _session_options(self.name, config, ort)
         started = time.perf_counter()
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -154,7 +197,7 @@ class TritonPythonModel:
         self.output_names = [t.name for t in self.outputs]
         pb_utils.Logger.log_info(
             f"{self.name} v{version}: {path} loaded in {time.perf_counter() - started:.2f}s "
-            f"(max_batch_size {self.max_batch_size}, threads {threads}, onnxruntime {ort.__version__})"
+            f"(max_batch_size {self.max_batch_size}, onnxruntime {ort.__version__}, settings {settings})"
         )
 
     def _bind(self, entries: list, graph: dict, kind: str) -> list[_Tensor]:
