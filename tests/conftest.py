@@ -67,3 +67,141 @@ def triton_server(model_repo, tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+class BentoServer:
+    """``bentoml serve service:ModelService`` as a subprocess in its own process group, on a free
+    127.0.0.1 port, configured by a service.yaml (``service.py``'s ServiceSettings)."""
+
+    def __init__(self, config: Path, home: Path, log_path: Path) -> None:
+        self.config, self.home, self.log_path = config, home, log_path
+        self.port: int | None = None
+        self._process = None
+        self._client = None
+
+    @property
+    def client(self):
+        """A pooled ``httpx.Client`` (thread-safe) for requests to the server: a new client per request
+        costs ~80 ms here."""
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.Client(base_url=self.url, timeout=30)
+        return self._client
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0, *, ready: bool = True) -> BentoServer:
+        import os
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        root = Path(__file__).resolve().parent.parent
+        env = {
+            **os.environ,
+            "MODELPACK_SERVICE_CONFIG": str(self.config),
+            "BENTOML_HOME": str(self.home),
+            "BENTOML_DO_NOT_TRACK": "True",
+        }
+        env.pop("MODELPACK_TRITON_URL", None)
+        env.pop("MODELPACK_REPOSITORY", None)
+        argv = [
+            str(Path(sys.executable).parent / "bentoml"),
+            "serve",
+            "service:ModelService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--working-dir",
+            str(root),
+        ]
+        with open(self.log_path, "ab") as log_file:
+            self._process = subprocess.Popen(
+                argv, cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        probe_path = "/readyz" if ready else "/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                break
+            try:
+                if httpx.get(self.url + probe_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        tail = self.log_path.read_text(errors="replace")[-3000:]
+        self.stop()
+        raise RuntimeError(f"bentoml serve did not answer 200 on {probe_path} in {timeout:.0f} s:\n{tail}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        process, self._process = self._process, None
+        if process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # workers left in the group after the arbiter exited
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def write_service_config(
+    path: Path, repository: Path, triton_grpc_url: str, models: list[dict], **extra
+) -> Path:
+    """A service.yaml for tests (see service.py's ServiceSettings for the keys)."""
+    import yaml
+
+    data = {
+        "repository": str(repository),
+        "triton": {"url": triton_grpc_url, "timeout_s": 3},
+        "models": models,
+    }
+    data.update(extra)
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def bento_server(model_repo, triton_server, tmp_path_factory):
+    """The BentoML service (``bentoml serve``, real HTTP on a free port) in front of ``triton_server``,
+    serving ``minilm`` (/embed, /similarity) and ``image_classifier`` (/predict); ``.url`` is its base
+    URL. Ready (Triton and both models) when the fixture returns."""
+    folder = tmp_path_factory.mktemp("bento")
+    config = write_service_config(
+        folder / "service.yaml",
+        model_repo,
+        triton_server.grpc_url,
+        [
+            {"name": "minilm", "task": "feature-extraction"},
+            {"name": "image_classifier", "task": "image-classification", "top_k": 3},
+        ],
+    )
+    server = BentoServer(config, folder / "home", folder / "bento.log").start()
+    yield server
+    server.stop()

@@ -1,0 +1,381 @@
+"""End to end: ``bentoml serve`` in front of a real tritonserver, over real HTTP.
+
+- ``bento_server`` (tests/conftest.py) fronts the session's ``triton_server`` (``model_repo``: minilm
+  and image_classifier, version 1): results against the in-process pipeline, the bad-input matrix,
+  request ids, metrics, ``/models``.
+- ``canary`` (this module) has its own Triton over a copy of the repository where the converters
+  published minilm version 2, with a 90/10 split: the split, pinning, and Triton killed or frozen
+  mid-run (it is this module's own server, so the session's one is never disturbed).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from converters.sentences import SENTENCES
+
+pytestmark = [pytest.mark.triton, pytest.mark.bento, pytest.mark.slow]
+
+
+# ---- the in-process pipeline the service must equal ----------------------------------------------
+
+
+def reference_embeddings(version_dir: Path, texts: list[str]) -> np.ndarray:
+    """Tokenize with transformers' AutoTokenizer, run model.onnx in ONNX Runtime (pooling and L2
+    normalisation are inside the graph)."""
+    import json
+
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(version_dir / "tokenizer")
+    encoded = tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=manifest["preprocessing"]["max_length"],
+        return_tensors="np",
+    )
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {name: encoded[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
+    return session.run(["embeddings"], feeds)[0]
+
+
+def reference_image_probs(version_dir: Path, pixels: np.ndarray) -> np.ndarray:
+    """HWC uint8 pixels, normalised as the manifest declares, through model.onnx, softmax."""
+    import json
+
+    import onnxruntime as ort
+
+    pre = json.loads((version_dir / "manifest.json").read_text())["preprocessing"]
+    mean = np.asarray(pre["mean"], dtype=np.float32)
+    std = np.asarray(pre["std"], dtype=np.float32)
+    chw = ((pixels.astype(np.float32) * np.float32(pre["scale"]) - mean) / std).transpose(2, 0, 1)
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"input": chw[None].astype(np.float32)})[0][0]
+    exp = np.exp(logits - logits.max())
+    return exp / exp.sum()
+
+
+def png_b64(pixels: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def post(server, route: str, body: dict | None = None, **kwargs) -> httpx.Response:
+    return server.client.post(route, json=body, **kwargs)
+
+
+def error_field(response: httpx.Response) -> str:
+    """The field an error names: ours (``field``) or BentoML's pydantic detail (``loc``)."""
+    body = response.json()
+    if "field" in body:
+        return body["field"]
+    return ".".join(str(p) for p in body["detail"][0]["loc"])
+
+
+# ---- results equal the in-process pipeline --------------------------------------------------------
+
+
+def test_embed_equals_in_process_pipeline(bento_server, model_repo):
+    texts = list(SENTENCES)
+    expected = reference_embeddings(model_repo / "minilm" / "1", texts)
+
+    single = post(bento_server, "/embed", {"text": texts[3]})
+    assert single.status_code == 200, single.text
+    assert single.json()["model"] == "minilm" and single.json()["version"] == 1
+    np.testing.assert_allclose(single.json()["embedding"], expected[3], atol=1e-5)
+
+    batch = post(bento_server, "/embed/batch", {"texts": texts, "model": "minilm"})
+    assert batch.status_code == 200, batch.text
+    got = np.asarray(batch.json()["embeddings"])
+    assert got.shape == expected.shape == (len(texts), 384)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_similarity_ranks_like_in_process_cosine(bento_server, model_repo):
+    query, candidates = "Where is the capital of France?", list(SENTENCES)
+    vectors = reference_embeddings(model_repo / "minilm" / "1", [query, *candidates])
+    scores = vectors[1:] @ vectors[0]
+
+    response = post(bento_server, "/similarity", {"query": query, "candidates": candidates, "top_k": 3})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["index"] for r in results] == list(np.argsort(-scores)[:3])
+    assert results[0]["text"] == "Paris is the capital of France."
+    np.testing.assert_allclose([r["score"] for r in results], np.sort(scores)[::-1][:3], atol=1e-5)
+
+
+def test_predict_equals_in_process_pipeline(bento_server, model_repo):
+    version_dir = model_repo / "image_classifier" / "1"
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    expected = [reference_image_probs(version_dir, image) for image in images]
+    labels = __import__("json").loads((version_dir / "manifest.json").read_text())["labels"]
+
+    single = post(bento_server, "/predict", {"image": png_b64(images[0]), "top_k": 2})
+    assert single.status_code == 200, single.text
+    predictions = single.json()["predictions"]
+    top = np.argsort(-expected[0])[:2]
+    assert [p["index"] for p in predictions] == list(top)
+    assert [p["label"] for p in predictions] == [labels[i] for i in top]
+    np.testing.assert_allclose([p["score"] for p in predictions], expected[0][top], atol=1e-5)
+
+    # The batch form, once as PNG files and once as pixel arrays: the same answer either way.
+    by_png = post(bento_server, "/predict/batch", {"images": [png_b64(i) for i in images], "top_k": 10})
+    by_array = post(bento_server, "/predict/batch", {"arrays": [i.tolist() for i in images], "top_k": 10})
+    for response in (by_png, by_array):
+        assert response.status_code == 200, response.text
+        for result, probs in zip(response.json()["results"], expected, strict=True):
+            got = {p["index"]: p["score"] for p in result["predictions"]}
+            np.testing.assert_allclose([got[i] for i in range(10)], probs, atol=1e-5)
+
+    # A larger image is resized to the declared 32x32 first: it still gets a full answer.
+    big = post(
+        bento_server, "/predict", {"image": png_b64(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8))}
+    )
+    assert big.status_code == 200 and len(big.json()["predictions"]) == 3  # the fixture's top_k
+
+
+def test_models_lists_versions_tensors_and_parity(bento_server):
+    response = bento_server.client.get("/models", timeout=10)
+    assert response.status_code == 200
+    models = {m["name"]: m for m in response.json()["models"]}
+    assert set(models) == {"minilm", "image_classifier"}
+    minilm = models["minilm"]["versions"][0]
+    assert minilm["version"] == 1 and minilm["weight"] == 1.0
+    assert [t["name"] for t in minilm["inputs"]] == ["input_ids", "attention_mask"]
+    assert minilm["outputs"][0] == {"name": "embeddings", "datatype": "FP32", "shape": [-1, 384]}
+    assert minilm["parity"]["passed"] is True
+    assert models["image_classifier"]["versions"][0]["labels"][0] == "airplane"
+
+
+def test_request_id_health_and_metrics(bento_server):
+    mine = post(bento_server, "/embed", {"text": "hello"}, headers={"X-Request-ID": "client-42"})
+    assert mine.headers["X-Request-ID"] == "client-42"
+    generated = post(
+        bento_server, "/embed", {"text": "hello"}, headers={"X-Request-ID": "not a valid id; " + "x" * 80}
+    )
+    assert len(generated.headers["X-Request-ID"]) == 32 and generated.headers["X-Request-ID"] != "client-42"
+    failed = post(bento_server, "/embed", {"text": "x", "model": "nope"})
+    assert failed.json()["request_id"] == failed.headers["X-Request-ID"]
+
+    assert bento_server.client.get("/healthz", timeout=5).status_code == 200
+    assert bento_server.client.get("/readyz", timeout=5).status_code == 200
+    metrics = bento_server.client.get("/metrics", timeout=5).text
+    assert 'modelpack_requests_total{endpoint="/embed",model="minilm",status="200",version="1"}' in metrics
+    assert 'modelpack_errors_total{endpoint="/embed",model="unknown",status="404",version=""}' in metrics
+    assert "modelpack_request_duration_seconds_bucket" in metrics
+    assert "bentoml_service_request_total" in metrics  # BentoML's own series are still there
+
+
+# ---- the bad-input matrix: a 4xx naming the field ------------------------------------------------
+
+PIXELS = np.zeros((32, 32, 3), dtype=np.uint8)
+
+BAD_INPUTS = [
+    # route, body, status, field
+    ("/embed/batch", {"texts": []}, 400, "texts"),
+    ("/embed/batch", {"texts": ["a"] * 65}, 413, "texts"),
+    ("/embed/batch", {"texts": "not a list"}, 400, "texts"),
+    ("/embed/batch", {"texts": ["ok", "x" * 10_001]}, 413, "texts[1]"),
+    ("/embed", {"text": "x" * 10_001}, 413, "text"),
+    ("/embed", {"text": 5}, 400, "text"),
+    ("/embed", {}, 400, "text"),
+    ("/embed", {"text": "x", "model": "nope"}, 404, "model"),
+    ("/embed", {"text": "x", "version": 9}, 404, "version"),
+    ("/embed", {"text": "x", "version": 0}, 400, "version"),
+    ("/embed", {"text": "x", "version": "one"}, 400, "version"),
+    ("/embed", {"text": "x", "model": "image_classifier"}, 400, "model"),
+    ("/similarity", {"query": "q", "candidates": []}, 400, "candidates"),
+    ("/similarity", {"query": "q", "candidates": ["a"] * 65}, 413, "candidates"),
+    ("/classify", {"text": "x"}, 400, "model"),  # no text classifier is configured here
+    ("/predict", {}, 400, "image"),
+    ("/predict", {"image": "%%% not base64 %%%"}, 400, "image"),
+    ("/predict", {"image": base64.b64encode(b"hello, not an image").decode()}, 400, "image"),
+    ("/predict", {"image": png_b64(PIXELS), "array": PIXELS.tolist()}, 400, "image"),
+    ("/predict", {"array": "pixels"}, 400, "array"),
+    ("/predict", {"array": [[1, 2], [3]]}, 400, "array"),
+    ("/predict", {"image": png_b64(PIXELS), "top_k": 0}, 400, "top_k"),
+    ("/predict/batch", {"arrays": [PIXELS.tolist(), [[[1, 2]]]]}, 400, "arrays[1]"),
+    ("/predict/batch", {"arrays": [np.full((32, 32, 3), 300).tolist()]}, 400, "arrays[0]"),
+    ("/predict/batch", {"images": []}, 400, "images"),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "status", "field"), BAD_INPUTS, ids=[f"{r} {f}" for r, _, _, f in BAD_INPUTS]
+)
+def test_bad_input_gets_4xx_naming_the_field(bento_server, route, body, status, field):
+    response = post(bento_server, route, body)
+    assert response.status_code == status, response.text
+    assert error_field(response) == field, response.text
+    assert "X-Request-ID" in response.headers
+
+
+def test_malformed_and_oversized_bodies(bento_server):
+    broken = bento_server.client.post(
+        "/embed",
+        content=b'{"text": ',
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert broken.status_code == 400 and "json" in broken.text.lower()
+
+    too_big = b'{"text": "' + b"a" * (17 * 1024 * 1024) + b'"}'
+    response = bento_server.client.post(
+        "/embed", content=too_big, headers={"Content-Type": "application/json"}, timeout=30
+    )
+    assert response.status_code == 413
+    assert response.json()["field"] == "body" and "max_body_bytes" in response.json()["error"]
+
+    # Chunked (no Content-Length): counted as it arrives, refused the same way.
+    def chunks():
+        for _ in range(17):
+            yield b"a" * (1024 * 1024)
+
+    chunked = bento_server.client.post(
+        "/embed",
+        content=chunks(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert chunked.status_code == 413
+
+
+# ---- canary split, pinning, Triton down or frozen -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def canary(model_repo, minilm_path, tmp_path_factory):
+    """minilm versions 1 and 2 (v2 published by the converters), split 90/10, on a Triton and a Bento
+    of this module's own."""
+    import shutil
+
+    from conftest import BentoServer, write_service_config
+
+    from converters.hf2onnx import convert_hf
+    from converters.repository import Repository
+    from converters.triton_server import TritonServer
+
+    folder = tmp_path_factory.mktemp("canary")
+    repo = folder / "repository"
+    shutil.copytree(model_repo / "minilm", repo / "minilm")
+    assert convert_hf(minilm_path, "minilm", repository=repo).version == 2
+    Repository(repo).set_version_policy("minilm", "all")
+
+    triton = TritonServer(repo, log_path=folder / "tritonserver.log").start()
+    config = write_service_config(
+        folder / "service.yaml",
+        repo,
+        triton.grpc_url,
+        [{"name": "minilm", "task": "feature-extraction", "versions": {1: 90, 2: 10}}],
+        triton={"url": triton.grpc_url, "timeout_s": 2, "retry_after_s": 3, "ready_timeout_s": 1},
+    )
+    bento = BentoServer(config, folder / "home", folder / "bento.log").start()
+    try:
+        yield bento, triton
+    finally:
+        bento.stop()
+        triton.stop()
+
+
+def test_canary_split_and_pinning(canary):
+    bento, _ = canary
+    n = 300
+
+    def one(i: int) -> int:
+        response = post(bento, "/embed", {"text": SENTENCES[i % len(SENTENCES)]})
+        assert response.status_code == 200, response.text
+        return response.json()["version"]
+
+    with ThreadPoolExecutor(8) as pool:
+        versions = list(pool.map(one, range(n)))
+    assert set(versions) <= {1, 2}
+    # Binomial(300, 0.1): mean 30, sd 5.2. Within 4 sd (10..50): a false failure has p < 1e-4.
+    tolerance = 4 * math.sqrt(n * 0.1 * 0.9)
+    assert abs(versions.count(2) - 0.1 * n) <= tolerance, versions.count(2)
+
+    for pinned in (1, 2):
+        response = post(bento, "/embed", {"text": "pinned", "version": pinned})
+        assert response.status_code == 200 and response.json()["version"] == pinned
+
+    metrics = bento.client.get("/metrics", timeout=5).text
+    for version in ("1", "2"):
+        assert (
+            f'modelpack_requests_total{{endpoint="/embed",model="minilm",status="200",version="{version}"}}'
+            in metrics
+        )
+
+
+def test_triton_killed_mid_run_gives_503_then_recovers(canary):
+    bento, triton = canary
+    stop = time.monotonic() + 60
+    outcomes: list[tuple[int, float, str | None]] = []
+
+    def hammer() -> None:
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            response = post(bento, "/embed", {"text": "still there?"})
+            outcomes.append(
+                (response.status_code, time.monotonic() - started, response.headers.get("Retry-After"))
+            )
+            if response.status_code == 200 and restarted_at and started > restarted_at:
+                return
+
+    restarted_at = 0.0
+    with ThreadPoolExecutor(4) as pool:
+        workers = [pool.submit(hammer) for _ in range(4)]
+        time.sleep(1.0)
+        triton.kill()
+        time.sleep(2.0)
+        down = post(bento, "/embed", {"text": "down"})
+        assert down.status_code == 503 and down.headers["Retry-After"] == "3", down.text
+        assert "Triton" in down.json()["error"]
+        assert bento.client.get("/readyz", timeout=10).status_code == 503
+        triton.start()
+        restarted_at = time.monotonic()
+        for worker in workers:
+            worker.result()
+
+    statuses = {status for status, _, _ in outcomes}
+    assert statuses <= {200, 503}, statuses  # never a 500, never a dropped connection
+    assert 503 in statuses
+    assert all(seconds < 2 + 1.5 for _, seconds, _ in outcomes)  # timeout_s + slack: never a hang
+    assert all(retry == "3" for status, _, retry in outcomes if status == 503)
+    assert post(bento, "/embed", {"text": "back"}).status_code == 200
+    assert bento.client.get("/readyz", timeout=10).status_code == 200
+
+
+def test_frozen_triton_gives_503_within_the_timeout(canary):
+    bento, triton = canary
+    os.killpg(triton.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = post(bento, "/embed", {"text": "anyone?"})
+        elapsed = time.monotonic() - started
+    finally:
+        os.killpg(triton.pid, signal.SIGCONT)
+    assert response.status_code == 503, response.text
+    assert 1.5 <= elapsed < 2 + 1.5, elapsed  # triton.timeout_s is 2
+    assert response.headers["Retry-After"] == "3"
+    deadline = time.monotonic() + 30
+    while post(bento, "/embed", {"text": "thawed"}).status_code != 200:
+        assert time.monotonic() < deadline, "no answer 30 s after Triton resumed"
+        time.sleep(0.2)
