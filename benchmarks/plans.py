@@ -47,7 +47,7 @@ class Plan:
             raise InvalidArgument(f"--time-scale: must be in (0, 10], got {factor}", field="time_scale")
         return replace(
             self,
-            budget_s=self.budget_s * max(factor, 0.5),
+            budget_s=self.budget_s * max(factor, 1.0),  # start-ups do not shrink
             ceiling_s=self.ceiling_s * factor,
             triton_window_ms=max(200, int(self.triton_window_ms * factor)),
             locust_s=max(1.0, self.locust_s * factor),

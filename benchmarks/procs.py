@@ -94,6 +94,8 @@ class ProcessSet(contextlib.AbstractContextManager):
 
     def __init__(self) -> None:
         self._procs: list[ManagedProcess] = []
+        # Every process group this set started or adopted, for the record (name, pid = group id).
+        self.started: list[dict] = []
         self._stack = contextlib.ExitStack()
         self._old_sigterm = None
 
@@ -106,11 +108,16 @@ class ProcessSet(contextlib.AbstractContextManager):
     def start(self, name: str, argv: Sequence[str], **kwargs) -> ManagedProcess:
         proc = ManagedProcess(name, argv, **kwargs)
         self._procs.append(proc)
+        self.started.append({"name": name, "pid": proc.pid})
         return proc
 
-    def enter(self, context):
-        """Adopt another context manager (e.g. a TritonServer) so it is closed with the rest."""
-        return self._stack.enter_context(context)
+    def enter(self, context, name: str | None = None):
+        """Adopt another context manager (e.g. a TritonServer) so it is closed with the rest; its
+        ``pid`` (a process group leader) is recorded under ``name``."""
+        value = self._stack.enter_context(context)
+        if name is not None and getattr(value, "pid", None):
+            self.started.append({"name": name, "pid": value.pid})
+        return value
 
     def stop(self, proc: ManagedProcess) -> None:
         proc.stop()
@@ -135,6 +142,23 @@ class ProcessSet(contextlib.AbstractContextManager):
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes (zombies excepted) of process group ``pgid``, read from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command (which may hold spaces) start after the last ')': state, ppid, pgrp.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 def wait_http_ok(

@@ -76,6 +76,7 @@ class Run:
         self.errors: list[str] = []
         self.notes: list[str] = []
         self.inputs: dict[str, Inputs] = {}
+        self.processes: list[dict] = []
         self.workloads: dict[str, dict] = {
             w.name: {"description": w.description, "model": w.model, "stacks": {}} for w in options.workloads
         }
@@ -187,7 +188,8 @@ class Run:
         from converters.triton_server import TritonServer
 
         server = procs.enter(
-            TritonServer(repo.root, models=models, log_path=self.out / "logs" / "triton.log")
+            TritonServer(repo.root, models=models, log_path=self.out / "logs" / "triton.log"),
+            name="tritonserver",
         )
         return server
 
@@ -319,6 +321,7 @@ class Run:
         stacks = self.options.stacks
         try:
             with ProcessSet() as procs:
+                self.processes = procs.started
                 repo = self.repository()
                 summary["repository"] = str(repo.root)
                 for workload in self.options.workloads:
@@ -354,6 +357,7 @@ class Run:
             summary["workloads"] = self._finish_workloads()
             summary["errors"] = self.errors
             summary["notes"] = self.notes
+            summary["processes"] = self.processes
         return summary
 
     def _finish_workloads(self) -> dict:

@@ -1,0 +1,301 @@
+"""The benchmark harness: its parsers on files the real tools write, the curve arithmetic, the
+process clean-up, the FastAPI-eager baseline, the CLI's bad inputs, and a whole ``--quick`` run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.parsers import (
+    Point,
+    locust_point,
+    parse_locust_history,
+    parse_locust_stats,
+    parse_perf_analyzer_csv,
+)
+from benchmarks.stats import throughput_at_p99
+from converters.errors import InvalidArgument, NotFound
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _point(concurrency: int, throughput: float, p99: float) -> Point:
+    return Point(concurrency, throughput, p50=p99 / 2, p90=p99 * 0.8, p95=p99 * 0.9, p99=p99, avg=p99 / 2)
+
+
+# ---- curve arithmetic ----------------------------------------------------------------------------
+
+
+def test_throughput_at_p99_takes_measured_points_and_interpolates_between_them():
+    curve = [_point(1, 100.0, 10.0), _point(4, 300.0, 20.0), _point(8, 400.0, 60.0)]
+    assert throughput_at_p99(curve, 20.0) == 300.0  # a measured point exactly on the target
+    assert throughput_at_p99(curve, 40.0) == pytest.approx(350.0)  # halfway from 20 ms to 60 ms
+    assert throughput_at_p99(curve, 1000.0) == 400.0
+    assert throughput_at_p99(curve, 5.0) is None  # even the lightest load is over the target
+
+
+def test_ratios_and_goals_from_curves():
+    from benchmarks.report import compute_ratios, evaluate_goals, stack_summary
+
+    stacks = {
+        "ceiling": stack_summary([_point(1, 200.0, 5.0), _point(32, 500.0, 70.0)]),
+        "triton-grpc": stack_summary([_point(1, 150.0, 8.0), _point(8, 460.0, 30.0)]),
+        "bento": stack_summary([_point(1, 100.0, 12.0), _point(8, 380.0, 40.0), _point(16, 420.0, 90.0)]),
+        "fastapi-eager": stack_summary([_point(1, 50.0, 25.0), _point(8, 90.0, 40.0)]),
+    }
+    ratios = compute_ratios(stacks)
+    assert ratios["triton-grpc/ceiling"] == pytest.approx(0.92)
+    assert ratios["triton/ceiling"] == pytest.approx(0.92)
+    assert ratios["bento/ceiling"] == pytest.approx(0.84)
+    at_p99 = ratios["bento/fastapi-eager@p99"]
+    assert (
+        at_p99["p99_ms"] == 40.0 and at_p99["bento"] == 380.0 and at_p99["ratio"] == pytest.approx(380 / 90)
+    )
+    met = {goal["key"]: goal["met"] for goal in evaluate_goals(ratios)}
+    assert met == {"triton/ceiling": True, "bento/ceiling": True, "bento/fastapi-eager@p99": True}
+
+
+# ---- parsers on real files -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def perf_analyzer_run(triton_server, model_repo, tmp_path_factory):
+    """perf_analyzer for real against the session Triton: MiniLM over gRPC at concurrency 1 and 2."""
+    from benchmarks.loadgen import perf_sweep
+    from benchmarks.workloads import WORKLOADS, load_inputs, write_perf_analyzer_data
+    from converters.repository import Repository
+
+    folder = tmp_path_factory.mktemp("perf_analyzer")
+    inputs = load_inputs(WORKLOADS["minilm-short"], Repository(model_repo))
+    data = write_perf_analyzer_data(inputs, folder / "input.json")
+    csv_path = folder / "minilm_grpc.csv"
+    points = perf_sweep("minilm", triton_server.grpc_url, "grpc", [1, 2], data, csv_path, window_ms=400)
+    return csv_path, points
+
+
+@pytest.mark.triton
+def test_perf_analyzer_csv_of_a_real_sweep(perf_analyzer_run):
+    csv_path, points = perf_analyzer_run
+    assert [p.concurrency for p in points] == [1, 2]
+    # The kept CSV holds the header once and one row per level, and parses to the same points.
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("Concurrency,Inferences/Second,") and len(lines) == 3
+    assert parse_perf_analyzer_csv(csv_path) == points
+    for point in points:
+        assert point.throughput > 0
+        assert 0 < point.p50 <= point.p90 <= point.p95 <= point.p99
+        breakdown = point.extra["breakdown_ms"]
+        assert breakdown["Server Compute Infer"] > 0
+        assert point.avg == pytest.approx(sum(breakdown.values()))
+
+
+@pytest.mark.triton
+def test_perf_analyzer_parser_refuses_other_files(perf_analyzer_run, tmp_path):
+    csv_path, _ = perf_analyzer_run
+    header, *rows = csv_path.read_text().splitlines()
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text(header.replace("p99 latency", "p99") + "\n" + "\n".join(rows) + "\n")
+    with pytest.raises(InvalidArgument, match=r"missing column\(s\) p99 latency"):
+        parse_perf_analyzer_csv(wrong)
+    empty = tmp_path / "empty.csv"
+    empty.write_text(header + "\n")
+    with pytest.raises(Exception, match="no measurement"):
+        parse_perf_analyzer_csv(empty)
+    with pytest.raises(NotFound, match="no perf_analyzer CSV"):
+        parse_perf_analyzer_csv(tmp_path / "absent.csv")
+
+
+@pytest.fixture(scope="module")
+def locust_run(bento_server, model_repo, tmp_path_factory):
+    """Locust headless for real: the project's BentoUser against the session Bento, 2 users, 2 s."""
+    from benchmarks.loadgen import run_locust
+
+    prefix = tmp_path_factory.mktemp("locust") / "bento"
+    result = run_locust(
+        ROOT / "benchmarks" / "locustfile.py",
+        bento_server.url,
+        2,
+        2.0,
+        prefix,
+        user_classes=["BentoUser"],
+        env={"MODELPACK_WORKLOAD": "minilm-short", "MODELPACK_REPOSITORY": str(model_repo)},
+    )
+    return prefix, result
+
+
+@pytest.mark.bento
+def test_locust_csv_of_a_real_run(locust_run):
+    prefix, result = locust_run
+    assert result.exit_code == 0
+    rows = {row.name: row for row in parse_locust_stats(Path(f"{prefix}_stats.csv"))}
+    assert set(rows) == {"/embed", "Aggregated"}
+    total = rows["Aggregated"]
+    assert total.requests == rows["/embed"].requests > 0 and total.failures == 0
+    assert total.rps > 0 and 0 < total.p50 <= total.p90 <= total.p95 <= total.p99
+    point = locust_point(Path(f"{prefix}_stats.csv"), users=2)
+    assert point == result.point or point.throughput == result.point.throughput
+    history = parse_locust_history(Path(f"{prefix}_stats_history.csv"))
+    assert history and history[-1].users == 2 and history[-1].total_requests > 0
+    assert all(a.timestamp <= b.timestamp for a, b in zip(history, history[1:], strict=False))
+    assert Path(f"{prefix}.html").read_text().lstrip().lower().startswith("<!doctype html")
+
+
+@pytest.mark.bento
+def test_locust_parser_refuses_a_history_file_as_stats(locust_run):
+    prefix, _ = locust_run
+    with pytest.raises(InvalidArgument, match="not a Locust _stats CSV"):
+        parse_locust_stats(Path(f"{prefix}_stats_history.csv"))
+
+
+# ---- processes -----------------------------------------------------------------------------------
+
+
+def test_process_set_stops_whole_groups_on_error(tmp_path):
+    from benchmarks.procs import ProcessSet, group_members
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with ProcessSet() as procs:
+            # A parent with a child of its own: both are in the group and both must go.
+            proc = procs.start("sleeper", ["sh", "-c", "sleep 60 & sleep 60"], log_path=tmp_path / "s.log")
+            deadline = time.monotonic() + 5
+            while len(group_members(proc.pid)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(group_members(proc.pid)) >= 2
+            raise RuntimeError("boom")
+    assert group_members(proc.pid) == []
+    assert procs.started == [{"name": "sleeper", "pid": proc.pid}]
+
+
+# ---- the FastAPI-eager baseline ------------------------------------------------------------------
+
+
+def test_baseline_fastapi_matches_sentence_transformers_and_names_bad_fields(minilm_path, lightning_ckpt):
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from sentence_transformers import SentenceTransformer
+
+    from benchmarks.baseline_fastapi import create_app
+
+    client = TestClient(create_app(minilm_path, lightning_ckpt))
+    texts = ["The cat sat on the mat.", "Paris is the capital of France."]
+    expected = SentenceTransformer(str(minilm_path), device="cpu").encode(texts, normalize_embeddings=True)
+    single = client.post("/embed", json={"text": texts[0]})
+    batch = client.post("/embed/batch", json={"texts": texts})
+    assert single.status_code == 200 and batch.status_code == 200
+    assert np.abs(np.asarray(single.json()["embedding"]) - expected[0]).max() < 1e-5
+    assert np.abs(np.asarray(batch.json()["embeddings"]) - expected).max() < 1e-5
+
+    bad = client.post("/predict", json={"image": "not base64!"})
+    assert bad.status_code == 400 and "image" in bad.json()["detail"]
+    empty = client.post("/embed/batch", json={"texts": []})
+    assert empty.status_code == 422 and empty.json()["detail"][0]["loc"][-1] == "texts"
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--stacks", "ceiling,nginx"], "--stacks: unknown nginx"),
+        (["--workloads", "minilm-huge"], "--workloads: unknown 'minilm-huge'"),
+        (["--quick", "--time-scale", "0"], "--time-scale: must be in (0, 10]"),
+        (["tune", "minilm", "--p99-ms", "-5"], "--p99-ms: must be a positive number"),
+        (["tune", "resnet", "--p99-ms", "20"], "model 'resnet' is not in"),
+        (
+            ["tune", "minilm", "--p99-ms", "20", "--preferred", "128"],
+            "--preferred: 128 must be sizes between 1",
+        ),
+        (["tune", "minilm", "--p99-ms", "20", "--workload", "image"], "--workload: 'image' does not measure"),
+    ],
+)
+def test_cli_bad_input_exits_2_naming_the_field(argv, message, model_repo, capsys):
+    from benchmarks.cli import main
+
+    assert main([*argv, "--repository", str(model_repo)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_refuses_a_non_empty_out_folder(model_repo, tmp_path, capsys):
+    from benchmarks.cli import main
+
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(["--quick", "--out", str(tmp_path), "--repository", str(model_repo)]) == 2
+    assert f"--out: {tmp_path} is not empty" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+# ---- a whole run ---------------------------------------------------------------------------------
+
+
+@pytest.mark.triton
+@pytest.mark.bento
+@pytest.mark.slow
+def test_quick_run_writes_a_report_with_positive_figures(model_repo, tmp_path):
+    """``python -m benchmarks --quick`` end to end, every stack, durations shrunk to a fifth."""
+    from benchmarks.procs import group_members
+
+    out = tmp_path / "run"
+    env = {**os.environ, "MODELPACK_BENCH_TIME_SCALE": "0.2"}
+    start = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--out",
+            str(out),
+            "--repository",
+            str(model_repo),
+            "--workloads",
+            "minilm-short,image",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert elapsed < 90
+    # The summary table comes last on stdout.
+    assert done.stdout.splitlines()[2].split()[:2] == ["workload", "stack"]
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["errors"] == [] and summary["mode"] == "quick"
+    assert summary["machine"]["cores"] >= 1 and summary["versions"]["onnxruntime"]
+    for name in ("minilm-short", "image"):
+        workload = summary["workloads"][name]
+        assert set(workload["stacks"]) == {"ceiling", "triton-grpc", "triton-http", "bento", "fastapi-eager"}
+        for stack, data in workload["stacks"].items():
+            assert data["points"], stack
+            for point in data["points"]:
+                assert point["throughput"] > 0 and point["p99"] > 0 and point["failures"] == 0, (stack, point)
+        assert [p["concurrency"] for p in workload["stacks"]["ceiling"]["points"]] == [1, 8, 32]
+        assert [p["concurrency"] for p in workload["stacks"]["triton-grpc"]["points"]] == [1, 4]
+        ratios = workload["ratios"]
+        assert ratios["triton/ceiling"] > 0 and ratios["bento/ceiling"] > 0
+        assert ratios["bento/fastapi-eager@p99"]["fastapi-eager"] > 0
+        assert [g["met"] in (True, False) for g in workload["goals"]] == [True, True, True]
+        # The raw files of the tools are kept where the summary says.
+        for data in workload["stacks"].values():
+            for file in data["files"]:
+                assert (out / file).stat().st_size > 0, file
+        plot = out / workload["plot"]
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = (out / "report.md").read_text()
+    assert "## Goals" in report and "| x | items/s | p50 | p90 | p95 | p99 |" in report
+    assert "Intel" in report or summary["machine"]["cpu_model"] in report
+    # Every process the run started is gone (whole process groups).
+    names = {p["name"] for p in summary["processes"]}
+    assert names == {"tritonserver", "bento", "fastapi-eager"}
+    assert all(group_members(p["pid"]) == [] for p in summary["processes"])
