@@ -1,0 +1,218 @@
+"""Triton direct against in-process ONNX Runtime, in one run: how much of the model's speed the server keeps.
+
+perf_analyzer (``.tools/bin/perf_analyzer``, from the tritonclient 2.51.0 wheel) drives MiniLM on the
+local Triton server over gRPC and HTTP at concurrency 1..8, one 16-token sentence per request
+(workload ``minilm-short``); ONNX Runtime runs the same ``model.onnx`` in this process at batch 32,
+once before and once after the sweeps. The ratio is the best Triton throughput over the mean of the
+two in-process figures: both sides see the same load from whatever else runs on the machine.
+
+    python -m benchmarks.perf_triton [--repository DIR] [--quick] [--out DIR]
+
+``measure()`` returns the parsed rows, for ``python -m benchmarks`` and for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.ceiling import measure_ceiling
+from benchmarks.loadgen import perf_sweep
+from benchmarks.parsers import Point
+from benchmarks.workloads import WORKLOADS, load_inputs, write_perf_analyzer_data
+from converters.errors import InvalidArgument
+from converters.repository import Repository, default_repository
+
+log = logging.getLogger(__name__)
+
+GOAL = 0.90  # Triton direct should keep >= 90% of the in-process figure
+CEILING_BATCH = 32
+PROTOCOLS = ("grpc", "http")
+
+
+@dataclass
+class PerfTritonResult:
+    workload: str
+    grpc: list[Point] = field(default_factory=list)
+    http: list[Point] = field(default_factory=list)
+    ceiling_before: Point | None = None
+    ceiling_after: Point | None = None
+    seconds: float = 0.0
+
+    @property
+    def ceiling(self) -> float:
+        """Items/s of in-process ONNX Runtime at batch 32: the mean of the two measurements."""
+        values = [p.throughput for p in (self.ceiling_before, self.ceiling_after) if p is not None]
+        return sum(values) / len(values) if values else 0.0
+
+    def best(self) -> tuple[str, Point] | None:
+        candidates = [(protocol, p) for protocol in PROTOCOLS for p in getattr(self, protocol)]
+        return max(candidates, key=lambda c: c[1].throughput, default=None)
+
+    @property
+    def ratio(self) -> float | None:
+        best = self.best()
+        return best[1].throughput / self.ceiling if best and self.ceiling else None
+
+    def rows(self) -> list[dict]:
+        """One dict per measured point: stack, load level, items/s, latency percentiles (ms)."""
+        rows = []
+        for protocol in PROTOCOLS:
+            for p in getattr(self, protocol):
+                rows.append(_row(f"triton-{protocol}", "concurrency", p))
+        for when, p in (("before", self.ceiling_before), ("after", self.ceiling_after)):
+            if p is not None:
+                rows.append({**_row("onnxruntime-in-process", "batch", p), "when": when})
+        return rows
+
+    def to_dict(self) -> dict:
+        best = self.best()
+        return {
+            "workload": self.workload,
+            "rows": self.rows(),
+            "ceiling_items_per_s": self.ceiling,
+            "best": {
+                "protocol": best[0],
+                "concurrency": best[1].concurrency,
+                "items_per_s": best[1].throughput,
+            }
+            if best
+            else None,
+            "ratio": self.ratio,
+            "goal": GOAL,
+            "seconds": self.seconds,
+        }
+
+    def table(self) -> str:
+        lines = [f"{'stack':<24} {'level':>9} {'items/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
+        for row in self.rows():
+            level = f"{row['level_kind'][0]}={row['level']}"
+            lines.append(
+                f"{row['stack']:<24} {level:>9} {row['items_per_s']:>9.1f} "
+                f"{row['p50_ms']:>8.2f} {row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f}"
+            )
+        best = self.best()
+        if best and self.ceiling:
+            verdict = "meets" if self.ratio >= GOAL else "misses"
+            lines.append(
+                f"Triton best: {best[1].throughput:.1f} items/s ({best[0]}, concurrency "
+                f"{best[1].concurrency}) = {self.ratio:.0%} of in-process ONNX Runtime at batch "
+                f"{CEILING_BATCH} ({self.ceiling:.1f} items/s); {verdict} the {GOAL:.0%} goal"
+            )
+        return "\n".join(lines)
+
+
+def _row(stack: str, level_kind: str, p: Point) -> dict:
+    return {
+        "stack": stack,
+        "level_kind": level_kind,
+        "level": p.concurrency,
+        "items_per_s": p.throughput,
+        "p50_ms": p.p50,
+        "p95_ms": p.p95,
+        "p99_ms": p.p99,
+    }
+
+
+def measure(
+    repository: str | Path | None = None,
+    *,
+    server=None,
+    workload: str = "minilm-short",
+    concurrency: tuple[int, ...] = tuple(range(1, 9)),
+    protocols: tuple[str, ...] = PROTOCOLS,
+    window_ms: int = 2000,
+    ceiling_s: float = 3.0,
+    out: str | Path | None = None,
+) -> PerfTritonResult:
+    """Run the comparison. ``server``: a running ``TritonServer`` serving ``repository``; when None,
+    one is started for the run (only the workload's model loaded) and stopped after it."""
+    from converters.triton_server import TritonServer
+
+    if workload not in WORKLOADS:
+        raise InvalidArgument(
+            f"workload: {workload!r} is not one of {', '.join(WORKLOADS)}", field="workload"
+        )
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise InvalidArgument(f"protocols: {unknown} not in {PROTOCOLS}", field="protocols")
+    repo = Repository(repository or default_repository())
+    spec = WORKLOADS[workload]
+    inputs = load_inputs(spec, repo)
+    out = Path(out) if out else Path(tempfile.mkdtemp(prefix="perf_triton-"))
+    data = write_perf_analyzer_data(inputs, out / f"{workload}_input.json")
+    result = PerfTritonResult(workload=workload)
+    started = time.monotonic()
+
+    def ceiling() -> Point:
+        return measure_ceiling(inputs, repo, batch_sizes=(CEILING_BATCH,), duration_s=ceiling_s)[0]
+
+    own = server is None
+    if own:
+        server = TritonServer(repo.root, models=[spec.model], log_path=out / "tritonserver.log").start()
+    try:
+        result.ceiling_before = ceiling()
+        for protocol in protocols:
+            url = server.grpc_url if protocol == "grpc" else server.http_url
+            points = perf_sweep(
+                spec.model,
+                url,
+                protocol,
+                concurrency,
+                data,
+                out / f"{workload}_{protocol}.csv",
+                window_ms=window_ms,
+            )
+            setattr(result, protocol, points)
+        result.ceiling_after = ceiling()
+    finally:
+        if own:
+            server.stop()
+    result.seconds = time.monotonic() - started
+    (out / "perf_triton.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    log.info("perf_triton: results in %s", out)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.perf_triton", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--repository", type=Path, default=None, help="model repository (default model_repository/)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="concurrency 1,4,8 with 1 s windows instead of 1..8"
+    )
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, action="append", help="only this protocol (repeatable)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="where CSVs, logs and perf_triton.json go")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from converters.errors import ToolkitError
+
+    try:
+        result = measure(
+            args.repository,
+            concurrency=(1, 4, 8) if args.quick else tuple(range(1, 9)),
+            protocols=tuple(args.protocol or PROTOCOLS),
+            window_ms=1000 if args.quick else 2000,
+            ceiling_s=2.0 if args.quick else 3.0,
+            out=args.out,
+        )
+    except ToolkitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    print(result.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
