@@ -2,7 +2,7 @@
 
 - ``feature-extraction``: the encoder wrapped with mean pooling over ``attention_mask`` and L2
   normalisation, so the graph's ``embeddings`` equal sentence-transformers'
-  ``encode(normalize_embeddings=True)``; parity is checked against sentence-transformers itself.
+  ``encode(normalize_embeddings=True, show_progress_bar=False)``; parity is checked against sentence-transformers itself.
 - ``text-classification``: ``AutoModelForSequenceClassification``, output ``logits``; parity against
   the PyTorch model.
 
@@ -124,7 +124,7 @@ def reference_outputs(path: Path, task: str, module, tokenizer, sentences, max_l
 
         model = SentenceTransformer(str(path), device="cpu")
         model.max_seq_length = max_length
-        return model.encode(list(sentences), batch_size=len(sentences), normalize_embeddings=True)
+        return model.encode(list(sentences), batch_size=len(sentences), normalize_embeddings=True, show_progress_bar=False)
     feeds = tokenize(tokenizer, sentences, max_length)
     with torch.no_grad():
         out = module(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
@@ -168,7 +168,7 @@ def convert_hf(
     validate_name(name)
     path = check_model_folder(path)
     atol, rtol = check_tolerances(atol, rtol)
-    serving = serving or ServingOptions()
+    serving = (serving or ServingOptions()).check()
     steps: list[StepResult] = []
 
     with Timer() as timer:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pickle
+import re
 from pathlib import Path
 
 from converters import torch2onnx
@@ -70,6 +71,12 @@ def resolve_class(ref: str):
     return cls
 
 
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error, which is what says what went wrong."""
+    text = str(err).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+
+
 def read_checkpoint(path: Path, *, trust: bool) -> dict:
     """Load the checkpoint dict (weights only unless ``trust``) and check that Lightning wrote it."""
     import torch
@@ -85,16 +92,26 @@ def read_checkpoint(path: Path, *, trust: bool) -> dict:
     try:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
-        if not trust:
-            first = str(err).strip().splitlines()[0]
+        message = str(err)
+        if not trust and ("Unsupported global" in message or "allowed global" in message):
+            global_name = re.search(r"GLOBAL (\S+)", message)
+            what = global_name.group(1) if global_name else message.strip().splitlines()[0]
             raise UnsafeInput(
-                f"CKPT: {path} holds objects that a weights-only load refuses ({first}); if you trust its "
-                f"origin, pass {TRUST_FLAG} to load it with full pickle",
+                f"CKPT: {path} holds an object ({what}) that a weights-only load refuses; if you trust the "
+                f"file's origin, pass {TRUST_FLAG} to load it with full pickle",
                 field="ckpt",
             ) from None
-        raise InvalidArgument(f"CKPT: {path} is not a PyTorch checkpoint: {err}", field="ckpt") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise InvalidArgument(f"CKPT: {path} is not a PyTorch checkpoint: {err}", field="ckpt") from None
+        raise InvalidArgument(
+            f"CKPT: {path} is not a PyTorch checkpoint (torch.load cannot unpickle it); save one with "
+            "Trainer.save_checkpoint",
+            field="ckpt",
+        ) from None
+    except Exception as err:  # torch.load raises many kinds on a file that is not a checkpoint
+        raise InvalidArgument(
+            f"CKPT: {path} is not a PyTorch checkpoint ({_first_line(err)}); save one with "
+            "Trainer.save_checkpoint",
+            field="ckpt",
+        ) from None
     if (
         not isinstance(checkpoint, dict)
         or "state_dict" not in checkpoint
@@ -189,7 +206,7 @@ def convert_lightning(
     validate_name(name)
     atol, rtol = check_tolerances(atol, rtol)
     ckpt = Path(ckpt)
-    serving = serving or ServingOptions()
+    serving = (serving or ServingOptions()).check()
     cls = resolve_class(module_ref)
     steps: list[StepResult] = []
     with Timer() as timer:

@@ -37,6 +37,7 @@ def export(
         # The tracer's notes on Python booleans in HF code; the parity check is what tells if they matter.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*aten::index operator.*")
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx.*")
         try:
             torch.onnx.export(

@@ -244,6 +244,11 @@ class ServingOptions:
     intra_op_threads: int | None = None
     accelerator: str | None = None
 
+    def check(self) -> ServingOptions:
+        """Validate every option now, before any slow work (the tensors come later)."""
+        self.build("check", [], [])
+        return self
+
     def build(self, name: str, inputs, outputs, *, platform: str = "onnxruntime_onnx") -> mc.ModelConfig:
         parameters = {}
         if self.intra_op_threads is not None:

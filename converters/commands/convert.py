@@ -111,7 +111,11 @@ def report(result) -> None:
 
 
 def run_hf(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from converters.hf2onnx import convert_hf
+
+    hf_logging.disable_progress_bar()  # stderr keeps to log lines and the one error line
 
     report(
         convert_hf(

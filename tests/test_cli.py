@@ -1,0 +1,308 @@
+"""`python -m converters`: exit 0 on success, 2 on bad input (one line naming the field, the value and
+the fix), 1 on a failed check; and whatever fails, the repository is left as it was."""
+
+from __future__ import annotations
+
+import fractions
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from converters.cli import main
+from converters.triton_config import read_config
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE = "converters.examples.image_classifier:ImageClassifier"
+
+
+def snapshot(root: Path) -> list[tuple]:
+    """Every path under ``root`` with its size and modification time."""
+    return sorted(
+        (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_repo(model_repo, tmp_path_factory) -> Path:
+    """One copy of the session repository for this module's commands."""
+    copy = tmp_path_factory.mktemp("cli") / "repository"
+    shutil.copytree(model_repo, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, lightning_ckpt) -> dict[str, Path]:
+    import torch
+
+    folder = tmp_path_factory.mktemp("bad")
+    files = {
+        "garbage": folder / "garbage.ckpt",
+        "plain_torch": folder / "plain.ckpt",
+        "unsafe": folder / "unsafe.ckpt",
+        "not_a_folder": folder / "model.bin",
+        "no_config": folder / "empty_model",
+    }
+    files["garbage"].write_bytes(b"this is not a checkpoint at all")
+    torch.save({"weights": torch.zeros(3)}, files["plain_torch"])
+    checkpoint = torch.load(str(lightning_ckpt), map_location="cpu", weights_only=True)
+    checkpoint["provenance"] = fractions.Fraction(1, 3)  # a global that weights_only refuses
+    torch.save(checkpoint, files["unsafe"])
+    files["not_a_folder"].write_bytes(b"\0")
+    files["no_config"].mkdir()
+    return files
+
+
+def cli(*argv, capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+BAD_INPUTS = [
+    # (argv template, words in the error); {ckpt}, {minilm}, {repo} and bad file names are filled in.
+    (["hf", "{missing}", "--name", "m"], ["PATH:", "does not exist"]),
+    (["hf", "{not_a_folder}", "--name", "m"], ["not a Hugging Face model folder", "config.json"]),
+    (["hf", "{no_config}", "--name", "m"], ["not a Hugging Face model folder"]),
+    (
+        ["hf", "{minilm}", "--name", "m", "--task", "summarization"],
+        ["--task", "'summarization'", "text-classification"],
+    ),
+    (["hf", "{minilm}", "--name", "../escape"], ["--name", "'../escape'", "not a safe model name"]),
+    (["hf", "{minilm}", "--name", "m", "--max-batch-size", "0"], ["max_batch_size", "got 0"]),
+    (
+        ["hf", "{minilm}", "--name", "m", "--preferred-batch-size", "128"],
+        ["preferred_batch_size", "128", "64"],
+    ),
+    (["hf", "{minilm}", "--name", "m", "--atol", "-1"], ["--atol", "-1"]),
+    (
+        ["lightning", "{missing}", "--module", MODULE, "--name", "m"],
+        ["CKPT:", "does not exist", "--out PATH"],
+    ),
+    (["lightning", "{garbage}", "--module", MODULE, "--name", "m"], ["CKPT:", "is not a PyTorch checkpoint"]),
+    (
+        ["lightning", "{plain_torch}", "--module", MODULE, "--name", "m"],
+        ["not a Lightning checkpoint", "weights"],
+    ),
+    (["lightning", "{unsafe}", "--module", MODULE, "--name", "m"], ["weights-only", "--trust-checkpoint"]),
+    (["lightning", "{ckpt}", "--module", "no.such.module:Net", "--name", "m"], ["--module", "cannot import"]),
+    (
+        ["lightning", "{ckpt}", "--module", "converters.examples.image_classifier:Nope", "--name", "m"],
+        ["no class"],
+    ),
+    (
+        ["lightning", "{ckpt}", "--module", "converters.examples.image_classifier", "--name", "m"],
+        ["pkg.mod:Class"],
+    ),
+    (
+        ["lightning", "{ckpt}", "--module", "converters.results:Timer", "--name", "m"],
+        ["not a LightningModule"],
+    ),
+    (
+        ["lightning", "{ckpt}", "--module", MODULE, "--name", "m", "--input-shape", "3,32"],
+        ["--input-shape", "C,H,W"],
+    ),
+    (
+        ["lightning", "{ckpt}", "--module", MODULE, "--name", "m", "--input-shape", "1,32,32"],
+        ["rejects inputs"],
+    ),
+    (["lightning", "{ckpt}", "--module", MODULE, "--name", "m", "--task", "text-classification"], ["--task"]),
+    (["lightning", "{ckpt}", "--module", MODULE, "--name", "a/b"], ["not a safe model name"]),
+    (["quantize", "nope"], ["'nope' is not in", "minilm"]),
+    (["quantize", "minilm", "--min-cosine", "1.5"], ["--min-cosine", "between 0 and 1"]),
+    (["validate", "minilm:0"], ["positive integer"]),
+    (["validate", "minilm:7"], ["minilm:7 does not exist", "versions: 1"]),
+    (["rollback", "minilm"], ["oldest", "nothing to roll back"]),
+    (["rollback", "minilm", "--to", "x"], ["--to", "'x'"]),
+    (["configure", "nope", "--accelerator", "tensorrt"], ["'nope' is not in"]),
+    (["tensorrt", "image_classifier", "--output-name", "../x"], ["not a safe model name"]),
+]
+
+
+@pytest.mark.parametrize(("argv", "words"), BAD_INPUTS, ids=[" ".join(a[:1] + a[2:4]) for a, _ in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_clear_line(
+    argv, words, bad_files, lightning_ckpt, minilm_path, cli_repo, capsys
+):
+    values = {"ckpt": lightning_ckpt, "minilm": minilm_path, "missing": "/no/such/path", **bad_files}
+    before = snapshot(cli_repo.parent)
+    code, out, err = cli(*[a.format(**values) for a in argv], "--repository", cli_repo, capsys=capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0]
+    assert out == ""
+    assert snapshot(cli_repo.parent) == before
+
+
+def test_parity_failure_exits_1_lists_every_output_and_publishes_nothing(
+    lightning_ckpt, model_repo, tmp_path, capsys
+):
+    manifest = json.loads((model_repo / "image_classifier" / "1" / "manifest.json").read_text())
+    assert manifest["parity"]["max_abs_err"] > 0  # so a zero tolerance must fail
+    repo = tmp_path / "repository"
+    code, _, err = cli(
+        "lightning",
+        lightning_ckpt,
+        "--module",
+        MODULE,
+        "--name",
+        "ic",
+        "--atol",
+        "0",
+        "--repository",
+        repo,
+        capsys=capsys,
+    )
+    assert code == 1
+    assert "parity of ic (image-classification) against PyTorch failed on 2 of 2 outputs" in err
+    assert "- logits[batch=1]: max abs err" in err and "- logits[batch=4]: max abs err" in err
+    assert "nothing published" in err
+    assert not (repo / "ic").exists() and list(repo.iterdir()) == []
+    assert list((tmp_path / ".repository.publish").glob("staging-*")) == []
+
+
+def test_trusting_a_checkpoint_loads_what_weights_only_refuses(bad_files, tmp_path, capsys):
+    repo = tmp_path / "repository"
+    code, out, err = cli(
+        "lightning",
+        bad_files["unsafe"],
+        "--module",
+        MODULE,
+        "--name",
+        "ic",
+        "--trust-checkpoint",
+        "--repository",
+        repo,
+        capsys=capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out)["version"] == 1 and (repo / "ic" / "1" / "model.onnx").is_file()
+
+
+def test_serving_flags_reach_the_config(lightning_ckpt, tmp_path, capsys):
+    repo = tmp_path / "repository"
+    code, out, err = cli(
+        "lightning",
+        lightning_ckpt,
+        "--module",
+        MODULE,
+        "--name",
+        "ic",
+        "--input-shape",
+        "3,32,32",
+        "--max-batch-size",
+        "16",
+        "--preferred-batch-size",
+        "4,16",
+        "--max-queue-delay-us",
+        "500",
+        "--instance-kind",
+        "gpu",
+        "--instance-count",
+        "2",
+        "--intra-op-threads",
+        "1",
+        "--accelerator",
+        "tensorrt",
+        "--repository",
+        repo,
+        capsys=capsys,
+    )
+    assert code == 0, err
+    config = read_config(repo / "ic" / "config.pbtxt")
+    assert config.max_batch_size == 16 and list(config.dynamic_batching.preferred_batch_size) == [4, 16]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert (config.instance_group[0].kind, config.instance_group[0].count) == (
+        config.instance_group[0].KIND_GPU,
+        2,
+    )
+    assert config.parameters["intra_op_thread_count"].string_value == "1"
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    assert [i.name for i in config.input] == ["input"] and list(config.input[0].dims) == [3, 32, 32]
+
+
+def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
+    code, out, _ = cli(
+        "lightning",
+        lightning_ckpt,
+        "--module",
+        MODULE,
+        "--name",
+        "image_classifier",
+        "--repository",
+        cli_repo,
+        capsys=capsys,
+    )
+    assert code == 0 and json.loads(out)["version"] == 2
+
+    code, out, _ = cli("list", "--json", "--repository", cli_repo, capsys=capsys)
+    rows = {(r["name"], r["version"]): r for r in json.loads(out)}
+    assert set(rows) == {("minilm", 1), ("image_classifier", 1), ("image_classifier", 2)}
+    assert rows[("image_classifier", 2)]["served"] and not rows[("image_classifier", 1)]["served"]
+    assert rows[("minilm", 1)]["parity_passed"] and rows[("minilm", 1)]["size_bytes"] > 80e6
+
+    code, out, _ = cli("list", "--repository", cli_repo, capsys=capsys)
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["NAME", "VER", "SERVED"]
+    assert "image_classifier       2 yes" in out
+
+    code, out, _ = cli("rollback", "image_classifier", "--repository", cli_repo, capsys=capsys)
+    assert code == 0 and json.loads(out) == {"name": "image_classifier", "served": [1], "versions": [1, 2]}
+    assert (cli_repo / "image_classifier" / "2" / "model.onnx").is_file()  # nothing deleted
+    code, out, _ = cli(
+        "rollback", "image_classifier", "--to", "latest", "--repository", cli_repo, capsys=capsys
+    )
+    assert json.loads(out)["served"] == [2]
+
+    code, out, _ = cli(
+        "configure", "image_classifier", "--accelerator", "tensorrt", "--repository", cli_repo, capsys=capsys
+    )
+    assert code == 0 and json.loads(out)["gpu_execution_accelerator"] == ["tensorrt"]
+    code, out, _ = cli(
+        "configure", "image_classifier", "--accelerator", "none", "--repository", cli_repo, capsys=capsys
+    )
+    assert json.loads(out)["gpu_execution_accelerator"] == []
+    assert not read_config(cli_repo / "image_classifier" / "config.pbtxt").HasField("optimization")
+
+    code, out, err = cli("validate", "image_classifier:1", "--repository", cli_repo, capsys=capsys)
+    assert code == 0, err
+    assert json.loads(out)["passed"] is True
+
+
+def test_validate_fails_when_the_source_changed(cli_repo, lightning_ckpt, tmp_path, capsys):
+    moved = tmp_path / "changed.ckpt"
+    shutil.copy(lightning_ckpt, moved)
+    code, _, err = cli(
+        "lightning", moved, "--module", MODULE, "--name", "changing", "--repository", cli_repo, capsys=capsys
+    )
+    assert code == 0, err
+    with moved.open("ab") as handle:
+        handle.write(b"\0")
+    code, _, err = cli("validate", "changing", "--repository", cli_repo, capsys=capsys)
+    assert code == 1 and "changed since export" in err
+
+
+def test_help_of_every_command_and_a_real_process_exit_code():
+    for command in ("hf", "lightning", "quantize", "tensorrt", "list", "validate", "rollback", "configure"):
+        run = subprocess.run(
+            [sys.executable, "-m", "converters", command, "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0 and "usage: python -m converters " + command in run.stdout
+    run = subprocess.run(
+        [sys.executable, "-m", "converters", "hf", "/no/such/dir", "--name", "x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and run.stderr.strip() == (
+        "error: PATH: /no/such/dir does not exist; give a local Hugging Face model folder"
+    )
