@@ -1,0 +1,312 @@
+"""The service's parts without servers: configuration, preprocessing against the reference
+libraries, the model registry's checks, merging of concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import service
+from converters.errors import InvalidArgument, NotFound, PayloadTooLarge
+from converters.sentences import SENTENCES
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data, encoding="utf-8")
+    return path
+
+
+MINIMAL = {"models": [{"name": "minilm", "task": "feature-extraction"}]}
+
+
+# ---- configuration -------------------------------------------------------------------------------
+
+
+def test_shipped_service_yaml_is_valid():
+    settings = service.read_settings(Path(service.__file__).parent / "service.yaml", environ={})
+    assert [m.name for m in settings.models] == ["minilm", "image_classifier"]
+    assert settings.repository == Path(service.__file__).parent / "model_repository"
+    assert settings.limits.max_items == 64 and settings.batching.coalesce is True
+
+
+def test_defaults_relative_repository_and_environment_overrides(tmp_path):
+    (tmp_path / "conf").mkdir()
+    path = write(tmp_path / "conf" / "service.yaml", {**MINIMAL, "repository": "../repo"})
+    settings = service.read_settings(path, environ={})
+    assert settings.repository == (tmp_path / "repo").resolve()
+    assert settings.triton.url == "127.0.0.1:8001" and settings.triton.timeout_s == 5.0
+    overridden = service.read_settings(
+        path, environ={"MODELPACK_TRITON_URL": "triton:9001", "MODELPACK_REPOSITORY": "/models"}
+    )
+    assert overridden.triton.url == "triton:9001" and overridden.repository == Path("/models")
+
+
+@pytest.mark.parametrize(
+    ("data", "names"),
+    [
+        ({**MINIMAL, "tritn": {"url": "x:1"}}, ["tritn", "Extra inputs are not permitted"]),
+        ({**MINIMAL, "triton": {"url": "localhost"}}, ["triton.url", "'localhost'", "host:port"]),
+        ({**MINIMAL, "triton": {"timeout_s": 0}}, ["triton.timeout_s", "greater than 0"]),
+        ({**MINIMAL, "limits": {"max_items": 0}}, ["limits.max_items"]),
+        ({"models": []}, ["models", "at least 1"]),
+        ({"models": [{"name": "minilm"}]}, ["models.0.task", "Field required"]),
+        ({"models": [{"name": "minilm", "task": "translation"}]}, ["models.0.task", "'translation'"]),
+        (
+            {"models": [{"name": "../etc", "task": "feature-extraction"}]},
+            ["models.0.name", "not a safe model name"],
+        ),
+        (
+            {"models": [{"name": "m", "task": "feature-extraction", "versions": {1: 0, 2: 0}}]},
+            ["models.0.versions", "add up to 0"],
+        ),
+        (
+            {"models": [{"name": "m", "task": "feature-extraction", "versions": {0: 100}}]},
+            ["models.0.versions", "version 0"],
+        ),
+        (
+            {
+                "models": [
+                    {"name": "m", "task": "feature-extraction"},
+                    {"name": "m", "task": "feature-extraction"},
+                ]
+            },
+            ["listed more than once"],
+        ),
+        (
+            {"models": [{"name": "m", "task": "feature-extraction", "max_length": -3}]},
+            ["models.0.max_length"],
+        ),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_bad_settings_are_refused_naming_the_field(tmp_path, data, names):
+    with pytest.raises(InvalidArgument) as caught:
+        service.read_settings(write(tmp_path / "service.yaml", data), environ={})
+    message = str(caught.value)
+    assert str(tmp_path / "service.yaml") in message
+    for name in names:
+        assert name in message, message
+
+
+def test_unreadable_config_files(tmp_path):
+    with pytest.raises(NotFound, match="MODELPACK_SERVICE_CONFIG"):
+        service.read_settings(tmp_path / "missing.yaml", environ={})
+    with pytest.raises(InvalidArgument, match="not valid YAML"):
+        service.read_settings(write(tmp_path / "a.yaml", "models: [unclosed"), environ={})
+    with pytest.raises(InvalidArgument, match="expected a mapping"):
+        service.read_settings(write(tmp_path / "b.yaml", "- just a list"), environ={})
+
+
+# ---- the model registry against a real repository ------------------------------------------------
+
+
+def settings_for(repo: Path, models: list[dict]) -> service.ServiceSettings:
+    return service.ServiceSettings.model_validate({"repository": str(repo), "models": models})
+
+
+def test_load_models_reads_manifests_tokenizers_and_labels(model_repo):
+    models = service.load_models(
+        settings_for(
+            model_repo,
+            [
+                {"name": "minilm", "task": "feature-extraction"},
+                {"name": "image_classifier", "task": "image-classification"},
+            ],
+        )
+    )
+    minilm = models["minilm"]
+    assert minilm.split == {1: 1.0} and minilm.max_batch_size == 64
+    assert minilm.versions[1].input_names == ("input_ids", "attention_mask")
+    assert minilm.versions[1].output_name == "embeddings"
+    image = models["image_classifier"].versions[1]
+    assert image.image.height == 32 and image.labels[0] == "airplane"
+
+
+def test_load_models_refuses_what_the_repository_does_not_have(model_repo, tmp_path):
+    with pytest.raises(NotFound, match=r"models\.0 \(bert\).*models there: image_classifier, minilm"):
+        service.load_models(settings_for(model_repo, [{"name": "bert", "task": "feature-extraction"}]))
+    with pytest.raises(
+        NotFound, match=r"versions \[2\] of the split are not served \(served: \[1\]\)"
+    ) as caught:
+        service.load_models(
+            settings_for(
+                model_repo, [{"name": "minilm", "task": "feature-extraction", "versions": {1: 9, 2: 1}}]
+            )
+        )
+    assert caught.value.field == "models.0.versions"
+    with pytest.raises(InvalidArgument, match="manifest says task 'feature-extraction'"):
+        service.load_models(settings_for(model_repo, [{"name": "minilm", "task": "text-classification"}]))
+    with pytest.raises(InvalidArgument, match="max_length 9999 exceeds the entry's 256"):
+        service.load_models(
+            settings_for(model_repo, [{"name": "minilm", "task": "feature-extraction", "max_length": 9999}])
+        )
+    broken = tmp_path / "repo"
+    shutil.copytree(model_repo / "minilm", broken / "minilm")
+    (broken / "minilm" / "1" / "tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(NotFound, match="no fast tokenizer file"):
+        service.load_models(settings_for(broken, [{"name": "minilm", "task": "feature-extraction"}]))
+
+
+def test_version_choice_pins_and_splits(model_repo):
+    entry = service.load_models(settings_for(model_repo, [{"name": "minilm", "task": "feature-extraction"}]))[
+        "minilm"
+    ]
+    rng = None  # a pinned version draws nothing
+    assert entry.choose(1, rng).version == 1
+    with pytest.raises(NotFound, match="no served version 4; served versions: 1") as caught:
+        entry.choose(4, rng)
+    assert caught.value.field == "version"
+    # A 75/25 split over two versions: the choice follows the weights (4 sd tolerance over 4000 draws).
+    import dataclasses
+    import random
+
+    entry.versions[2] = dataclasses.replace(entry.versions[1], version=2)
+    entry.split = {1: 75.0, 2: 25.0}
+    chooser = random.Random(11)
+    ones = sum(entry.choose(None, chooser).version == 1 for _ in range(4000))
+    assert abs(ones - 3000) < 4 * np.sqrt(4000 * 0.25 * 0.75)
+
+
+# ---- preprocessing equals the reference libraries -------------------------------------------------
+
+
+def test_tokenizer_matches_transformers(model_repo):
+    from transformers import AutoTokenizer
+
+    folder = model_repo / "minilm" / "1" / "tokenizer"
+    texts = [*SENTENCES, "word " * 400]  # the last one is truncated
+    ours = service.TextPipeline(folder, max_length=32).encode(texts)
+    reference = AutoTokenizer.from_pretrained(folder)(
+        texts, padding=True, truncation=True, max_length=32, return_tensors="np"
+    )
+    np.testing.assert_array_equal(ours["input_ids"], reference["input_ids"])
+    np.testing.assert_array_equal(ours["attention_mask"], reference["attention_mask"])
+    assert ours["input_ids"].dtype == np.int64 and ours["input_ids"].shape[1] == 32
+    single = service.TextPipeline(folder, max_length=32).encode([SENTENCES[1]])
+    np.testing.assert_array_equal(
+        single["input_ids"][0], reference["input_ids"][1][: single["input_ids"].shape[1]]
+    )
+
+
+def image_pipeline(model_repo: Path, max_pixels: int = 4096 * 4096) -> service.ImagePipeline:
+    manifest = json.loads((model_repo / "image_classifier" / "1" / "manifest.json").read_text())
+    return service.ImagePipeline.from_manifest(manifest["preprocessing"], max_pixels, "test")
+
+
+def png(pixels: np.ndarray, fmt: str = "PNG") -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_image_decode_normalises_as_the_manifest_declares(model_repo):
+    pipeline = image_pipeline(model_repo)
+    pixels = np.random.default_rng(3).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    expected = ((pixels / 255.0 - np.array(pipeline.mean)) / np.array(pipeline.std)).transpose(2, 0, 1)
+    np.testing.assert_allclose(pipeline.decode(png(pixels), "image"), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        pipeline.decode("data:image/png;base64," + png(pixels), "image"), expected, atol=1e-5
+    )
+    np.testing.assert_allclose(pipeline.from_array(pixels.tolist(), "array"), expected, atol=1e-5)
+    # Other sizes and grey images are converted and resized to 3x32x32.
+    assert pipeline.decode(png(pixels[:20, :30, 0]), "image").shape == (3, 32, 32)
+    assert pipeline.from_array(np.zeros((8, 8, 3)).tolist(), "array").shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        (lambda p: p.decode("@@@", "images[2]"), InvalidArgument, ["images[2]", "not valid base64"]),
+        (
+            lambda p: p.decode(base64.b64encode(b"GIF89a broken").decode(), "image"),
+            InvalidArgument,
+            ["image"],
+        ),
+        (lambda p: p.decode(png(np.zeros((3, 3), np.uint8))[:40], "image"), InvalidArgument, ["image"]),
+        (lambda p: p.from_array([[1, 2], [3]], "array"), InvalidArgument, ["array", "rectangular"]),
+        (lambda p: p.from_array([[[1, 2]]], "arrays[0]"), InvalidArgument, ["arrays[0]", "shape [1, 1, 2]"]),
+        (lambda p: p.from_array([[[1, 2, -5]]], "array"), InvalidArgument, ["0..255"]),
+        (lambda p: p.from_array([[[1, 2, float("nan")]]], "array"), InvalidArgument, ["finite"]),
+    ],
+)
+def test_bad_images_name_the_field(model_repo, call, error, words):
+    with pytest.raises(error) as caught:
+        call(image_pipeline(model_repo))
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_image_pixel_limit(model_repo):
+    pipeline = image_pipeline(model_repo, max_pixels=32 * 32)
+    with pytest.raises(PayloadTooLarge, match="max_image_pixels"):
+        pipeline.decode(png(np.zeros((64, 64, 3), np.uint8)), "image")
+    with pytest.raises(PayloadTooLarge):
+        pipeline.from_array(np.zeros((64, 64, 3)).tolist(), "array")
+
+
+def test_bad_preprocessing_block_is_refused():
+    with pytest.raises(InvalidArgument, match="preprocessing needs channels"):
+        service.ImagePipeline.from_manifest({"channels": 3}, 100, "image_classifier version 1")
+    with pytest.raises(InvalidArgument, match="one non-zero std"):
+        service.ImagePipeline.from_manifest(
+            {"channels": 3, "height": 2, "width": 2, "mean": [0, 0, 0], "std": [1, 0, 1]}, 100, "x"
+        )
+
+
+# ---- merging concurrent requests ------------------------------------------------------------------
+
+
+def test_merge_rows_pads_token_inputs():
+    a = {"input_ids": np.array([[101, 7, 102]]), "attention_mask": np.array([[1, 1, 1]])}
+    b = {"input_ids": np.array([[101, 102], [101, 102]]), "attention_mask": np.array([[1, 1], [1, 1]])}
+    merged = service.merge_rows([a, b])
+    np.testing.assert_array_equal(merged["input_ids"], [[101, 7, 102], [101, 102, 0], [101, 102, 0]])
+    np.testing.assert_array_equal(merged["attention_mask"], [[1, 1, 1], [1, 1, 0], [1, 1, 0]])
+
+
+def test_coalescer_merges_concurrent_requests_and_splits_results():
+    calls: list[int] = []
+
+    async def infer(rows):
+        """Row-wise: output = 2 * sum of the row's ids + 1 (a deterministic stand-in for a model)."""
+        calls.append(len(rows["x"]))
+        await asyncio.sleep(0.01)
+        return rows["x"].sum(axis=1, keepdims=True) * 2 + 1, 7
+
+    async def scenario():
+        coalescer = service.Coalescer(infer, max_batch_size=8, max_in_flight=1)
+        requests = [{"x": np.full((1 + i % 3, 2 + i % 2), i)} for i in range(12)]
+        results = await asyncio.gather(*(coalescer.submit(r) for r in requests))
+        return requests, results
+
+    requests, results = asyncio.run(scenario())
+    for request, (output, version) in zip(requests, results, strict=True):
+        assert version == 7
+        np.testing.assert_array_equal(output, request["x"].sum(axis=1, keepdims=True) * 2 + 1)
+    assert sum(calls) == sum(len(r["x"]) for r in requests)
+    assert len(calls) < len(requests) and max(calls) <= 8  # merged, never over max_batch_size
+
+
+def test_coalescer_failure_reaches_every_waiting_request():
+    async def infer(rows):
+        await asyncio.sleep(0.01)
+        raise service.Unavailable("Triton is down", retry_after_s=2)
+
+    async def scenario():
+        coalescer = service.Coalescer(infer, max_batch_size=4, max_in_flight=1)
+        return await asyncio.gather(
+            *(coalescer.submit({"x": np.ones((1, 1))}) for _ in range(5)), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, service.Unavailable) and o.retry_after_s == 2 for o in outcomes)
