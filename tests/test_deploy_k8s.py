@@ -217,3 +217,71 @@ def test_triton_command_is_the_same_in_the_image_kubernetes_and_ecs(objects):
     ecs_args = next(c for c in task["containerDefinitions"] if c["name"] == "triton")["command"]
     for overlay in OVERLAYS:
         assert _container(_pod(objects, overlay, "triton"), "triton")["args"] == image_args == ecs_args
+
+
+def _config_map_settings(objects, overlay: str, tmp_path: Path, repository: Path):
+    """The overlay's service.yaml read by service.py, with the repository override pointed at a real one."""
+    from service import read_settings
+
+    pod = _pod(objects, overlay, "bento")
+    env = {e["name"]: e["value"] for e in _container(pod, "bento")["env"]}
+    volume = next(v for v in pod["volumes"] if v["name"] == "service-config")
+    path = tmp_path / f"{overlay}-service.yaml"
+    path.write_text(objects[overlay][("ConfigMap", volume["configMap"]["name"])]["data"]["service.yaml"])
+    return read_settings(path, environ={**env, "MODELPACK_REPOSITORY": str(repository)})
+
+
+def test_bento_config_loads_the_models_of_a_real_repository(objects, model_repo, tmp_path):
+    from service import load_models
+
+    for overlay in ("cpu", "gpu"):
+        models = load_models(_config_map_settings(objects, overlay, tmp_path, model_repo))
+        assert {name: m.task for name, m in models.items()} == {
+            "minilm": "feature-extraction",
+            "image_classifier": "image-classification",
+        }
+
+
+def test_canary_split_loads_once_the_repository_serves_both_versions(objects, writable_model_repo, tmp_path):
+    """README's canary step: a second minilm version, version_policy [1, 2]; the split then loads."""
+    import shutil
+
+    from converters.errors import NotFound as RepositoryNotFound
+    from converters.repository import Repository
+    from service import load_models
+
+    settings = _config_map_settings(objects, "canary", tmp_path, writable_model_repo)
+    with pytest.raises(RepositoryNotFound, match=r"versions \[2\] of the split are not served"):
+        load_models(settings)
+
+    entry = writable_model_repo / "minilm"
+    shutil.copytree(entry / "1", entry / "2")
+    manifest = json.loads((entry / "2" / "manifest.json").read_text())
+    (entry / "2" / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
+    Repository(writable_model_repo).set_version_policy("minilm", [1, 2])
+    models = load_models(settings)
+    assert models["minilm"].split == {1: 90.0, 2: 10.0}
+
+
+@pytest.mark.triton
+@pytest.mark.bento
+def test_probe_and_metrics_paths_answer_on_the_real_servers(objects, triton_server, bento_server):
+    """The paths the manifests probe and scrape, asked of a real tritonserver and a real bentoml serve
+    (which run with the same model-control flags as the Deployment)."""
+    import httpx
+
+    triton = _container(_pod(objects, "cpu", "triton"), "triton")
+    for flag in ("--model-control-mode=explicit", "--load-model=*"):
+        assert flag in triton["args"] and flag in triton_server.command()
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        path = triton[probe]["httpGet"]["path"]
+        assert httpx.get(f"http://{triton_server.http_url}{path}", timeout=10).status_code == 200, path
+    annotations = objects["cpu"][("Deployment", "triton")]["spec"]["template"]["metadata"]["annotations"]
+    metrics = httpx.get(f"http://{triton_server.metrics_url}{annotations['prometheus.io/path']}", timeout=10)
+    assert metrics.status_code == 200 and "nv_inference_request_success" in metrics.text
+
+    bento = _container(_pod(objects, "cpu", "bento"), "bento")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        path = bento[probe]["httpGet"]["path"]
+        assert bento_server.client.get(path).status_code == 200, path
+    assert bento_server.client.get("/metrics").status_code == 200
