@@ -113,6 +113,7 @@ def run_locust(
 # ---- perf_analyzer -------------------------------------------------------------------------------
 
 PERF_ANALYZER = ROOT / ".tools" / "bin" / "perf_analyzer"
+RETRY_MESSAGES = ("No valid requests recorded", "Failed to obtain stable measurement")
 
 
 def perf_analyzer_bin() -> Path:
@@ -146,43 +147,59 @@ def perf_sweep(
     # One perf_analyzer per level: a level that cannot stabilise costs that level, not the sweep.
     for level in levels:
         level_csv = csv_path.with_name(f"{csv_path.stem}_c{level}.csv")
-        argv = [
-            str(perf_analyzer_bin()),
-            "-m",
-            model,
-            "-u",
-            url,
-            "-i",
-            protocol,
-            "--concurrency-range",
-            str(level),
-            "-p",
-            str(window_ms),
-            "-s",
-            "100",
-            "-r",
-            "6",
-            "--input-data",
-            str(input_data),
-            "-f",
-            str(level_csv),
-        ]
-        with open(csv_path.with_name(f"{csv_path.stem}_c{level}.log"), "wb") as log_file:
-            try:
-                done = subprocess.run(
-                    argv,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    cwd=ROOT,
-                    timeout=timeout_s or (7 * window_ms / 1000 + 30),
-                    start_new_session=True,
+        log_path = csv_path.with_name(f"{csv_path.stem}_c{level}.log")
+        window = window_ms
+        for attempt in (1, 2):
+            argv = [
+                str(perf_analyzer_bin()),
+                "-m",
+                model,
+                "-u",
+                url,
+                "-i",
+                protocol,
+                "--concurrency-range",
+                str(level),
+                "-p",
+                str(window),
+                "-s",
+                "100",
+                "-r",
+                "6",
+                "--input-data",
+                str(input_data),
+                "-f",
+                str(level_csv),
+            ]
+            with open(log_path, "wb") as log_file:
+                try:
+                    done = subprocess.run(
+                        argv,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        cwd=ROOT,
+                        timeout=timeout_s or (7 * window / 1000 + 30),
+                        start_new_session=True,
+                    )
+                except subprocess.TimeoutExpired:
+                    raise CheckFailed(
+                        f"perf_analyzer {model} {protocol} c={level} did not finish in time"
+                    ) from None
+            if done.returncode == 0 and level_csv.is_file():
+                break
+            text = log_path.read_text(errors="replace")
+            # A window too short for this machine's noise: one more try with a window twice as long.
+            if attempt == 1 and any(m in text for m in RETRY_MESSAGES):
+                log.info(
+                    "perf_analyzer %s c=%d: %s; retrying with a %d ms window",
+                    protocol,
+                    level,
+                    text.strip().splitlines()[-1],
+                    2 * window,
                 )
-            except subprocess.TimeoutExpired:
-                raise CheckFailed(
-                    f"perf_analyzer {model} {protocol} c={level} did not finish in time"
-                ) from None
-        if done.returncode != 0 or not level_csv.is_file():
-            tail = "\n".join(Path(log_file.name).read_text(errors="replace").splitlines()[-6:])
+                window *= 2
+                continue
+            tail = "\n".join(text.splitlines()[-6:])
             raise CheckFailed(
                 f"perf_analyzer {model} {protocol} at concurrency {level} failed "
                 f"(exit {done.returncode}):\n{tail}"

@@ -49,8 +49,9 @@ class Plan:
             self,
             budget_s=self.budget_s * max(factor, 1.0),  # start-ups do not shrink
             ceiling_s=self.ceiling_s * factor,
-            triton_window_ms=max(200, int(self.triton_window_ms * factor)),
-            locust_s=max(1.0, self.locust_s * factor),
+            triton_window_ms=max(400, int(self.triton_window_ms * factor)),
+            # Locust needs ~1 s to load the inputs and spawn its users before the first request.
+            locust_s=max(3.0, self.locust_s * factor),
         )
 
 
