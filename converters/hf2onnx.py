@@ -2,7 +2,7 @@
 
 - ``feature-extraction``: the encoder wrapped with mean pooling over ``attention_mask`` and L2
   normalisation, so the graph's ``embeddings`` equal sentence-transformers'
-  ``encode(normalize_embeddings=True, show_progress_bar=False)``; parity is checked against sentence-transformers itself.
+  ``encode(normalize_embeddings=True)``; parity is checked against sentence-transformers itself.
 - ``text-classification``: ``AutoModelForSequenceClassification``, output ``logits``; parity against
   the PyTorch model.
 
@@ -124,7 +124,9 @@ def reference_outputs(path: Path, task: str, module, tokenizer, sentences, max_l
 
         model = SentenceTransformer(str(path), device="cpu")
         model.max_seq_length = max_length
-        return model.encode(list(sentences), batch_size=len(sentences), normalize_embeddings=True, show_progress_bar=False)
+        return model.encode(
+            list(sentences), batch_size=len(sentences), normalize_embeddings=True, show_progress_bar=False
+        )
     feeds = tokenize(tokenizer, sentences, max_length)
     with torch.no_grad():
         out = module(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
@@ -170,6 +172,8 @@ def convert_hf(
     atol, rtol = check_tolerances(atol, rtol)
     serving = (serving or ServingOptions()).check()
     steps: list[StepResult] = []
+    repo = Repository(repository, hook=hook)
+    repo.check_task(name, task)  # fail before the slow part; commit checks again under the lock
 
     with Timer() as timer:
         tokenizer, module, labels = load(path, task)
@@ -182,7 +186,6 @@ def convert_hf(
     inputs = list(spec.inputs)
     outputs = [with_static_dims(spec.outputs[0], {1: width})]
 
-    repo = Repository(repository, hook=hook)
     with repo.stage(name) as staged:
         model_path = staged.dir / "model.onnx"
         steps.append(torch2onnx.export(module, example_args, model_path, inputs, outputs, opset=opset))

@@ -208,6 +208,8 @@ def convert_lightning(
     ckpt = Path(ckpt)
     serving = (serving or ServingOptions()).check()
     cls = resolve_class(module_ref)
+    repo = Repository(repository, hook=hook)
+    repo.check_task(name, TASK)
     steps: list[StepResult] = []
     with Timer() as timer:
         read_checkpoint(ckpt, trust=trust_checkpoint)
@@ -241,7 +243,6 @@ def convert_lightning(
             f"hparams labels has {len(labels)} names for {num_classes} classes", field="labels"
         )
 
-    repo = Repository(repository, hook=hook)
     with repo.stage(name) as staged:
         model_path = staged.dir / "model.onnx"
         steps.append(torch2onnx.export(module, (example,), model_path, inputs, outputs, opset=opset))

@@ -176,9 +176,15 @@ def quantize(
         output = source_manifest["outputs"][0]["name"]
         fp32_session = ort_session(source_dir / "model.onnx")
         reference = run(fp32_session, feeds)[output]
-        ranked = [node for node, _ in activation_outliers(source_dir / "model.onnx", feeds)]
+        ranked: list[str] = []  # ranked only if the fully quantised model misses the gate
         attempts = []
-        for keep in (k for k in FALLBACK_SCHEDULE if k <= min(max_fp32_nodes, len(ranked) // 2)):
+        for keep in FALLBACK_SCHEDULE:
+            if keep > max_fp32_nodes:
+                break
+            if keep and not ranked:
+                ranked = [node for node, _ in activation_outliers(source_dir / "model.onnx", feeds)]
+            if keep > len(ranked) // 2:  # keep at least half of the nodes int8
+                break
             with Timer() as timer:
                 quantize_file(source_dir / "model.onnx", target, ranked[:keep])
                 int8_session = ort_session(target)

@@ -290,7 +290,7 @@ class Repository:
         try:
             self._hook("staged")
             with self.lock(name):
-                self._check_same_task(name, manifest.get("task"))
+                self.check_task(name, manifest.get("task"))
                 version = max(self.versions(name), default=0) + 1
                 manifest = dict(manifest)
                 manifest.update(
@@ -343,7 +343,7 @@ class Repository:
         log.info("published %s version %d at %s", name, version, staged.path)
         return staged
 
-    def _check_same_task(self, name: str, task: str | None) -> None:
+    def check_task(self, name: str, task: str | None) -> None:
         versions = self.versions(name)
         if not versions or task is None:
             return

@@ -76,3 +76,28 @@ def test_the_repository_lists_the_session_entries(model_repo):
     assert repo.models() == ["image_classifier", "minilm"]
     assert repo.versions("minilm") == [1]
     assert repo.served_versions("minilm") == [1]
+
+
+def test_text_classification_entry_gives_logits_and_labels(minilm_path, tmp_path):
+    from converters.hf2onnx import convert_hf
+
+    result = convert_hf(
+        minilm_path, "minilm_classifier", task="text-classification", repository=tmp_path / "repo"
+    )
+    manifest = result.manifest
+    assert manifest["task"] == "text-classification"
+    assert manifest["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 2]}]
+    assert manifest["labels"] == ["LABEL_0", "LABEL_1"]
+    assert manifest["parity"]["passed"] and manifest["parity"]["max_abs_err"] < 1e-4
+    config = read_config(tmp_path / "repo" / "minilm_classifier" / "config.pbtxt")
+    assert [o.name for o in config.output] == ["logits"] and list(config.output[0].dims) == [2]
+    assert [step.step for step in result.steps] == ["load", "export", "parity", "publish"]
+
+
+def test_a_text_classifier_cannot_join_a_feature_extraction_entry(minilm_path, writable_model_repo):
+    from converters.errors import InvalidArgument
+    from converters.hf2onnx import convert_hf
+
+    with pytest.raises(InvalidArgument, match="'minilm' holds feature-extraction versions"):
+        convert_hf(minilm_path, "minilm", task="text-classification", repository=writable_model_repo)
+    assert Repository(writable_model_repo).versions("minilm") == [1]
