@@ -147,7 +147,7 @@ def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
     config.default_model_filename = "classifier.onnx"
     config.parameters["intra_op_thread_count"].string_value = "1"
     config.parameters["inter_op_thread_count"].string_value = "1"
-    config.parameters["session.intra_op.allow_spinning"].string_value = "0"
+    config.parameters["session.intra_op.allow_spinning"].string_value = "1"  # the backend's default is 0
     write_config(entry / "config.pbtxt", config)
 
     images = seeded_images((3, 32, 32), 3, seed=5)
@@ -156,7 +156,7 @@ def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
         assert np.abs(_classify(server, images) - expected).max() <= 1e-5
         logged = server.log_text()
         assert "'intra_op_thread_count': 1, 'inter_op_thread_count': 1" in logged
-        assert "'session.intra_op.allow_spinning': '0'" in logged
+        assert "'session.intra_op.allow_spinning': '1'" in logged
 
         with server.client() as client:
             bad = client.get_model_config("image_classifier")

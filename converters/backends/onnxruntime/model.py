@@ -15,7 +15,8 @@ Docker. What it honours from ``config.pbtxt``:
   masks: padding is masked out), and outputs that share a padded axis are sliced back per request.
 - ``parameters`` and ``optimization.graph.level``, as NVIDIA's native onnxruntime backend reads them:
   ``intra_op_thread_count``, ``inter_op_thread_count``, ``execution_mode``, ``enable_mem_arena``,
-  ``enable_mem_pattern``; and any ``session.*`` key as an ONNX Runtime session config entry.
+  ``enable_mem_pattern``; and any ``session.*`` key as an ONNX Runtime session config entry
+  (``session.intra_op.allow_spinning`` defaults to "0": idle pool threads would take CPU from Triton).
 - ``default_model_filename`` (default ``model.onnx``) inside the version folder being loaded.
 
 A request that does not fit (an inconsistent shape, a type the model cannot take) fails alone with a
@@ -66,6 +67,7 @@ _FROM_ORT = {
 # Options of NVIDIA's native onnxruntime backend that this backend honours too (config `parameters`).
 _INT_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count")
 _FLAG_PARAMETERS = {"enable_mem_arena": "enable_cpu_mem_arena", "enable_mem_pattern": "enable_mem_pattern"}
+SPINNING = "session.intra_op.allow_spinning"
 # optimization { graph { level } } as the native backend reads it: -1 basic, 1 extended, 2 none, 0 all.
 _GRAPH_LEVELS = {-1: "ORT_ENABLE_BASIC", 0: "ORT_ENABLE_ALL", 1: "ORT_ENABLE_EXTENDED", 2: "ORT_DISABLE_ALL"}
 
@@ -93,8 +95,8 @@ def _session_options(model: str, config: dict, ort) -> tuple[object, dict]:
 
     ``intra_op_thread_count``/``inter_op_thread_count`` (0 = ONNX Runtime's default), ``execution_mode``
     (0 sequential, 1 parallel), ``enable_mem_arena``/``enable_mem_pattern`` (0/1), the graph
-    optimisation ``level``, and any ``session.*`` key as an ONNX Runtime session config entry (e.g.
-    ``session.intra_op.allow_spinning`` = "0" stops idle pool threads from spinning on a busy CPU).
+    optimisation ``level``, and any ``session.*`` key as an ONNX Runtime session config entry.
+    ``session.intra_op.allow_spinning`` defaults to "0" here (ONNX Runtime's own default is "1").
     """
     parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
     options = ort.SessionOptions()
@@ -129,15 +131,16 @@ def _session_options(model: str, config: dict, ort) -> tuple[object, dict]:
         )
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS[level])
     settings["graph_level"] = _GRAPH_LEVELS[level]
-    for key, raw in sorted(parameters.items()):
-        if key.startswith("session."):
-            try:
-                options.add_session_config_entry(key, raw)
-            except Exception as err:  # ORT rejects some keys/values with its own error type
-                raise pb_utils.TritonModelException(
-                    f"{model}: config parameter {key} = {raw!r}: {err}"
-                ) from err
-            settings[key] = raw
+    # On CPU the pool's threads share the cores with Triton's own request path (gRPC/HTTP threads, the
+    # batcher, the stub's IPC): spinning idle pool threads take CPU from it and, measured here under
+    # load, halve Triton's throughput. So this backend does not spin unless the config says so.
+    session_entries = {SPINNING: "0", **{k: v for k, v in parameters.items() if k.startswith("session.")}}
+    for key, raw in sorted(session_entries.items()):
+        try:
+            options.add_session_config_entry(key, raw)
+        except Exception as err:  # ORT rejects some keys/values with its own error type
+            raise pb_utils.TritonModelException(f"{model}: config parameter {key} = {raw!r}: {err}") from err
+        settings[key] = raw
     return options, settings
 
 
