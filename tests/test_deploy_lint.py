@@ -107,4 +107,8 @@ def test_triton_image_is_pinned_non_root_and_health_checked():
     assert "\nUSER 1000:1000\n" in text
     assert "HEALTHCHECK" in text and "/v2/health/ready" in text
     ignore = (checks.DEPLOY / "docker" / "triton.Dockerfile.dockerignore").read_text(encoding="utf-8")
-    assert "!model_repository/" in ignore.splitlines()
+    assert ignore.splitlines()[-2:] == ["*", "!runs/release-*/"]
+    assert (
+        "ARG MODEL_REPOSITORY=runs/release-cpu" in text
+        and "COPY --chown=1000:1000 ${MODEL_REPOSITORY}/ /models/" in text
+    )

@@ -1,10 +1,11 @@
-# Production Triton image: NVIDIA's Triton 2.51 container (release 24.10) with this project's model
-# repository baked in. The same config.pbtxt files the local CPU server loads are served here by the
-# native ONNX Runtime backend (and its TensorRT accelerator on a GPU).
+# Production Triton image: NVIDIA's Triton 2.51 container (release 24.10) with a model repository baked
+# in at /models, served by the native ONNX Runtime backend (and its TensorRT accelerator on a GPU).
 #
-# Build from the repository root after publishing the models (see README "Deploy"):
-#   docker build -f deploy/docker/triton.Dockerfile -t modelpack-triton:0.1.0 .
-# BuildKit reads deploy/docker/triton.Dockerfile.dockerignore, so only model_repository/ is sent.
+# Bake an export made for this image (README "Deploy"), not the local repository as it is:
+#   .venv/bin/python -m deploy.release export model_repository runs/release-cpu --target cpu
+#   DOCKER_BUILDKIT=1 docker build -f deploy/docker/triton.Dockerfile -t modelpack-triton:0.1.0 .
+# (--build-arg MODEL_REPOSITORY=runs/release-gpu for a GPU export). BuildKit reads
+# deploy/docker/triton.Dockerfile.dockerignore, so only the exported repositories are sent.
 # To pin the base by digest as well as by tag, look it up once and replace the FROM line with
 #   FROM nvcr.io/nvidia/tritonserver:24.10-py3@sha256:<digest from `docker buildx imagetools inspect`>
 #
@@ -15,8 +16,11 @@ FROM nvcr.io/nvidia/tritonserver:24.10-py3
 LABEL org.opencontainers.image.title="modelpack-triton" \
       org.opencontainers.image.description="Triton 2.51 serving the modelpack model repository"
 
+# The exported repository to bake in (a folder of the build context).
+ARG MODEL_REPOSITORY=runs/release-cpu
+
 # The base image ships the unprivileged user triton-server with uid and gid 1000.
-COPY --chown=1000:1000 model_repository/ /models/
+COPY --chown=1000:1000 ${MODEL_REPOSITORY}/ /models/
 
 USER 1000:1000
 WORKDIR /models
