@@ -145,9 +145,12 @@ class BentoServer:
         raise RuntimeError(f"bentoml serve did not answer 200 on {probe_path} in {timeout:.0f} s:\n{tail}")
 
     def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the server, SIGKILL it after ``timeout``. BentoML's workers run in sessions of their
+        own, so every descendant is collected first and killed if still there once the server is gone."""
         import os
         import signal
         import subprocess
+        import time
 
         if self._client is not None:
             self._client.close()
@@ -155,6 +158,7 @@ class BentoServer:
         process, self._process = self._process, None
         if process is None:
             return
+        family = [process.pid, *_descendants(process.pid)]
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
             try:
                 os.killpg(process.pid, sig)
@@ -165,10 +169,39 @@ class BentoServer:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        try:  # workers left in the group after the arbiter exited
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(pid) for pid in family):
+            time.sleep(0.1)
+        for pid in family:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc's parent links)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its parent)."""
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def write_service_config(
