@@ -8,6 +8,11 @@ two in-process figures: both sides see the same load from whatever else runs on 
 
     python -m benchmarks.perf_triton [--repository DIR] [--quick] [--out DIR]
 
+Throughput on this shared machine swings with whatever else runs, so each level also records CPU time
+per item, which does not: the server's (tritonserver and its stubs) and perf_analyzer's, beside what
+ONNX Runtime alone spends per item in this process (one thread, batch 32). Server CPU per item minus
+the in-process figure is what serving adds (gRPC/HTTP, batching, the python backend's IPC, copies).
+
 ``measure()`` returns the parsed rows, for ``python -m benchmarks`` and for tests.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import sys
 import tempfile
 import time
@@ -43,6 +49,8 @@ class PerfTritonResult:
     http: list[Point] = field(default_factory=list)
     ceiling_before: Point | None = None
     ceiling_after: Point | None = None
+    # ONNX Runtime alone, one intra-op thread: CPU ms per item at batch sizes 1, 8 and 32
+    inprocess_cpu_ms_per_item: dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -85,18 +93,29 @@ class PerfTritonResult:
             if best
             else None,
             "ratio": self.ratio,
+            "inprocess_cpu_ms_per_item": self.inprocess_cpu_ms_per_item,
             "goal": GOAL,
             "seconds": self.seconds,
         }
 
     def table(self) -> str:
-        lines = [f"{'stack':<24} {'level':>9} {'items/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
+        lines = [
+            f"{'stack':<24} {'level':>6} {'items/s':>8} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+            f"{'batch':>5} {'server CPU ms/item':>18} {'client CPU ms/item':>18}"
+        ]
         for row in self.rows():
             level = f"{row['level_kind'][0]}={row['level']}"
             lines.append(
-                f"{row['stack']:<24} {level:>9} {row['items_per_s']:>9.1f} "
-                f"{row['p50_ms']:>8.2f} {row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f}"
+                f"{row['stack']:<24} {level:>6} {row['items_per_s']:>8.1f} {row['p50_ms']:>7.2f} "
+                f"{row['p95_ms']:>7.2f} {row['p99_ms']:>7.2f} {_fmt(row.get('avg_batch'), 5, 1)} "
+                f"{_fmt(row.get('server_cpu_ms_per_item'), 18, 3)} "
+                f"{_fmt(row.get('client_cpu_ms_per_item'), 18, 3)}"
             )
+        if self.inprocess_cpu_ms_per_item:
+            figures = ", ".join(
+                f"batch {b}: {ms:.3f}" for b, ms in sorted(self.inprocess_cpu_ms_per_item.items())
+            )
+            lines.append(f"ONNX Runtime alone, 1 thread, CPU ms/item: {figures}")
         best = self.best()
         if best and self.ceiling:
             verdict = "meets" if self.ratio >= GOAL else "misses"
@@ -109,7 +128,7 @@ class PerfTritonResult:
 
 
 def _row(stack: str, level_kind: str, p: Point) -> dict:
-    return {
+    row = {
         "stack": stack,
         "level_kind": level_kind,
         "level": p.concurrency,
@@ -118,6 +137,71 @@ def _row(stack: str, level_kind: str, p: Point) -> dict:
         "p95_ms": p.p95,
         "p99_ms": p.p99,
     }
+    for key in ("avg_batch", "server_cpu_ms_per_item", "client_cpu_ms_per_item"):
+        if key in p.extra:
+            row[key] = p.extra[key]
+    return row
+
+
+def _fmt(value: float | None, width: int, digits: int) -> str:
+    return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _counts(server, model: str) -> tuple[int, int]:
+    stats = server.statistics(model)["model_stats"]
+    return (
+        sum(int(m.get("inference_count", 0)) for m in stats),
+        sum(int(m.get("execution_count", 0)) for m in stats),
+    )
+
+
+def _sweep(
+    server, model: str, protocol: str, levels, data: Path, csv_path: Path, window_ms: int
+) -> list[Point]:
+    """perf_analyzer one level at a time, with the server's and the client's CPU time per item and the
+    mean batch Triton formed, from its own statistics."""
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    points = []
+    for level in levels:
+        server_cpu, client_cpu = server.cpu_seconds(), _children_cpu_s()
+        items, executions = _counts(server, model)
+        level_csv = csv_path.with_name(f"{csv_path.stem}_c{level}.csv")
+        point = perf_sweep(model, url, protocol, [level], data, level_csv, window_ms=window_ms)[0]
+        served, executed = _counts(server, model)
+        items, executions = served - items, executed - executions
+        if items > 0:
+            point.extra["server_cpu_ms_per_item"] = (server.cpu_seconds() - server_cpu) * 1000 / items
+            point.extra["client_cpu_ms_per_item"] = (_children_cpu_s() - client_cpu) * 1000 / items
+            point.extra["avg_batch"] = items / max(executions, 1)
+        points.append(point)
+    return points
+
+
+def inprocess_cpu_ms_per_item(
+    inputs, repo: Repository, batch_sizes=(1, 8, CEILING_BATCH), duration_s: float = 1.0
+) -> dict[int, float]:
+    """CPU milliseconds ONNX Runtime alone spends per item, one intra-op thread, at each batch size:
+    what the model itself costs, to hold the server's CPU per item against at a similar batch."""
+    from converters.runtime import ort_session
+
+    model = inputs.workload.model
+    session = ort_session(repo.version_dir(model, repo.require(model)) / "model.onnx", threads=1)
+    wanted = {i.name for i in session.get_inputs()}
+    figures = {}
+    for batch in batch_sizes:
+        feeds = {k: v for k, v in inputs.batch(batch).items() if k in wanted}
+        session.run(None, feeds)
+        calls, cpu0, start = 0, time.process_time(), time.monotonic()
+        while time.monotonic() - start < duration_s:
+            session.run(None, feeds)
+            calls += 1
+        figures[batch] = (time.process_time() - cpu0) * 1000 / (calls * batch)
+    return figures
 
 
 def measure(
@@ -159,18 +243,12 @@ def measure(
     try:
         result.ceiling_before = ceiling()
         for protocol in protocols:
-            url = server.grpc_url if protocol == "grpc" else server.http_url
-            points = perf_sweep(
-                spec.model,
-                url,
-                protocol,
-                concurrency,
-                data,
-                out / f"{workload}_{protocol}.csv",
-                window_ms=window_ms,
+            csv_path = out / f"{workload}_{protocol}.csv"
+            setattr(
+                result, protocol, _sweep(server, spec.model, protocol, concurrency, data, csv_path, window_ms)
             )
-            setattr(result, protocol, points)
         result.ceiling_after = ceiling()
+        result.inprocess_cpu_ms_per_item = inprocess_cpu_ms_per_item(inputs, repo)
     finally:
         if own:
             server.stop()

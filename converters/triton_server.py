@@ -194,6 +194,15 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 if it is gone)."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _state(pid: int) -> str | None:
     try:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -268,6 +277,11 @@ class TritonServer:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server and its stub processes: the difference
+        over a load test, divided by the items served, is what serving costs per item."""
+        return sum(_cpu_seconds(pid) for pid in _group_members(self.pid)) if self.running else 0.0
 
     def _port(self, which: str) -> int:
         port = getattr(self, which)
