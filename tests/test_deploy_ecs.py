@@ -387,3 +387,15 @@ def test_runs_from_the_command_line_without_aws(form, tmp_path):
     assert done.stderr.startswith(
         "error: 1 variable(s) not set:\n- BENTO_IMAGE (used at task-definition.json:"
     )
+
+
+def test_gpu_variant_registers_and_creates_an_ec2_service(aws):
+    ecs, variables = aws
+    plan = ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(variables, variant="gpu"))
+    assert plan.register and plan.service_action == "create"
+    registered = ecs.describe_task_definition(taskDefinition=plan.task_definition_arn)["taskDefinition"]
+    triton = next(c for c in registered["containerDefinitions"] if c["name"] == "triton")
+    assert triton["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
+    assert triton["linuxParameters"]["sharedMemorySize"] == 1024
+    service = ecs.describe_services(cluster="modelpack", services=["modelpack"])["services"][0]
+    assert service["launchType"] == "EC2"
