@@ -279,13 +279,18 @@ def canary(model_repo, minilm_path, tmp_path_factory):
     shutil.copytree(model_repo / "minilm", repo / "minilm")
     assert convert_hf(minilm_path, "minilm", repository=repo).version == 2
     Repository(repo).set_version_policy("minilm", "all")
+    # A text classifier: MiniLM with a (seeded, untrained) sequence-classification head.
+    convert_hf(minilm_path, "classifier", task="text-classification", repository=repo)
 
     triton = TritonServer(repo, log_path=folder / "tritonserver.log").start()
     config = write_service_config(
         folder / "service.yaml",
         repo,
         triton.grpc_url,
-        [{"name": "minilm", "task": "feature-extraction", "versions": {1: 90, 2: 10}}],
+        [
+            {"name": "minilm", "task": "feature-extraction", "versions": {1: 90, 2: 10}},
+            {"name": "classifier", "task": "text-classification", "top_k": 1},
+        ],
         triton={"url": triton.grpc_url, "timeout_s": 2, "retry_after_s": 3, "ready_timeout_s": 1},
     )
     bento = BentoServer(config, folder / "home", folder / "bento.log").start()
@@ -294,6 +299,43 @@ def canary(model_repo, minilm_path, tmp_path_factory):
     finally:
         bento.stop()
         triton.stop()
+
+
+def reference_logits(version_dir: Path, texts: list[str]) -> np.ndarray:
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    encoded = AutoTokenizer.from_pretrained(version_dir / "tokenizer")(
+        texts, padding=True, truncation=True, max_length=256, return_tensors="np"
+    )
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {name: encoded[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
+    return session.run(["logits"], feeds)[0]
+
+
+def test_classify_equals_in_process_pipeline(canary):
+    bento, _ = canary
+    version_dir = Path(bento.config).parent / "repository" / "classifier" / "1"
+    texts = list(SENTENCES[:4])
+    logits = reference_logits(version_dir, texts)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+
+    single = post(bento, "/classify", {"text": texts[0]})  # the model's top_k (1)
+    assert single.status_code == 200, single.text
+    assert single.json()["model"] == "classifier"
+    [top] = single.json()["predictions"]
+    assert top["label"] == f"LABEL_{int(np.argmax(probs[0]))}"
+    np.testing.assert_allclose(top["score"], probs[0].max(), atol=1e-5)
+
+    batch = post(bento, "/classify/batch", {"texts": texts, "top_k": 2, "model": "classifier"})
+    assert batch.status_code == 200, batch.text
+    for result, row in zip(batch.json()["results"], probs, strict=True):
+        assert [p["label"] for p in result["predictions"]] == [f"LABEL_{i}" for i in np.argsort(-row)]
+        np.testing.assert_allclose([p["score"] for p in result["predictions"]], np.sort(row)[::-1], atol=1e-5)
+    # /embed with the classifier, and /classify with the encoder: the wrong task, named.
+    wrong = post(bento, "/embed", {"text": "x", "model": "classifier"})
+    assert wrong.status_code == 400 and "call /classify" in wrong.json()["error"]
 
 
 def test_canary_split_and_pinning(canary):
