@@ -757,9 +757,24 @@ class RequestContextMiddleware:
         token = REQUEST_ID.set(request_id)
         id_header = (b"x-request-id", request_id.encode())
 
+        held: dict | None = None  # a 400's start message, while its body is rewritten
+        held_body = bytearray()
+
         async def send_with_id(message: dict) -> None:
+            nonlocal held
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), id_header]}
+                if message["status"] == 400:  # maybe BentoML's pydantic error: hold it, see below
+                    held = message
+                    return
+            elif held is not None and message["type"] == "http.response.body":
+                held_body.extend(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                body = uniform_validation_error(bytes(held_body)) or bytes(held_body)
+                headers = [(k, v) for k, v in held["headers"] if k.lower() != b"content-length"]
+                await send({**held, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                message, held = {"type": "http.response.body", "body": body}, None
             await send(message)
 
         try:
@@ -806,6 +821,28 @@ class RequestContextMiddleware:
         log.warning("refused: %s", err, extra={"fields": {"status": 413}})
         response = error_response(err)
         await response({"type": "http"}, _no_receive, send)
+
+
+def uniform_validation_error(body: bytes) -> bytes | None:
+    """BentoML answers a body that fails its pydantic model with ``{"error": "1 validation error for
+    Input", "detail": [{"loc": [...], "msg": ...}]}``; rewrite it as this service's errors are
+    (``error`` naming the field and the problem, ``field``, ``request_id``). None: not such a body."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    problems = data.get("detail") if isinstance(data, dict) else None
+    if not isinstance(problems, list) or not problems or not all(isinstance(p, dict) for p in problems):
+        return None
+    fields, lines = [], []
+    for problem in problems:
+        where = ""
+        for part in problem.get("loc") or []:
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+        fields.append(where or "body")
+        lines.append(f"{where or 'body'}: {problem.get('msg', 'invalid')}")
+    message = "; ".join(lines) + " (the endpoints' schemas: GET /docs.json)"
+    return orjson.dumps({"error": message, "field": fields[0], "request_id": REQUEST_ID.get()})
 
 
 async def _no_receive() -> dict:
