@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.errors import CheckFailed, InvalidArgument
-from converters.inputs import EntryInputs
+from converters.inputs import TYPICAL, EntryInputs
 from converters.pipeline import publish
 from converters.repository import CONFIG, Repository, parse_ref
 from converters.results import ConversionResult, StepResult, Timer
@@ -72,7 +72,7 @@ def measure_speed(fp32_session, int8_session, inputs: EntryInputs, seconds: floa
     """In-process items/s of fp32 and int8 at batch 1 and 32, and their ratio (int8 / fp32)."""
     speed = {}
     for batch in SPEED_BATCHES:
-        feeds = inputs.feeds(batch)
+        feeds = inputs.feeds(batch, start=TYPICAL)
         fp32 = throughput(fp32_session, feeds, seconds=seconds)
         int8 = throughput(int8_session, feeds, seconds=seconds)
         speed[f"batch_{batch}"] = {
@@ -121,15 +121,27 @@ def activation_outliers(model_path: Path, feeds: dict[str, np.ndarray]) -> list[
     return sorted(scores, key=lambda item: item[1], reverse=True)
 
 
+def _quantizer_chatter(record: logging.LogRecord) -> bool:
+    """False for what onnxruntime.quantization logs on the root logger on every call: a line per tensor
+    (INFO) and the advice to pre-process the model (quantisation here runs on the exported graph as is)."""
+    if "onnxruntime" not in record.pathname:
+        return True
+    return record.levelno >= logging.WARNING and "pre-processing" not in record.getMessage()
+
+
 def quantize_file(source: Path, target: Path, exclude: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    root = logging.getLogger()
+    root.addFilter(_quantizer_chatter)
     try:
         quantize_dynamic(
             str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude
         )
     except Exception as err:  # onnxruntime.quantization raises plain exceptions
         raise CheckFailed(f"{source}: dynamic quantisation failed: {err}") from err
+    finally:
+        root.removeFilter(_quantizer_chatter)
 
 
 def quantize(

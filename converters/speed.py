@@ -1,5 +1,5 @@
-"""In-process throughput of an ONNX Runtime session (items per second), for manifests and benchmarks.
-Speed is always reported as a ratio against a baseline measured in the same run."""
+"""In-process speed of an ONNX Runtime session, for manifests and benchmarks. Speed is always
+reported as a ratio against a baseline measured in the same run."""
 
 from __future__ import annotations
 
@@ -8,17 +8,35 @@ import time
 import numpy as np
 
 
-def throughput(session, feeds: dict[str, np.ndarray], *, seconds: float = 1.0, min_runs: int = 3) -> float:
-    """Items per second of ``session`` on ``feeds`` (one warm-up run, then at least ``min_runs`` runs
-    and ``seconds`` of wall time)."""
+def measure(session, feeds: dict[str, np.ndarray], *, seconds: float = 1.0, min_runs: int = 3) -> dict:
+    """Items/s and per-call latency percentiles of ``session`` on ``feeds``: one warm-up call, then
+    calls until both ``min_runs`` and ``seconds`` are reached. Every call's output batch is checked."""
     batch = int(next(iter(feeds.values())).shape[0])
     names = [o.name for o in session.get_outputs()]
     session.run(names, feeds)
-    runs = 0
+    latencies = []
     start = time.perf_counter()
     while True:
-        session.run(names, feeds)
-        runs += 1
+        began = time.perf_counter()
+        outputs = session.run(names, feeds)
+        latencies.append(time.perf_counter() - began)
+        if outputs[0].shape[0] != batch:
+            raise RuntimeError(f"output batch {outputs[0].shape[0]} != input batch {batch}")
         elapsed = time.perf_counter() - start
-        if runs >= min_runs and elapsed >= seconds:
-            return runs * batch / elapsed
+        if len(latencies) >= min_runs and elapsed >= seconds:
+            break
+    ms = np.asarray(latencies) * 1000.0
+    p50, p95, p99 = (float(v) for v in np.percentile(ms, [50, 95, 99]))
+    return {
+        "batch": batch,
+        "runs": len(latencies),
+        "items_per_s": len(latencies) * batch / elapsed,
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "p99_ms": p99,
+    }
+
+
+def throughput(session, feeds: dict[str, np.ndarray], *, seconds: float = 1.0, min_runs: int = 3) -> float:
+    """Items per second of ``session`` on ``feeds``."""
+    return measure(session, feeds, seconds=seconds, min_runs=min_runs)["items_per_s"]

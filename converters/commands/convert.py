@@ -101,7 +101,9 @@ def report(result) -> None:
                 "version": result.version,
                 "path": str(result.path),
                 "parity": {
-                    k: result.manifest["parity"][k] for k in ("max_abs_err", "max_rel_err", "atol", "passed")
+                    k: v
+                    for k, v in result.manifest["parity"].items()
+                    if k in ("max_abs_err", "max_rel_err", "atol", "passed")
                 },
                 "size_bytes": result.manifest["size_bytes"],
                 "steps": {step.step: round(step.duration_s, 3) for step in result.steps},
