@@ -168,14 +168,14 @@ def _sweep(
     url = server.grpc_url if protocol == "grpc" else server.http_url
     points = []
     for level in levels:
-        server_cpu, client_cpu = server.cpu_seconds(), _children_cpu_s()
+        server_cpu, client_cpu = server.cpu_times(), _children_cpu_s()
         items, executions = _counts(server, model)
         level_csv = csv_path.with_name(f"{csv_path.stem}_c{level}.csv")
         point = perf_sweep(model, url, protocol, [level], data, level_csv, window_ms=window_ms)[0]
         served, executed = _counts(server, model)
         items, executions = served - items, executed - executions
         if items > 0:
-            point.extra["server_cpu_ms_per_item"] = (server.cpu_seconds() - server_cpu) * 1000 / items
+            point.extra["server_cpu_ms_per_item"] = server.cpu_delta(server_cpu) * 1000 / items
             point.extra["client_cpu_ms_per_item"] = (_children_cpu_s() - client_cpu) * 1000 / items
             point.extra["avg_batch"] = items / max(executions, 1)
         points.append(point)

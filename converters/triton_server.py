@@ -278,10 +278,16 @@ class TritonServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) used so far by the server and its stub processes: the difference
-        over a load test, divided by the items served, is what serving costs per item."""
-        return sum(_cpu_seconds(pid) for pid in _group_members(self.pid)) if self.running else 0.0
+    def cpu_times(self) -> dict[int, float]:
+        """CPU seconds (user + system) used so far by each process of the server (tritonserver and its
+        stubs), by pid. Over a load test, ``cpu_delta(before)`` divided by the items served is what
+        serving costs per item."""
+        return {pid: _cpu_seconds(pid) for pid in _group_members(self.pid)} if self.running else {}
+
+    def cpu_delta(self, before: dict[int, float]) -> float:
+        """CPU seconds the server used since ``before = cpu_times()``; a stub started since then (a
+        model reloaded) counts from zero, one that ended since then is left out."""
+        return sum(now - before.get(pid, 0.0) for pid, now in self.cpu_times().items())
 
     def _port(self, which: str) -> int:
         port = getattr(self, which)
