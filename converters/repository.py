@@ -13,10 +13,11 @@ How a version is published without ever exposing a half-written one:
    the same filesystem (``<parent>/.<repo>.publish/``), so that a server polling the repository never
    sees it. The exporter writes the version's files there; parity runs there.
 2. ``commit()`` takes the model's lock (``fcntl.flock`` on ``<workspace>/locks/<name>.lock``), picks
-   the next version number, writes ``manifest.json``, fsyncs everything, and ``os.rename``\\ s the folder
-   into place: the whole ``<name>/`` folder for a new model, ``<name>/<version>/`` otherwise; then the
-   config is replaced atomically (temp file + ``os.replace``). A failure after the rename removes the
-   new version again.
+   the next version number, writes ``manifest.json``, fsyncs everything, and makes the version visible
+   in ONE atomic step: ``os.rename`` of the whole ``<name>/`` folder for a new model; ``os.rename`` of
+   ``<name>/<version>/`` when the config stays the same; and when the config changes too, a new
+   ``<name>/`` is built in staging (existing versions hard-linked) and swapped with the live one by
+   ``renameat2(RENAME_EXCHANGE)``. A failure after that step takes it back.
 3. Any exception inside ``stage()`` removes the staging folder. A process killed mid-way leaves only a
    staging folder in the workspace, which the next ``stage()`` removes once its owner is gone.
 """
@@ -122,6 +123,24 @@ def _fsync_tree(path: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(folder)
+
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two paths on the same filesystem in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available in this C library")
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(a), None, str(b))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -305,32 +324,16 @@ class Repository:
                 os.rename(staged.dir, versioned)
                 model_dir = self.model_dir(name)
                 if not model_dir.exists():
-                    # A new model: the whole <name>/ folder, config included, appears in one rename.
-                    write_config(versioned.parent / CONFIG, config)
-                    _fsync_tree(versioned.parent)
-                    os.rename(versioned.parent, model_dir)
-                    fsync_dir(self.root)
-                    undo = model_dir
-                    steps = ("renamed", "config_written")
+                    undo = self._publish_new_model(versioned, model_dir, config)
+                elif to_text(self.config(name)) == to_text(config):
+                    undo = self._publish_version(versioned, model_dir / str(version))
                 else:
-                    old_config = (model_dir / CONFIG).read_bytes()
-                    _fsync_tree(versioned)
-                    undo = model_dir / str(version)
-                    os.rename(versioned, undo)
-                    fsync_dir(model_dir)
-                    steps = ("renamed",)
+                    undo = self._publish_with_config(versioned, model_dir, config)
                 try:
-                    for point in steps:
-                        self._hook(point)
-                    if undo != model_dir:
-                        if to_text(self.config(name)) != to_text(config):
-                            write_config(model_dir / CONFIG, config)
-                        self._hook("config_written")
+                    self._hook("renamed")
+                    self._hook("config_written")
                 except BaseException:
-                    if undo != model_dir and (model_dir / CONFIG).read_bytes() != old_config:
-                        atomic_write(model_dir / CONFIG, old_config)
-                    shutil.rmtree(undo, ignore_errors=True)
-                    fsync_dir(undo.parent)
+                    undo()
                     raise
         except OSError as err:
             hint = " (disk full)" if err.errno == errno.ENOSPC else ""
@@ -342,6 +345,86 @@ class Repository:
         staged.dir = staged.path
         log.info("published %s version %d at %s", name, version, staged.path)
         return staged
+
+    # Each of the three ways to publish makes the new version visible in one atomic step and returns
+    # how to take that step back.
+    def _publish_new_model(
+        self, versioned: Path, model_dir: Path, config: mc.ModelConfig
+    ) -> Callable[[], None]:
+        """A new model: <name>/ with its config and first version appears in one rename."""
+        write_config(versioned.parent / CONFIG, config)
+        _fsync_tree(versioned.parent)
+        os.rename(versioned.parent, model_dir)
+        fsync_dir(self.root)
+
+        def undo() -> None:
+            shutil.rmtree(model_dir, ignore_errors=True)
+            fsync_dir(self.root)
+
+        return undo
+
+    def _publish_version(self, versioned: Path, target: Path) -> Callable[[], None]:
+        """Same config: only the version folder is renamed into place."""
+        _fsync_tree(versioned)
+        os.rename(versioned, target)
+        fsync_dir(target.parent)
+
+        def undo() -> None:
+            shutil.rmtree(target, ignore_errors=True)
+            fsync_dir(target.parent)
+
+        return undo
+
+    def _publish_with_config(
+        self, versioned: Path, model_dir: Path, config: mc.ModelConfig
+    ) -> Callable[[], None]:
+        """New version and new config together: build the whole new <name>/ in staging (existing
+        versions hard-linked, not copied) and swap it with the live one in one renameat2 call."""
+        swap = versioned.parent
+        for entry in model_dir.iterdir():
+            if entry.name == CONFIG:
+                continue
+            if entry.is_dir():
+                shutil.copytree(entry, swap / entry.name, copy_function=os.link)
+            else:
+                os.link(entry, swap / entry.name)
+        write_config(swap / CONFIG, config)
+        _fsync_tree(swap)
+        try:
+            exchange(swap, model_dir)
+        except OSError as err:
+            if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            log.warning(
+                "%s: this filesystem cannot swap folders (%s); publishing in two steps", self.root, err
+            )
+            return self._publish_in_two_steps(versioned, model_dir, config)
+        fsync_dir(self.root)
+
+        def undo() -> None:
+            exchange(swap, model_dir)
+            fsync_dir(self.root)
+
+        return undo
+
+    def _publish_in_two_steps(
+        self, versioned: Path, model_dir: Path, config: mc.ModelConfig
+    ) -> Callable[[], None]:
+        """Fallback without renameat2: rename the version in, then replace the config. A kill between
+        the two leaves the new version with the old config."""
+        old_config = (model_dir / CONFIG).read_bytes()
+        undo_version = self._publish_version(versioned, model_dir / versioned.name)
+        try:
+            write_config(model_dir / CONFIG, config)
+        except BaseException:
+            undo_version()
+            raise
+
+        def undo() -> None:
+            atomic_write(model_dir / CONFIG, old_config)
+            undo_version()
+
+        return undo
 
     def check_task(self, name: str, task: str | None) -> None:
         versions = self.versions(name)

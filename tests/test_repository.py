@@ -169,6 +169,45 @@ def test_a_publisher_killed_mid_publish_leaves_the_repository_as_it_was(repo, tm
     assert list(repo.workspace().glob("staging-*")) == []  # removed once its owner is gone
 
 
+def test_a_publisher_killed_after_the_atomic_step_leaves_the_complete_new_version(repo, tmp_path):
+    ready = tmp_path / "ready"
+    # The killed publisher's config differs (default max_batch_size 64 against 8): the swap path.
+    process = _start(KILLED_PUBLISHER, str(repo.root), "existing", "renamed", str(ready))
+    try:
+        _wait_for(ready, process)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+        process.communicate()
+    assert repo.versions("existing") == [1, 2]
+    assert repo.config("existing").max_batch_size == 64
+    assert (repo.version_dir("existing", 1) / "model.onnx").read_bytes() == b"v1"
+    assert (repo.version_dir("existing", 2) / "model.onnx").stat().st_size == 1_000_000
+
+
+def test_a_new_config_and_version_arrive_together_and_old_versions_are_kept(repo):
+    inode = (repo.version_dir("existing", 1) / "model.onnx").stat().st_ino
+    assert publish_files(repo, "existing", b"v2", max_batch_size=32) == 2
+    assert repo.config("existing").max_batch_size == 32
+    assert (repo.version_dir("existing", 1) / "model.onnx").read_bytes() == b"v1"
+    assert (repo.version_dir("existing", 1) / "model.onnx").stat().st_ino == inode  # linked, not copied
+    assert list(repo.workspace().glob("staging-*")) == []
+
+
+def test_the_two_step_fallback_publishes_and_undoes(repo):
+    """Where renameat2 cannot swap folders: version first, then config; undo restores both."""
+    before = tree_hash(repo.root)
+    with repo.stage("existing") as staged:
+        (staged.dir / "model.onnx").write_bytes(b"v2")
+        versioned = staged.dir.with_name("2")
+        os.rename(staged.dir, versioned)
+        config = build_config("existing", [INPUT], [OUTPUT], max_batch_size=4)
+        undo = repo._publish_in_two_steps(versioned, repo.model_dir("existing"), config)
+        assert repo.versions("existing") == [1, 2] and repo.config("existing").max_batch_size == 4
+        undo()
+    assert tree_hash(repo.root) == before
+
+
 CONCURRENT_PUBLISHER = textwrap.dedent(
     """
     import sys, time
