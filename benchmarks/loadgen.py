@@ -138,7 +138,7 @@ def perf_sweep(
     is kept at ``csv_path`` and parsed back.
 
     Stability: the shared 2-core machine is noisy, so a level counts as stable when its last 3 windows
-    are within 100% of each other (``-s 100``), with up to 6 windows per level (``-r 6``)."""
+    are within 100% of each other (``-s 100``), with up to 5 windows per level (``-r 5``)."""
     if protocol not in ("grpc", "http"):
         raise InvalidArgument(f"protocol: {protocol!r} is not one of grpc, http", field="protocol")
     levels = sorted(set(concurrency))
@@ -178,7 +178,7 @@ def perf_sweep(
                         stdout=log_file,
                         stderr=subprocess.STDOUT,
                         cwd=ROOT,
-                        timeout=timeout_s or (7 * window / 1000 + 30),
+                        timeout=timeout_s or (6 * window / 1000 + 30),
                         start_new_session=True,
                     )
                 except subprocess.TimeoutExpired:

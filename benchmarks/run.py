@@ -4,7 +4,7 @@ Order, so that the stacks do not compete with each other for the 2 cores:
 
 1. the model repository (``--repository``, else ``model_repository/`` when it holds both entries,
    else built into the run folder with the converters CLI);
-2. the ceiling, in this process, with no server running;
+2. the ceiling, in this process, with no server running (again at the very end, see ``ceiling``);
 3. Triton, then perf_analyzer over gRPC and HTTP for each workload (a concurrency sweep);
 4. the Bento service in front of that Triton, then Locust (a users sweep); Bento and Triton stop;
 5. the FastAPI-eager baseline alone, then the same Locust user and sweep; it stops;
@@ -77,6 +77,12 @@ class Run:
         self.notes: list[str] = []
         self.inputs: dict[str, Inputs] = {}
         self.processes: list[dict] = []
+        # Kept back for the closing ceiling measurement (half the opening one).
+        self.reserve_s = (
+            (0.5 * options.plan.ceiling_s * len(options.plan.batch_sizes) + 1) * len(options.workloads)
+            if "ceiling" in options.stacks
+            else 0.0
+        )
         self.workloads: dict[str, dict] = {
             w.name: {"description": w.description, "model": w.model, "stacks": {}} for w in options.workloads
         }
@@ -87,9 +93,10 @@ class Run:
         log.error("%s", message)
         self.errors.append(message)
 
-    def _skip(self, what: str, need_s: float) -> bool:
-        """True (and a note) when ``what`` would not fit in the time left."""
-        if self.budget.fits(need_s):
+    def _skip(self, what: str, need_s: float, *, last: bool = False) -> bool:
+        """True (and a note) when ``what`` would not fit in the time left, keeping back the time of the
+        closing ceiling measurement unless this is it (``last``)."""
+        if self.budget.fits(need_s + (0.0 if last else self.reserve_s)):
             return False
         note = (
             f"skipped {what}: needs ~{need_s:.0f} s, {max(0.0, self.budget.left()):.0f} s of the budget left"
@@ -171,17 +178,31 @@ class Run:
         return Repository(root)
 
     # ---- 2. ceiling ----
-    def ceiling(self, repo: Repository) -> None:
+    def ceiling(self, repo: Repository, when: str, share: float = 1.0) -> None:
+        """Measured twice, before any server starts and after the last one stopped; per batch size the
+        better figure is the ceiling (the other machine load varies; the ceiling is the best it did)."""
         for name, inputs in self.inputs.items():
-            if self._skip(f"ceiling {name}", self.plan.ceiling_s * len(self.plan.batch_sizes) + 2):
+            duration = self.plan.ceiling_s * share
+            need = duration * len(self.plan.batch_sizes) + 1
+            if self._skip(f"ceiling {name} ({when})", need, last=share < 1):
                 continue
             try:
-                points = measure_ceiling(
-                    inputs, repo, batch_sizes=self.plan.batch_sizes, duration_s=self.plan.ceiling_s
-                )
-                self._stack(name, "ceiling")["points"] = points
+                points = measure_ceiling(inputs, repo, batch_sizes=self.plan.batch_sizes, duration_s=duration)
             except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
-                self._fail(f"ceiling {name}", err)
+                self._fail(f"ceiling {name} ({when})", err)
+                continue
+            stack = self._stack(name, "ceiling")
+            kept = {p.concurrency: p for p in stack["points"]}
+            for point in points:
+                point.extra["measured"] = when
+                previous = kept.get(point.concurrency)
+                if previous is not None:
+                    point.extra["other_measurement"] = round(previous.throughput, 2)
+                    if previous.throughput >= point.throughput:
+                        previous.extra["other_measurement"] = round(point.throughput, 2)
+                        continue
+                kept[point.concurrency] = point
+            stack["points"] = list(kept.values())
 
     # ---- 3. Triton ----
     def triton(self, procs: ProcessSet, repo: Repository, models: list[str]):
@@ -251,12 +272,34 @@ class Run:
                         f"{result.point.requests} requests failed (see {self._rel(prefix)}_failures.csv)"
                     )
 
-    def bento(self, procs: ProcessSet, triton_server, repo: Repository) -> str:
+    def bento_config(self, triton_server, repo: Repository, models: list[str]) -> Path:
+        """The project's ``service.yaml`` with this run's repository, Triton and only the models the
+        run serves (the service is ready only when every configured model is)."""
+        import yaml
+
+        data = yaml.safe_load((ROOT / "service.yaml").read_text(encoding="utf-8"))
+        data["repository"] = str(repo.root)
+        data["triton"]["url"] = triton_server.grpc_url
+        data["models"] = [m for m in data["models"] if m["name"] in models]
+        missing = sorted(set(models) - {m["name"] for m in data["models"]})
+        if missing:
+            raise NotFound(
+                f"service.yaml: no entry for model(s) {', '.join(missing)}; add them under models:",
+                field="models",
+            )
+        path = self.out / "service.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return path
+
+    def bento(self, procs: ProcessSet, triton_server, repo: Repository, models: list[str]) -> str:
         port = free_port()
+        # The run's own service.yaml says where Triton and the repository are: no override from outside.
+        inherited = {
+            k: v for k, v in os.environ.items() if k not in ("MODELPACK_TRITON_URL", "MODELPACK_REPOSITORY")
+        }
         env = {
-            **os.environ,
-            "MODELPACK_TRITON_URL": triton_server.grpc_url,
-            "MODELPACK_REPOSITORY": str(repo.root),
+            **inherited,
+            "MODELPACK_SERVICE_CONFIG": str(self.bento_config(triton_server, repo, models)),
             "BENTOML_HOME": str(self.out / "bentoml_home"),
             "BENTOML_DO_NOT_TRACK": "true",
         }
@@ -269,7 +312,7 @@ class Run:
             cwd=ROOT,
         )
         url = f"http://127.0.0.1:{port}"
-        waited = wait_http_ok(f"{url}/readyz", proc=proc, timeout_s=90)
+        waited = wait_http_ok(f"{url}/readyz", proc=proc, timeout_s=60)
         log.info("bento ready at %s after %.1f s", url, waited)
         return url
 
@@ -328,7 +371,7 @@ class Run:
                     self.inputs[workload.name] = load_inputs(workload, repo)
                 models = sorted({w.model for w in self.options.workloads})
                 if "ceiling" in stacks:
-                    self.ceiling(repo)
+                    self.ceiling(repo, "before the servers")
                 triton_server = None
                 if {"triton", "bento"} & set(stacks) and not self._skip("triton start", 15):
                     try:
@@ -339,7 +382,7 @@ class Run:
                     self.triton_sweeps(triton_server)
                 if triton_server is not None and "bento" in stacks and not self._skip("bento start", 30):
                     try:
-                        url = self.bento(procs, triton_server, repo)
+                        url = self.bento(procs, triton_server, repo, models)
                         self.locust_sweep("bento", url, repo, list(self.inputs))
                     except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                         self._fail("bento", err)
@@ -350,6 +393,9 @@ class Run:
                         self.locust_sweep("fastapi-eager", url, repo, list(self.inputs))
                     except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                         self._fail("fastapi-eager baseline", err)
+                procs.close()
+                if "ceiling" in stacks:
+                    self.ceiling(repo, "after the servers", share=0.5)
         finally:
             finished = datetime.now(UTC)
             summary["finished_at"] = finished.strftime("%Y-%m-%dT%H:%M:%SZ")

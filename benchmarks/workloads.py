@@ -108,16 +108,21 @@ def _text_inputs(workload: Workload, folder: Path, manifest: dict, samples: int)
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=workload.tokens)
     words = " ".join(SENTENCES).split()
+    # Tokens per word, counted once: the tokenizer splits on whitespace first, so counts add up.
+    cost = [len(tokenizer.encode(word, add_special_tokens=False).ids) for word in words]
+    special = len(tokenizer.encode("").ids)
     texts, tensors = [], []
     for i in range(samples):
         start = (i * 7) % len(words)
-        chosen: list[str] = []
-        # Add words (wrapping around the corpus) until the truncated encoding fills the budget.
+        count, total = 0, special
+        # Take words (wrapping around the corpus) until they fill the budget; truncation cuts the rest.
         while True:
-            chosen.append(words[(start + len(chosen)) % len(words)])
-            encoding = tokenizer.encode(" ".join(chosen))
-            if len(encoding.ids) >= workload.tokens:
-                break
+            total += cost[(start + count) % len(words)]
+            count += 1
+            if total >= workload.tokens:
+                encoding = tokenizer.encode(" ".join(words[(start + k) % len(words)] for k in range(count)))
+                if len(encoding.ids) == workload.tokens:
+                    break
         ids = np.asarray(encoding.ids, dtype=np.int64)
         tensors.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
         texts.append(tokenizer.decode(encoding.ids, skip_special_tokens=True))
