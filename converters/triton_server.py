@@ -210,6 +210,14 @@ def _state(pid: int) -> str | None:
         return None
 
 
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGTERM it when the process that started it dies
+    (PR_SET_PDEATHSIG), so `serve` killed with SIGKILL does not leave the server running."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
 class TritonServer:
     """One tritonserver process (and its stubs) serving ``repository`` on 127.0.0.1.
 
@@ -376,17 +384,10 @@ class TritonServer:
             env=self.install.environment(),
             cwd=self.repository,
             # Its own process group: stop() signals the server and every stub it spawned at once.
-            preexec_fn=self._child_setup,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         atexit.register(self.stop)
-
-    def _child_setup(self) -> None:  # runs in the child between fork and exec
-        os.setsid()
-        if self.die_with_parent:
-            import ctypes
-
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the server ends with the command that runs it
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Block until /v2/health/ready answers 200 and every model asked for is ready."""

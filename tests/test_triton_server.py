@@ -295,3 +295,38 @@ def test_unavailable_is_raised_when_the_server_dies(classifier_repo):
     with pytest.raises(Unavailable, match="tritonserver exited with status"):
         server.start(timeout=30)
     assert not server.running
+
+
+def test_serve_killed_outright_takes_the_server_with_it(classifier_repo, tmp_path):
+    """SIGKILL on `serve` gives it no chance to clean up: tritonserver still ends (PR_SET_PDEATHSIG),
+    and its stubs with it."""
+    http = free_port()
+    command = [sys.executable, "-m", "converters", "serve", "--repository", str(classifier_repo)]
+    command += [
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--log",
+        str(tmp_path / "s.log"),
+    ]
+    serve = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        printed = []
+        while not printed or printed[-1] not in ("", "Ctrl-C stops it.\n"):  # "" = serve ended early
+            printed.append(serve.stdout.readline())
+        assert printed[-1] == "Ctrl-C stops it.\n", printed
+        server_pid = next(
+            p for p in _children(serve.pid) if "tritonserver" in Path(f"/proc/{p}/cmdline").read_text()
+        )
+        members = _group_members(server_pid)
+        assert len(members) >= 2  # the server and a stub
+    finally:
+        serve.kill()
+        serve.wait()
+    deadline = time.monotonic() + 30
+    while _alive(members) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(members)
