@@ -49,6 +49,14 @@ bentos/.built: $(VENV)/.installed $(BENTO_SOURCES)
 	mv $@.tmp $@
 	@echo "built $$(cat $@); its Dockerfile: bentos/bentos/$$(cat $@ | tr : /)/env/docker/Dockerfile"
 
+# Benchmarks (benchmarks/): every stack against the in-process ceiling and the FastAPI-eager baseline,
+# report in runs/bench-<UTC time>/. Nothing to set up beyond the venv and the local Triton.
+.PHONY: bench bench-quick
+bench: setup
+	$(PY) -m benchmarks
+bench-quick: setup
+	$(PY) -m benchmarks --quick
+
 setup: $(SETUP_TARGETS)
 
 # The main venv: the full pinned closure from requirements.lock, then this project (editable-free:
