@@ -101,3 +101,10 @@ def test_a_text_classifier_cannot_join_a_feature_extraction_entry(minilm_path, w
     with pytest.raises(InvalidArgument, match="'minilm' holds feature-extraction versions"):
         convert_hf(minilm_path, "minilm", task="text-classification", repository=writable_model_repo)
     assert Repository(writable_model_repo).versions("minilm") == [1]
+
+
+def test_validate_reruns_parity_against_sentence_transformers(model_repo):
+    from converters.validate import validate
+
+    result = validate("minilm:1", repository=model_repo)
+    assert result.status == "ok" and result.outputs["passed"] and result.outputs["max_abs_err"] < 1e-4
