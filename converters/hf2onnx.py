@@ -92,9 +92,13 @@ def load(path: Path, task: str):
             module = _mean_pooled(AutoModel.from_pretrained(str(path), dtype=torch.float32))
             labels = None
         else:
-            # A fixed seed: a folder without a trained head (a bare encoder) gets the same head each time.
-            torch.manual_seed(0)
-            classifier = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32)
+            # A fixed seed: a folder without a trained head (a bare encoder) gets the same head each time
+            # (validate relies on it); the caller's random state is left as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                classifier = AutoModelForSequenceClassification.from_pretrained(
+                    str(path), dtype=torch.float32
+                )
             labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
             module = _logits_only(classifier)
     except (OSError, ValueError, KeyError) as err:

@@ -93,6 +93,11 @@ def test_text_classification_entry_gives_logits_and_labels(minilm_path, tmp_path
     assert [o.name for o in config.output] == ["logits"] and list(config.output[0].dims) == [2]
     assert [step.step for step in result.steps] == ["load", "export", "parity", "publish"]
 
+    from converters.validate import validate
+
+    # The head of a bare encoder is initialised from a fixed seed, so validate rebuilds the same model.
+    assert validate("minilm_classifier", repository=tmp_path / "repo").outputs["max_abs_err"] < 1e-4
+
 
 def test_a_text_classifier_cannot_join_a_feature_extraction_entry(minilm_path, writable_model_repo):
     from converters.errors import InvalidArgument
