@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MANIFEST = "manifest.json"
 CONFIG = "config.pbtxt"
+OWNER = ".owner"
 LOCK_TIMEOUT_S = 300.0
 
 # Points in commit() where a test can inject a failure (disk full, a kill): the hook is called with
@@ -141,16 +142,6 @@ def exchange(a: Path, b: Path) -> None:
     if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), str(a), None, str(b))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -277,27 +268,37 @@ class Repository:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _remove_stale_staging(self, workspace: Path) -> None:
+        """Remove staging folders whose owner is gone: their ``.owner`` lock can be taken."""
         for folder in workspace.glob("staging-*"):
-            parts = folder.name.split("-")
-            if len(parts) >= 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
-                log.info("removing staging folder %s left by a process that is gone", folder)
-                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                with open(folder / OWNER, "rb") as handle:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live publisher holds it
+            except FileNotFoundError:
+                pass  # killed before it took its lock, or removed meanwhile
+            log.info("removing staging folder %s left by a publisher that is gone", folder)
+            shutil.rmtree(folder, ignore_errors=True)
 
     # ---- publishing ----
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[Staged]:
-        """A staging folder for a new version of ``name``; removed on any failure, and after commit."""
+        """A staging folder for a new version of ``name``; removed on any failure, and after commit.
+        The folder's ``.owner`` file stays locked while this publisher lives."""
         validate_name(name)
         workspace = self.workspace()
         self._remove_stale_staging(workspace)
         root = workspace / f"staging-{os.getpid()}-{secrets.token_hex(4)}"
-        pending = root / name / "pending"
-        pending.mkdir(parents=True)
-        staged = Staged(name=name, root=root, dir=pending)
-        try:
-            yield staged
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        with open(root / OWNER, "wb") as owner:
+            fcntl.flock(owner.fileno(), fcntl.LOCK_EX)
+            pending = root / name / "pending"
+            pending.mkdir(parents=True)
+            staged = Staged(name=name, root=root, dir=pending)
+            try:
+                yield staged
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
 
     def commit(self, staged: Staged, config: mc.ModelConfig, manifest: dict) -> Staged:
         """Publish the staged files as the next version of the model, with ``config``."""

@@ -103,6 +103,14 @@ def test_an_exception_while_staging_removes_the_staging_folder(repo):
     assert list(repo.workspace().glob("staging-*")) == []
 
 
+def test_a_live_publishers_staging_folder_is_left_alone(repo):
+    with repo.stage("existing") as first:
+        (first.dir / "model.onnx").write_bytes(b"in progress")
+        with repo.stage("existing") as second:
+            assert first.root.is_dir() and second.root != first.root
+        assert (first.dir / "model.onnx").read_bytes() == b"in progress"
+
+
 KILLED_PUBLISHER = textwrap.dedent(
     """
     import sys, time
