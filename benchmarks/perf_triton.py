@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.ceiling import measure_ceiling
-from benchmarks.loadgen import perf_sweep
+from benchmarks.loadgen import _merge_csv, perf_sweep
 from benchmarks.parsers import Point
 from benchmarks.workloads import WORKLOADS, load_inputs, write_perf_analyzer_data
 from converters.errors import InvalidArgument
@@ -170,6 +170,7 @@ def _sweep(
     for level in levels:
         server_cpu, client_cpu = server.cpu_times(), _children_cpu_s()
         items, executions = _counts(server, model)
+        # One level per call (its CPU and counts are per level); the levels' CSVs are merged below.
         level_csv = csv_path.with_name(f"{csv_path.stem}_c{level}.csv")
         point = perf_sweep(model, url, protocol, [level], data, level_csv, window_ms=window_ms)[0]
         served, executed = _counts(server, model)
@@ -179,6 +180,7 @@ def _sweep(
             point.extra["client_cpu_ms_per_item"] = (_children_cpu_s() - client_cpu) * 1000 / items
             point.extra["avg_batch"] = items / max(executions, 1)
         points.append(point)
+    _merge_csv([csv_path.with_name(f"{csv_path.stem}_c{level}.csv") for level in levels], csv_path)
     return points
 
 

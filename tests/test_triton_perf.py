@@ -44,5 +44,10 @@ def test_measure_returns_parsed_rows_and_cpu_per_item(triton_server, model_repo,
     saved = json.loads((tmp_path / "perf_triton.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows)) and saved["goal"] == 0.9
     assert "of in-process ONNX Runtime at batch 32" in result.table()
-    # perf_analyzer's own CSVs are kept beside the JSON.
-    assert (tmp_path / "minilm-short_grpc_c4.csv").is_file()
+    # perf_analyzer's own CSV rows are kept beside the JSON, one file per protocol.
+    for protocol in ("grpc", "http"):
+        merged = (tmp_path / f"minilm-short_{protocol}.csv").read_text().splitlines()
+        assert merged[0].startswith("Concurrency,") and [line.split(",")[0] for line in merged[1:]] == [
+            "1",
+            "4",
+        ]
