@@ -150,6 +150,12 @@ def build_config(
         config.parameters[key].string_value = str(value)
     if accelerator is not None:
         set_accelerator(config, accelerator, accelerator_precision)
+        if instance_kind != "gpu":
+            raise InvalidArgument(
+                f"--accelerator {accelerator}: a GPU execution accelerator needs GPU instances, but "
+                f"instance_group.kind is {instance_kind!r}; pass --instance-kind gpu (or leave it out)",
+                field="accelerator",
+            )
     return config
 
 
@@ -239,7 +245,7 @@ class ServingOptions:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     preferred_batch_sizes: tuple[int, ...] | None = None
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
-    instance_kind: str = "cpu"
+    instance_kind: str | None = None  # None: "gpu" with an accelerator, else "cpu"
     instance_count: int = 1
     intra_op_threads: int | None = None
     accelerator: str | None = None
@@ -262,7 +268,7 @@ class ServingOptions:
             max_batch_size=self.max_batch_size,
             preferred_batch_sizes=self.preferred_batch_sizes,
             max_queue_delay_us=self.max_queue_delay_us,
-            instance_kind=self.instance_kind,
+            instance_kind=self.instance_kind or ("gpu" if self.accelerator else "cpu"),
             instance_count=self.instance_count,
             parameters=parameters,
             accelerator=self.accelerator,

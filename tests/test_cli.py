@@ -262,6 +262,7 @@ def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
         "configure", "image_classifier", "--accelerator", "tensorrt", "--repository", cli_repo, capsys=capsys
     )
     assert code == 0 and json.loads(out)["gpu_execution_accelerator"] == ["tensorrt"]
+    assert json.loads(out)["instance_kinds"] == ["KIND_GPU"]
     code, out, _ = cli(
         "configure", "image_classifier", "--accelerator", "none", "--repository", cli_repo, capsys=capsys
     )

@@ -73,7 +73,8 @@ def test_default_preferred_sizes_are_capped_by_a_small_max_batch_size():
         ({"instance_count": 0}, "instance_group.count", "got 0"),
         ({"policy": "newest"}, "version_policy", "'newest'"),
         ({"platform": "pytorch_libtorch"}, "platform", "'pytorch_libtorch'"),
-        ({"accelerator": "openvino"}, "accelerator", "'openvino'"),
+        ({"accelerator": "openvino", "instance_kind": "gpu"}, "accelerator", "'openvino'"),
+        ({"accelerator": "tensorrt"}, "accelerator", "needs GPU instances, but instance_group.kind is 'cpu'"),
     ],
 )
 def test_bad_values_name_the_field_and_the_value(kwargs, field, words):
@@ -94,3 +95,17 @@ def test_text_is_the_protobuf_text_format():
     text = to_text(_minilm_config())
     assert 'platform: "onnxruntime_onnx"' in text
     assert "allow_ragged_batch: true" in text
+
+
+def test_serving_options_put_an_accelerated_entry_on_gpu_instances():
+    from converters.triton_config import ServingOptions
+
+    spec = TASK_SPECS["image-classification"]
+    config = ServingOptions(accelerator="tensorrt").build("ic", spec.inputs, spec.outputs)
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert (
+        ServingOptions().build("ic", spec.inputs, spec.outputs).instance_group[0].kind
+        == mc.ModelInstanceGroup.KIND_CPU
+    )
+    with pytest.raises(InvalidArgument, match="pass --instance-kind gpu"):
+        ServingOptions(accelerator="tensorrt", instance_kind="cpu").check()

@@ -63,7 +63,12 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_QUEUE_DELAY_US,
         help="dynamic batching max queue delay in microseconds (default %(default)s)",
     )
-    serving.add_argument("--instance-kind", choices=sorted(INSTANCE_KINDS), default="cpu")
+    serving.add_argument(
+        "--instance-kind",
+        choices=sorted(INSTANCE_KINDS),
+        default=None,
+        help="where instances run (default: gpu with --accelerator, else cpu)",
+    )
     serving.add_argument("--instance-count", type=int, default=1)
     serving.add_argument(
         "--intra-op-threads",

@@ -130,12 +130,23 @@ def run_configure(args: argparse.Namespace) -> int:
     def change(config) -> None:
         if args.accelerator == "none":
             config.ClearField("optimization")
-        else:
-            set_accelerator(config, args.accelerator, args.precision)
+            return
+        set_accelerator(config, args.accelerator, args.precision)
+        for group in config.instance_group:  # the accelerator only applies to GPU instances
+            group.kind = group.KIND_GPU
 
     config = repo.update_config(name, change)
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
-    print(json.dumps({"name": name, "gpu_execution_accelerator": [a.name for a in accelerators]}))
+    kinds = sorted({group.Kind.Name(group.kind) for group in config.instance_group})
+    print(
+        json.dumps(
+            {
+                "name": name,
+                "gpu_execution_accelerator": [a.name for a in accelerators],
+                "instance_kinds": kinds,
+            }
+        )
+    )
     return 0
 
 
@@ -176,8 +187,9 @@ def register(subparsers) -> None:
     configure = subparsers.add_parser(
         "configure",
         help="set the GPU execution accelerator of an ONNX entry",
-        description="Write ONNX Runtime's TensorRT execution accelerator into an ONNX entry's config (for "
-        "GPU deployments), or remove it with --accelerator none.",
+        description="Write ONNX Runtime's TensorRT execution accelerator into an ONNX entry's config and "
+        "make its instances KIND_GPU (for GPU deployments; a CPU-only server cannot load it then), or "
+        "remove the accelerator with --accelerator none (instances stay as they are).",
     )
     configure.add_argument("name", metavar="NAME")
     configure.add_argument("--accelerator", required=True, choices=(*ACCELERATORS, "none"))
