@@ -169,27 +169,18 @@ def _first_line(message: str) -> str:
     return message.split("\\n", 1)[0].strip()
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A group whose only members are zombies still answers; a zombie is gone for our purposes.
-    return any(_state(pid) not in ("Z", None) for pid in _group_members(pgid))
-
-
-def _group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int]:
+    """The live processes (zombies excepted) of process group ``pgid``, read from /proc."""
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            # The fields after the command (which may hold spaces) start after the last ')'.
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:
+        if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
 
@@ -201,13 +192,6 @@ def _cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _state(pid: int) -> str | None:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
 
 
 def _die_with_parent() -> None:
@@ -290,7 +274,7 @@ class TritonServer:
         """CPU seconds (user + system) used so far by each process of the server (tritonserver and its
         stubs), by pid. Over a load test, ``cpu_delta(before)`` divided by the items served is what
         serving costs per item."""
-        return {pid: _cpu_seconds(pid) for pid in _group_members(self.pid)} if self.running else {}
+        return {pid: _cpu_seconds(pid) for pid in group_members(self.pid)} if self.running else {}
 
     def cpu_delta(self, before: dict[int, float]) -> float:
         """CPU seconds the server used since ``before = cpu_times()``; a stub started since then (a
@@ -476,11 +460,11 @@ class TritonServer:
     def _end_group(pgid: int, grace_s: float) -> None:
         """Wait for the stubs the server leaves behind, then SIGKILL whatever is still there."""
         deadline = time.monotonic() + grace_s
-        while _group_alive(pgid) and time.monotonic() < deadline:
+        while group_members(pgid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _group_alive(pgid):
+        if group_members(pgid):
             TritonServer._signal_group(pgid, signal.SIGKILL)
-            while _group_alive(pgid):
+            while group_members(pgid):
                 time.sleep(0.05)
 
     def __enter__(self) -> TritonServer:

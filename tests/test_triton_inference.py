@@ -41,6 +41,17 @@ def _infer(protocol: str, url: str, model: str, feeds: dict[str, np.ndarray], ve
         client.close()
 
 
+def _grpc_inputs(feeds: dict[str, np.ndarray]) -> list:
+    import tritonclient.grpc as grpcclient
+
+    inputs = []
+    for name, array in feeds.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
 def _url(server, protocol: str) -> str:
     return server.http_url if protocol == "http" else server.grpc_url
 
@@ -102,12 +113,7 @@ def test_concurrent_ragged_requests_are_batched_and_cut_back(triton_server, entr
     before = _counts(client.get_inference_statistics("minilm", as_json=True))
 
     def send(feeds):
-        inputs = []
-        for name, array in feeds.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        return client.infer("minilm", inputs).as_numpy("embeddings")
+        return client.infer("minilm", _grpc_inputs(feeds)).as_numpy("embeddings")
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
         results = list(pool.map(send, singles))
@@ -179,13 +185,8 @@ def test_bad_request_in_a_batch_does_not_fail_the_others(triton_server, entries)
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
 
     def send(feeds):
-        inputs = []
-        for name, array in feeds.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
         try:
-            return client.infer("minilm", inputs).as_numpy("embeddings")
+            return client.infer("minilm", _grpc_inputs(feeds)).as_numpy("embeddings")
         except InferenceServerException as err:
             return err
 

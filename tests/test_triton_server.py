@@ -22,7 +22,7 @@ from converters.errors import InvalidArgument, MissingDependency, NotFound, Unav
 from converters.inputs import seeded_images
 from converters.repository import Repository
 from converters.runtime import ort_session, run
-from converters.triton_server import TritonServer, _group_members, failure_reason, free_port
+from converters.triton_server import TritonServer, failure_reason, free_port, group_members
 
 pytestmark = pytest.mark.triton
 
@@ -116,7 +116,7 @@ def test_stop_kill_and_restart_leave_no_process(classifier_repo):
     server = TritonServer(classifier_repo, models=["image_classifier"])
     server.start()
     ports = (server.http_url, server.grpc_url, server.metrics_url)
-    members = _group_members(server.pid)
+    members = group_members(server.pid)
     stubs = [p for p in members if "stub" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
     assert server.pid in members and stubs, "expected tritonserver and a python backend stub in one group"
 
@@ -126,7 +126,7 @@ def test_stop_kill_and_restart_leave_no_process(classifier_repo):
     assert (server.http_url, server.grpc_url, server.metrics_url) == ports
     with server.client() as client:
         assert client.is_model_ready("image_classifier")
-    members = _group_members(server.pid)
+    members = group_members(server.pid)
 
     server.stop()
     assert not _alive(members)
@@ -221,7 +221,7 @@ def test_serve_runs_until_sigterm_and_leaves_nothing(classifier_repo, tmp_path):
         server_pid = int(
             next(p for p in _children(serve.pid) if "tritonserver" in Path(f"/proc/{p}/cmdline").read_text())
         )
-        members = _group_members(server_pid)
+        members = group_members(server_pid)
 
         unloaded = _cli("unload", "image_classifier", "--url", f"127.0.0.1:{http}")
         assert unloaded.returncode == 0 and "unloaded" in unloaded.stdout
@@ -321,7 +321,7 @@ def test_serve_killed_outright_takes_the_server_with_it(classifier_repo, tmp_pat
         server_pid = next(
             p for p in _children(serve.pid) if "tritonserver" in Path(f"/proc/{p}/cmdline").read_text()
         )
-        members = _group_members(server_pid)
+        members = group_members(server_pid)
         assert len(members) >= 2  # the server and a stub
     finally:
         serve.kill()
