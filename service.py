@@ -907,6 +907,22 @@ def top_labels(logits: np.ndarray, labels: tuple[str, ...], top_k: int) -> list[
     ]
 
 
+def labels_body(
+    entry: "ModelEntry",
+    chosen: "VersionEntry",
+    logits: np.ndarray,
+    served: int,
+    top_k: int | None,
+    *,
+    single: bool,
+) -> dict:
+    """The answer of a classifier endpoint: the top-k labels of one item, or of each."""
+    ranked = top_labels(logits, chosen.labels, check_top_k(top_k, chosen, entry.top_k))
+    if single:
+        return {"model": entry.name, "version": served, "predictions": ranked[0]}
+    return {"model": entry.name, "version": served, "results": [{"predictions": p} for p in ranked]}
+
+
 # ---- the service ----------------------------------------------------------------------------------
 
 models_app = FastAPI(title="modelpack models", docs_url=None, redoc_url=None, openapi_url=None)
@@ -1174,12 +1190,7 @@ class ModelService:
         async def work(entry: ModelEntry, chosen: VersionEntry) -> dict:
             check_texts([text], "text", self.settings.limits)
             logits, served = await self._encode(entry, chosen, [text])
-            k = check_top_k(top_k, chosen, entry.top_k)
-            return {
-                "model": entry.name,
-                "version": served,
-                "predictions": top_labels(logits, chosen.labels, k)[0],
-            }
+            return labels_body(entry, chosen, logits, served, top_k, single=True)
 
         return await self._serve("/classify", "text-classification", model, version, work)
 
@@ -1193,9 +1204,7 @@ class ModelService:
             check_items(texts, "texts", self.settings.limits)
             check_texts(texts, "texts", self.settings.limits)
             logits, served = await self._encode(entry, chosen, texts)
-            k = check_top_k(top_k, chosen, entry.top_k)
-            results = [{"predictions": p} for p in top_labels(logits, chosen.labels, k)]
-            return {"model": entry.name, "version": served, "results": results}
+            return labels_body(entry, chosen, logits, served, top_k, single=False)
 
         return await self._serve("/classify/batch", "text-classification", model, version, work)
 
@@ -1214,12 +1223,7 @@ class ModelService:
             logits, served = await self._images(
                 entry, chosen, None if image is None else [image], None if array is None else [array], True
             )
-            k = check_top_k(top_k, chosen, entry.top_k)
-            return {
-                "model": entry.name,
-                "version": served,
-                "predictions": top_labels(logits, chosen.labels, k)[0],
-            }
+            return labels_body(entry, chosen, logits, served, top_k, single=True)
 
         return await self._serve("/predict", "image-classification", model, version, work)
 
@@ -1236,9 +1240,7 @@ class ModelService:
 
         async def work(entry: ModelEntry, chosen: VersionEntry) -> dict:
             logits, served = await self._images(entry, chosen, images, arrays, False)
-            k = check_top_k(top_k, chosen, entry.top_k)
-            results = [{"predictions": p} for p in top_labels(logits, chosen.labels, k)]
-            return {"model": entry.name, "version": served, "results": results}
+            return labels_body(entry, chosen, logits, served, top_k, single=False)
 
         return await self._serve("/predict/batch", "image-classification", model, version, work)
 
