@@ -135,7 +135,7 @@ def test_stop_kill_and_restart_leave_no_process(classifier_repo):
 
 
 def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
-    """Thread counts, a session.* entry and default_model_filename from the config; a bad
+    """Thread counts, a session.* entry, default_model_filename and max_batch_size 0 from the config; a bad
     thread count fails the load with a message naming the parameter, and the server stays up."""
     from tritonclient.utils import InferenceServerException
 
@@ -159,6 +159,16 @@ def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
         assert "'session.intra_op.allow_spinning': '1'" in logged
 
         with server.client() as client:
+            # Without batching (max_batch_size 0) the request's shape is the model's, batch axis included.
+            unbatched = client.get_model_config("image_classifier")
+            unbatched.pop("dynamic_batching", None)
+            unbatched["max_batch_size"] = 0
+            unbatched["input"][0]["dims"] = [-1, 3, 32, 32]
+            unbatched["output"][0]["dims"] = [-1, 10]
+            client.load_model("image_classifier", config=json.dumps(unbatched))
+            assert client.get_model_config("image_classifier")["max_batch_size"] == 0
+            assert np.abs(_classify(server, images) - expected).max() <= 1e-5
+
             bad = client.get_model_config("image_classifier")
             bad["parameters"]["intra_op_thread_count"] = {"string_value": "many"}
             with pytest.raises(
