@@ -421,3 +421,47 @@ def test_frozen_triton_gives_503_within_the_timeout(canary):
     while post(bento, "/embed", {"text": "thawed"}).status_code != 200:
         assert time.monotonic() < deadline, "no answer 30 s after Triton resumed"
         time.sleep(0.2)
+
+
+# ---- the Locust users the benchmarks drive ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("user", ["BentoUser", "TritonUser"])
+def test_locust_users_run_without_failures(bento_server, triton_server, model_repo, tmp_path, user):
+    import csv
+    import subprocess
+    import sys
+
+    host = bento_server.url if user == "BentoUser" else f"http://{triton_server.http_url}"
+    prefix = tmp_path / user
+    env = {**os.environ, "MODELPACK_WORKLOAD": "minilm-short", "MODELPACK_REPOSITORY": str(model_repo)}
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "locust"),
+            "-f",
+            "benchmarks/locustfile.py",
+            "--headless",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "3s",
+            "--host",
+            host,
+            "--only-summary",
+            "--csv",
+            str(prefix),
+            user,
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
+    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
+    rows = csv.DictReader(Path(f"{prefix}_stats.csv").read_text().splitlines())
+    [total] = [row for row in rows if row["Name"] == "Aggregated"]
+    assert int(total["Request Count"]) > 5 and int(total["Failure Count"]) == 0
