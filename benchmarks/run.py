@@ -17,11 +17,14 @@ started is stopped on exit, error, Ctrl-C or SIGTERM (``procs.ProcessSet``).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "benchmarks" / "locustfile.py"
 STACK_CHOICES = ("ceiling", "triton", "bento", "baseline")
 MODELS = {"minilm": "feature-extraction", "image_classifier": "image-classification"}
+# The route of the Bento service (and of the baseline, which mirrors it) for one item of each kind.
+ROUTES = {"text": "/embed", "image": "/predict"}
+WARM_UP_REQUESTS = 8
 
 
 @dataclass
@@ -243,8 +249,35 @@ class Run:
                 stack["files"] = [self._rel(csv_path)]
 
     # ---- 4./5. Locust against an HTTP service ----
+    def warm_up(self, stack_name: str, host: str, name: str, requests: int = WARM_UP_REQUESTS) -> None:
+        """A few requests before the first measured one, so that lazy start-up work (first forward
+        pass, thread pools, connections to Triton) is not in the figures. Any answer but 200 stops the
+        stack's sweep for this workload with the answer in the error."""
+        inputs = self.inputs[name]
+        route = ROUTES[inputs.workload.kind]
+        bodies = (
+            [{"text": t} for t in inputs.texts] if inputs.texts else [{"image": p} for p in inputs.png_b64]
+        )
+        for body in bodies[:requests]:
+            request = urllib.request.Request(
+                host + route, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    response.read()
+            except urllib.error.HTTPError as err:
+                detail = err.read()[:300].decode(errors="replace")
+                raise CheckFailed(
+                    f"{stack_name} {name}: warm-up POST {route} got HTTP {err.code}: {detail}"
+                ) from None
+
     def locust_sweep(self, stack_name: str, host: str, repo: Repository, workloads: list[str]) -> None:
         for name in workloads:
+            try:
+                self.warm_up(stack_name, host, name)
+            except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                self._fail(f"{stack_name} {name} warm-up", err)
+                continue
             levels = self.plan.users_for(name)
             for users in levels:
                 if self._skip(f"{stack_name} {name} at {users} users", self.plan.locust_s + 4):
