@@ -157,7 +157,8 @@ def test_locust_parser_refuses_a_history_file_as_stats(locust_run):
 
 
 def test_process_set_stops_whole_groups_on_error(tmp_path):
-    from benchmarks.procs import ProcessSet, group_members
+    from benchmarks.procs import ProcessSet
+    from converters.triton_server import group_members
 
     with pytest.raises(RuntimeError, match="boom"):
         with ProcessSet() as procs:
@@ -257,7 +258,7 @@ def test_cli_refuses_a_non_empty_out_folder(model_repo, tmp_path, capsys):
 def test_quick_run_writes_a_report_with_positive_figures(model_repo, tmp_path):
     """``python -m benchmarks --quick`` end to end on the MiniLM short workload, every stack, durations
     shrunk to a fifth (the image workload takes the same code path; the reference runs cover it)."""
-    from benchmarks.procs import group_members
+    from converters.triton_server import group_members
 
     out = tmp_path / "run"
     env = {**os.environ, "MODELPACK_BENCH_TIME_SCALE": "0.2"}
