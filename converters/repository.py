@@ -10,8 +10,8 @@ Layout of an entry (the contract between the parts)::
 How a version is published without ever exposing a half-written one:
 
 1. ``stage(name)`` makes a staging folder in the *workspace*, a hidden folder beside the repository on
-   the same filesystem (``<parent>/.<repo>.publish/``), so that a server polling the repository never
-   sees it. The exporter writes the version's files there; parity runs there.
+   the same filesystem (``<parent>/.<repo>.publish/``): never inside it, where Triton would try to load
+   it as a model. The exporter writes the version's files there; parity runs there.
 2. ``commit()`` takes the model's lock (``fcntl.flock`` on ``<workspace>/locks/<name>.lock``), picks
    the next version number, writes ``manifest.json``, fsyncs everything, and makes the version visible
    in ONE atomic step: ``os.rename`` of the whole ``<name>/`` folder for a new model; ``os.rename`` of
@@ -230,19 +230,20 @@ class Repository:
 
     # ---- workspace, lock ----
     def workspace(self) -> Path:
-        """Hidden folder beside the repository on the same filesystem (inside it, as a dot-folder,
-        only when the parent is on another filesystem)."""
+        """The hidden folder beside the repository (``<parent>/.<repo>.publish/``) where versions are
+        staged and locks live. It must be on the repository's filesystem, for ``os.rename``; it must not
+        be inside the repository, where Triton would take it for a model (tritonserver 2.51 loads
+        dot-folders too, and fails on them)."""
         self.root.mkdir(parents=True, exist_ok=True)
         beside = self.root.parent / f".{self.root.name}.publish"
-        try:
-            beside.mkdir(exist_ok=True)
-            if beside.stat().st_dev == self.root.stat().st_dev:
-                return beside
-        except OSError:
-            pass
-        inside = self.root / ".publish"
-        inside.mkdir(exist_ok=True)
-        return inside
+        beside.mkdir(exist_ok=True)
+        if beside.stat().st_dev != self.root.stat().st_dev:
+            raise PublishError(
+                f"{self.root} is a mount point: staging beside it ({beside}) is on another filesystem, so a "
+                "version cannot be renamed into place atomically; put the repository in a subfolder of "
+                "its volume (e.g. <volume>/model_repository)"
+            )
+        return beside
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
