@@ -41,6 +41,7 @@ def quantized(model_repo, tmp_path_factory):
     return repo, results
 
 
+@pytest.mark.slow  # shares a module fixture that quantises MiniLM (~20-30 s)
 def test_minilm_int8_passes_its_gate_as_version_2(quantized):
     repo, results = quantized
     result = results["minilm"]
@@ -61,6 +62,7 @@ def test_minilm_int8_passes_its_gate_as_version_2(quantized):
     assert Repository(repo).served_versions("minilm") == [2]
 
 
+@pytest.mark.slow  # shares a module fixture that quantises MiniLM (~20-30 s)
 def test_fp32_nodes_are_the_most_outlier_heavy(quantized, model_repo):
     from converters.inputs import EntryInputs
 
@@ -74,6 +76,7 @@ def test_fp32_nodes_are_the_most_outlier_heavy(quantized, model_repo):
     assert set(kept) <= {node for node, _ in ranked[: len(kept) + 4]}
 
 
+@pytest.mark.slow  # shares a module fixture that quantises MiniLM (~20-30 s)
 def test_image_classifier_int8_keeps_top1_labels_and_preprocessing(quantized, model_repo):
     _, results = quantized
     manifest = results["image_classifier"].manifest
@@ -83,12 +86,14 @@ def test_image_classifier_int8_keeps_top1_labels_and_preprocessing(quantized, mo
     assert manifest["labels"] == fp32["labels"] and manifest["preprocessing"] == fp32["preprocessing"]
 
 
+@pytest.mark.slow  # shares a module fixture that quantises MiniLM (~20-30 s)
 def test_validate_reruns_the_int8_gate(quantized):
     repo, _ = quantized
     result = validate("minilm:2", repository=repo)
     assert result.status == "ok" and result.outputs["min_cosine"] >= 0.99
 
 
+@pytest.mark.slow  # shares a module fixture that quantises MiniLM (~20-30 s)
 def test_a_failing_gate_publishes_nothing(quantized):
     repo, _ = quantized
     before = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*"))
@@ -98,6 +103,7 @@ def test_a_failing_gate_publishes_nothing(quantized):
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*")) == before
 
 
+@pytest.mark.slow  # shares a module fixture that quantises MiniLM (~20-30 s)
 def test_an_int8_version_is_not_quantised_again(quantized):
     repo, _ = quantized
     with pytest.raises(InvalidArgument, match="minilm:2 is int8, not fp32"):
