@@ -739,6 +739,21 @@ def configure_logging() -> None:
     log.propagate = False
 
 
+def die_with_parent() -> None:
+    """Have Linux SIGTERM this worker when the process that started it dies. BentoML runs its workers
+    in sessions of their own, so killing ``bentoml serve`` (its whole process group, SIGKILL) would
+    otherwise leave the worker behind, holding the port and the Triton channel."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    if os.getppid() == 1:  # the parent was already gone before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 class RequestContextMiddleware:
     """ASGI middleware: a request id for every request (the client's ``X-Request-ID`` when it is sane),
     returned in the response header; bodies over ``limits.max_body_bytes`` refused with 413 before
@@ -948,6 +963,7 @@ ModelName = Annotated[
 class ModelService:
     def __init__(self) -> None:
         configure_logging()
+        die_with_parent()
         self.settings = load_settings()
         self.models = load_models(self.settings)
         self.triton = TritonGateway(self.settings.triton)

@@ -423,6 +423,22 @@ def test_frozen_triton_gives_503_within_the_timeout(canary):
         time.sleep(0.2)
 
 
+def test_worker_dies_with_a_killed_server(canary):
+    """Last of the canary tests: SIGKILL to ``bentoml serve``'s process group leaves no worker behind
+    (BentoML's workers run in sessions of their own; the service asks Linux to end them with it)."""
+    from conftest import _alive, _descendants
+
+    bento, _ = canary
+    arbiter = bento._process.pid
+    workers = _descendants(arbiter)
+    assert workers, "bentoml serve has no worker process"
+    os.killpg(arbiter, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _alive(pid)]
+
+
 # ---- the Locust users the benchmarks drive ---------------------------------------------------------
 
 
