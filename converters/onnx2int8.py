@@ -144,6 +144,54 @@ def quantize_file(source: Path, target: Path, exclude: list[str]) -> None:
         root.removeFilter(_quantizer_chatter)
 
 
+def quantize_until_gate(
+    source: Path,
+    target: Path,
+    task: str,
+    feeds: dict[str, np.ndarray],
+    *,
+    reference: np.ndarray,
+    output: str,
+    min_cosine: float,
+    min_top1: float,
+    max_fp32_nodes: int,
+    steps: list[StepResult],
+    what: str,
+):
+    """Quantise ``source`` into ``target``, keeping more outlier-heavy nodes fp32 on each try until the
+    gate passes. Returns (gate figures, int8 session); CheckFailed listing every try otherwise."""
+    ranked: list[str] = []  # computed only if the fully quantised model misses the gate
+    attempts = []
+    for keep in FALLBACK_SCHEDULE:
+        if keep > max_fp32_nodes:
+            break
+        if keep and not ranked:
+            ranked = [node for node, _ in activation_outliers(source, feeds)]
+        if keep > len(ranked) // 2:  # at least half of the nodes stay int8
+            break
+        with Timer() as timer:
+            quantize_file(source, target, ranked[:keep])
+            session = ort_session(target)
+            result = gate(
+                task, reference, run(session, feeds)[output], min_cosine=min_cosine, min_top1=min_top1
+            )
+            result["fp32_nodes"] = ranked[:keep]
+        attempts.append(result)
+        steps.append(
+            StepResult("quantize+gate", "ok" if result["passed"] else "failed", timer.elapsed, result)
+        )
+        if result["passed"]:
+            return result, session
+    lines = "\n".join(
+        f"- {output} with {len(r['fp32_nodes'])} nodes kept fp32: {r['kind']} "
+        f"{r.get('min_cosine', r.get('top1_agreement')):.4f} < {r['threshold']}"
+        for r in attempts
+    )
+    raise CheckFailed(
+        f"int8 gate of {what} failed on {attempts[-1]['samples']} samples; nothing published:\n{lines}"
+    )
+
+
 def quantize(
     ref: str,
     *,
@@ -187,44 +235,19 @@ def quantize(
         feeds = inputs.feeds(GATE_BATCH)
         output = source_manifest["outputs"][0]["name"]
         fp32_session = ort_session(source_dir / "model.onnx")
-        reference = run(fp32_session, feeds)[output]
-        ranked: list[str] = []  # ranked only if the fully quantised model misses the gate
-        attempts = []
-        for keep in FALLBACK_SCHEDULE:
-            if keep > max_fp32_nodes:
-                break
-            if keep and not ranked:
-                ranked = [node for node, _ in activation_outliers(source_dir / "model.onnx", feeds)]
-            if keep > len(ranked) // 2:  # keep at least half of the nodes int8
-                break
-            with Timer() as timer:
-                quantize_file(source_dir / "model.onnx", target, ranked[:keep])
-                int8_session = ort_session(target)
-                result = gate(
-                    source_manifest["task"],
-                    reference,
-                    run(int8_session, feeds)[output],
-                    min_cosine=min_cosine,
-                    min_top1=min_top1,
-                )
-                result["fp32_nodes"] = ranked[:keep]
-            attempts.append(result)
-            steps.append(
-                StepResult("quantize+gate", "ok" if result["passed"] else "failed", timer.elapsed, result)
-            )
-            if result["passed"]:
-                break
-        if not attempts[-1]["passed"]:
-            lines = "\n".join(
-                f"- {output} with {len(r['fp32_nodes'])} nodes kept fp32: {r['kind']} "
-                f"{r.get('min_cosine', r.get('top1_agreement')):.4f} < {r['threshold']}"
-                for r in attempts
-            )
-            raise CheckFailed(
-                f"int8 gate of {name}:{version} failed on {attempts[-1]['samples']} samples; nothing "
-                f"published:\n{lines}"
-            )
-        result = attempts[-1]
+        result, int8_session = quantize_until_gate(
+            source_dir / "model.onnx",
+            target,
+            source_manifest["task"],
+            feeds,
+            reference=run(fp32_session, feeds)[output],
+            output=output,
+            min_cosine=min_cosine,
+            min_top1=min_top1,
+            max_fp32_nodes=max_fp32_nodes,
+            steps=steps,
+            what=f"{name}:{version}",
+        )
         gate_figures = {k: v for k, v in result.items() if k != "fp32_nodes"}
 
         with Timer() as timer:
