@@ -209,6 +209,14 @@ def render_markdown(summary: dict) -> str:
                     f"{p['requests']} | {p['failures']} |"
                 )
             lines.append("")
+            top = data.get("best") or {}
+            breakdown = (top.get("extra") or {}).get("breakdown_ms")
+            if breakdown:
+                parts = ", ".join(f"{k} {v:.2f}" for k, v in breakdown.items())
+                lines += [
+                    f"Where a request's time goes at x = {top['concurrency']} (perf_analyzer, ms): {parts}.",
+                    "",
+                ]
         if workload.get("plot"):
             lines += [f"![latency against throughput, {name}]({workload['plot']})", ""]
     if summary.get("errors"):

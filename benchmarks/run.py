@@ -83,6 +83,7 @@ class Run:
         self.notes: list[str] = []
         self.inputs: dict[str, Inputs] = {}
         self.processes: list[dict] = []
+        self.summary: dict = {}
         # Kept back for the closing ceiling measurement (half the opening one).
         self.reserve_s = (
             (0.5 * options.plan.ceiling_s * len(options.plan.batch_sizes) + 1) * len(options.workloads)
@@ -386,7 +387,7 @@ class Run:
     # ---- the whole run ----
     def execute(self) -> dict:
         started = datetime.now(UTC)
-        summary: dict = {
+        self.summary = summary = {
             "mode": self.plan.mode,
             "command": self.options.command,
             "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -467,5 +468,12 @@ def run_benchmarks(options: RunOptions) -> tuple[dict, dict[str, Path]]:
     if options.out_dir.exists() and any(options.out_dir.iterdir()):
         raise InvalidArgument(f"--out: {options.out_dir} is not empty; give a new folder", field="out")
     options.out_dir.mkdir(parents=True, exist_ok=True)
-    summary = Run(options).execute()
+    run = Run(options)
+    try:
+        summary = run.execute()
+    except KeyboardInterrupt:
+        # Every process is already stopped (ProcessSet); what was measured so far is still reported.
+        run.summary["errors"].append("interrupted (Ctrl-C or SIGTERM): the run stopped early")
+        report.write_report(run.summary, options.out_dir)
+        raise
     return summary, report.write_report(summary, options.out_dir)

@@ -386,3 +386,64 @@ def test_tuner_leaves_the_config_alone_when_no_point_meets_the_target(writable_m
     assert config_path.read_bytes() == before
     assert "no configuration kept p99 <= 0.001 ms" in result.table()
     assert json.loads(result.curve_json.read_text())["written"] is False
+
+
+@pytest.mark.triton
+def test_sigterm_mid_run_stops_every_process_and_keeps_what_was_measured(model_repo, tmp_path):
+    import signal
+
+    from converters.triton_server import group_members
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--out",
+            str(out),
+            "--repository",
+            str(model_repo),
+            "--workloads",
+            "image",
+            "--stacks",
+            "ceiling,triton",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Wait until perf_analyzer is measuring against the run's Triton, then stop the run.
+        deadline = time.monotonic() + 60
+        while not list((out / "perf_analyzer").glob("*.log")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted: every process this run started was stopped" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert any("interrupted" in error for error in summary["errors"])
+    assert summary["workloads"]["image"]["stacks"]["ceiling"]["points"]  # measured before the signal
+    assert [p["name"] for p in summary["processes"]] == ["tritonserver"]
+    assert all(group_members(p["pid"]) == [] for p in summary["processes"])
+    assert (out / "report.md").is_file()
+    # perf_analyzer (a child of the run, its CSV path in its command line) is gone too.
+    assert _processes_mentioning(str(out)) == []
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
