@@ -91,7 +91,7 @@ class _Strict(BaseModel):
 
 class TritonSettings(_Strict):
     url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint, host:port")
-    timeout_s: float = Field(5.0, gt=0, le=300, description="longest wait for Triton per request, then 503")
+    timeout_s: float = Field(10.0, gt=0, le=300, description="longest wait for Triton per request, then 503")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a 503")
     ready_timeout_s: float = Field(2.0, gt=0, le=60, description="per readiness probe call")
 

@@ -42,7 +42,7 @@ def test_defaults_relative_repository_and_environment_overrides(tmp_path):
     path = write(tmp_path / "conf" / "service.yaml", {**MINIMAL, "repository": "../repo"})
     settings = service.read_settings(path, environ={})
     assert settings.repository == (tmp_path / "repo").resolve()
-    assert settings.triton.url == "127.0.0.1:8001" and settings.triton.timeout_s == 5.0
+    assert settings.triton.url == "127.0.0.1:8001" and settings.triton.timeout_s == 10.0
     overridden = service.read_settings(
         path, environ={"MODELPACK_TRITON_URL": "triton:9001", "MODELPACK_REPOSITORY": "/models"}
     )
