@@ -1,7 +1,7 @@
 """Hugging Face model folder -> ONNX entry of the model repository.
 
-- ``feature-extraction``: the encoder wrapped with mean pooling over ``attention_mask`` and L2
-  normalisation, so the graph's ``embeddings`` equal sentence-transformers'
+- ``feature-extraction``: the encoder wrapped with the folder's pooling (mean over ``attention_mask``,
+  or the CLS token) and L2 normalisation, so the graph's ``embeddings`` equal sentence-transformers'
   ``encode(normalize_embeddings=True)``; parity is checked against sentence-transformers itself.
 - ``text-classification``: ``AutoModelForSequenceClassification``, output ``logits``; parity against
   the PyTorch model.
@@ -48,23 +48,56 @@ def check_model_folder(path: str | Path) -> Path:
     return path
 
 
-def _mean_pooled(encoder):
-    """The encoder, plus mean pooling over the attention mask and L2 normalisation, as one module."""
+POOLING_MODES = ("mean", "cls")
+
+
+def pooling_mode(path: Path) -> str:
+    """The pooling of a sentence-transformers folder (its Pooling module's config); ``mean`` for a plain
+    Hugging Face folder, as sentence-transformers itself would use."""
+    import json
+
+    modules = path / "modules.json"
+    if not modules.is_file():
+        return "mean"
+    for module in json.loads(modules.read_text()):
+        if module.get("type", "").endswith("models.Pooling"):
+            config = json.loads((path / module["path"] / "config.json").read_text())
+            modes = [
+                k.removeprefix("pooling_mode_")
+                for k, v in config.items()
+                if k.startswith("pooling_mode_") and v
+            ]
+            modes = ["mean" if m == "mean_tokens" else "cls" if m == "cls_token" else m for m in modes]
+            if len(modes) != 1 or modes[0] not in POOLING_MODES:
+                raise InvalidArgument(
+                    f"PATH: {path} pools with {modes or 'nothing'}; the exporter supports one of "
+                    f"{', '.join(POOLING_MODES)}",
+                    field="path",
+                )
+            return modes[0]
+    return "mean"
+
+
+def _pooled(encoder, mode: str):
+    """The encoder, plus pooling (mean over the attention mask, or the CLS token) and L2 normalisation,
+    as one module: its output equals sentence-transformers' normalised embeddings."""
     import torch
 
-    class MeanPooledEncoder(torch.nn.Module):
+    class PooledEncoder(torch.nn.Module):
         def __init__(self, encoder):
             super().__init__()
             self.encoder = encoder
 
         def forward(self, input_ids, attention_mask):
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            summed = (hidden * mask).sum(dim=1)
-            counts = mask.sum(dim=1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(summed / counts, p=2, dim=1)
+            if mode == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
 
-    return MeanPooledEncoder(encoder)
+    return PooledEncoder(encoder)
 
 
 def _logits_only(classifier):
@@ -89,7 +122,7 @@ def load(path: Path, task: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         if task == "feature-extraction":
-            module = _mean_pooled(AutoModel.from_pretrained(str(path), dtype=torch.float32))
+            module = _pooled(AutoModel.from_pretrained(str(path), dtype=torch.float32), pooling_mode(path))
             labels = None
         else:
             # A fixed seed: a folder without a trained head (a bare encoder) gets the same head each time

@@ -113,3 +113,36 @@ def test_validate_reruns_parity_against_sentence_transformers(model_repo):
 
     result = validate("minilm:1", repository=model_repo)
     assert result.status == "ok" and result.outputs["passed"] and result.outputs["max_abs_err"] < 1e-4
+
+
+def _minilm_with_pooling(minilm_path, folder, **modes):
+    """The MiniLM folder (weights linked) with another sentence-transformers pooling config."""
+    folder.mkdir()
+    for entry in minilm_path.iterdir():
+        if entry.name != "1_Pooling":
+            (folder / entry.name).symlink_to(entry)
+    (folder / "1_Pooling").mkdir()
+    config = json.loads((minilm_path / "1_Pooling" / "config.json").read_text())
+    config.update({"pooling_mode_mean_tokens": False, **modes})
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_cls_pooling_folders_export_their_own_pooling(minilm_path, tmp_path):
+    from converters.hf2onnx import convert_hf
+
+    folder = _minilm_with_pooling(minilm_path, tmp_path / "cls", pooling_mode_cls_token=True)
+    result = convert_hf(folder, "cls", repository=tmp_path / "repo")  # parity against sentence-transformers
+    assert result.manifest["parity"]["passed"] and result.manifest["parity"]["max_abs_err"] < 1e-4
+
+
+def test_an_unsupported_pooling_is_refused_before_export(minilm_path, tmp_path):
+    from converters.errors import InvalidArgument
+    from converters.hf2onnx import convert_hf
+
+    folder = _minilm_with_pooling(minilm_path, tmp_path / "max", pooling_mode_max_tokens=True)
+    with pytest.raises(
+        InvalidArgument, match=r"pools with \['max_tokens'\]; the exporter supports one of mean, cls"
+    ):
+        convert_hf(folder, "max", repository=tmp_path / "repo")
+    assert not (tmp_path / "repo" / "max").exists()
