@@ -283,6 +283,14 @@ def quantize(
             speed["batch_1"]["ratio"],
             speed["batch_32"]["ratio"],
         )
+        if all(row["ratio"] < 1.0 for row in speed.values()):
+            log.warning(
+                "int8 %s is slower than fp32 in-process at batch %s (small models gain nothing from int8 "
+                "kernels); `rollback %s` serves fp32 again",
+                name,
+                " and ".join(str(b) for b in SPEED_BATCHES),
+                name,
+            )
         config = read_config(repo.model_dir(name) / CONFIG)
         config.version_policy.CopyFrom(version_policy("latest"))
         return publish(repo, staged, steps, manifest=manifest, config=config)
