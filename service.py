@@ -1089,6 +1089,13 @@ class ModelService:
                 err,
                 extra={"fields": {"endpoint": endpoint, "status": response.status_code}},
             )
+        except Exception:  # a bug: answer 500 with the request id (and count it) rather than lose it
+            log.exception(
+                "%s 500: unexpected error", endpoint, extra={"fields": {"endpoint": endpoint, "status": 500}}
+            )
+            response = error_response(
+                ToolkitError(f"{endpoint}: internal error; the service log has it under this request_id")
+            )
         elapsed = time.perf_counter() - started
         status = str(response.status_code)
         labels = {"model": model_label, "version": version_label, "endpoint": endpoint}

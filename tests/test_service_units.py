@@ -310,3 +310,30 @@ def test_coalescer_failure_reaches_every_waiting_request():
 
     outcomes = asyncio.run(scenario())
     assert all(isinstance(o, service.Unavailable) and o.retry_after_s == 2 for o in outcomes)
+
+
+def test_unexpected_error_is_answered_500_with_the_request_id(model_repo):
+    """A bug inside an endpoint becomes a counted 500 naming the request id, never a lost request.
+    (The service object is assembled by hand: its __init__ would set up logging for this process.)"""
+    import random
+
+    instance = service.ModelService.inner.__new__(service.ModelService.inner)
+    instance.settings = settings_for(model_repo, MINIMAL["models"])
+    instance.models = service.load_models(instance.settings)
+    instance.rng = random.Random(0)
+    instance.metrics = service._metrics()
+
+    async def broken(entry, chosen):
+        raise RuntimeError("a bug")
+
+    async def scenario():
+        token = service.REQUEST_ID.set("req-1")
+        try:
+            return await instance._serve("/embed", "feature-extraction", None, None, broken)
+        finally:
+            service.REQUEST_ID.reset(token)
+
+    response = asyncio.run(scenario())
+    body = json.loads(response.body)
+    assert response.status_code == 500
+    assert body["request_id"] == "req-1" and "internal error" in body["error"]
