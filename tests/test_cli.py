@@ -250,6 +250,14 @@ def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
     assert code == 0 and out.splitlines()[0].split()[:3] == ["NAME", "VER", "SERVED"]
     assert "image_classifier       2 yes" in out
 
+    foreign = cli_repo / "image_classifier" / "9"  # a version put there by hand, without a manifest
+    foreign.mkdir()
+    (foreign / "model.onnx").write_bytes(b"x" * 10)
+    code, out, _ = cli("list", "--json", "--repository", cli_repo, capsys=capsys)
+    row = {(r["name"], r["version"]): r for r in json.loads(out)}[("image_classifier", 9)]
+    assert row["size_bytes"] == 10 and row["task"] is None and row["served"]
+    shutil.rmtree(foreign)
+
     code, out, _ = cli("rollback", "image_classifier", "--repository", cli_repo, capsys=capsys)
     assert code == 0 and json.loads(out) == {"name": "image_classifier", "served": [1], "versions": [1, 2]}
     assert (cli_repo / "image_classifier" / "2" / "model.onnx").is_file()  # nothing deleted

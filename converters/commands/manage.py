@@ -6,7 +6,7 @@ import argparse
 import json
 
 from converters.commands.convert import add_repository_flag
-from converters.errors import InvalidArgument
+from converters.errors import InvalidArgument, NotFound
 from converters.triton_config import ACCELERATOR_PRECISIONS, ACCELERATORS
 
 _ROW = "{name:<20} {version:>3} {served:<6} {task:<20} {precision:<5} {size:>9} {err:>11} {parity}"
@@ -17,7 +17,7 @@ def _fmt_size(size: int) -> str:
 
 
 def rows(repository) -> list[dict]:
-    from converters.repository import Repository
+    from converters.repository import Repository, tree_size
 
     repo = Repository(repository)
     table = []
@@ -25,7 +25,10 @@ def rows(repository) -> list[dict]:
         served = set(repo.served_versions(name))
         platform = repo.config(name).platform
         for version in repo.versions(name):
-            manifest = repo.manifest(name, version)
+            try:
+                manifest = repo.manifest(name, version)
+            except NotFound:  # a version not written by the converters: listed, with what is known
+                manifest = {"size_bytes": tree_size(repo.version_dir(name, version))}
             parity = manifest.get("parity", {})
             table.append(
                 {
