@@ -683,26 +683,30 @@ class Coalescer:
 
 @functools.cache
 def _metrics() -> dict[str, Any]:
-    """Prometheus series served on BentoML's /metrics (created once per process, on first use)."""
+    """Prometheus series served on BentoML's /metrics (created once per process, on first use).
+    prometheus_client is imported here, not at module import: BentoML's worker sets
+    PROMETHEUS_MULTIPROC_DIR after importing this module, and the client reads it when first imported."""
+    import prometheus_client
+
     labels = ["model", "version", "endpoint"]
     return {
-        "requests": bentoml.metrics.Counter(
+        "requests": prometheus_client.Counter(
             name="modelpack_requests_total",
             documentation="Requests answered, by model, version, endpoint and HTTP status",
             labelnames=[*labels, "status"],
         ),
-        "errors": bentoml.metrics.Counter(
+        "errors": prometheus_client.Counter(
             name="modelpack_errors_total",
             documentation="Requests answered with an error (4xx/5xx), by model, version, endpoint and status",
             labelnames=[*labels, "status"],
         ),
-        "latency": bentoml.metrics.Histogram(
+        "latency": prometheus_client.Histogram(
             name="modelpack_request_duration_seconds",
             documentation="Time from parsed request to response body, by model, version and endpoint",
             labelnames=labels,
             buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
         ),
-        "batch": bentoml.metrics.Histogram(
+        "batch": prometheus_client.Histogram(
             name="modelpack_triton_batch_rows",
             documentation="Rows per Triton call after merging concurrent requests",
             labelnames=["model", "version"],
