@@ -225,9 +225,10 @@ def convert_lightning(
                     f"{str(err).splitlines()[0]}",
                     field="input_shape",
                 ) from None
-        if probe.ndim != 2:
+        if not isinstance(probe, torch.Tensor) or probe.ndim != 2:
+            got = f"shape {list(probe.shape)}" if isinstance(probe, torch.Tensor) else type(probe).__name__
             raise InvalidArgument(
-                f"{type(module).__name__} returns shape {list(probe.shape)}; image-classification needs "
+                f"{type(module).__name__} returns {got}; image-classification needs one tensor of "
                 "[batch, num_classes] logits",
                 field="module",
             )
@@ -242,6 +243,7 @@ def convert_lightning(
         raise InvalidArgument(
             f"hparams labels has {len(labels)} names for {num_classes} classes", field="labels"
         )
+    preprocessing = preprocessing_of(module, shape)
 
     with repo.stage(name) as staged:
         model_path = staged.dir / "model.onnx"
@@ -258,7 +260,7 @@ def convert_lightning(
             inputs=inputs,
             outputs=outputs,
             parity=report.to_manifest(),
-            preprocessing=preprocessing_of(module, shape),
+            preprocessing=preprocessing,
             opset=opset,
             labels=labels,
             extra={"module": module_ref},
