@@ -23,6 +23,7 @@ SERVICE_ROOTS = (
     "numpy",
     "orjson",
     "pillow",
+    "prometheus-client",
     "protobuf",
     "pydantic",
     "pyyaml",
