@@ -44,7 +44,8 @@ def workload_data() -> dict:
     name = os.environ.get("MODELPACK_WORKLOAD", "minilm-short")
     if name not in WORKLOADS:
         raise InvalidArgument(
-            f"MODELPACK_WORKLOAD={name!r} is not a workload; choose from {', '.join(WORKLOADS)}", field="workload"
+            f"MODELPACK_WORKLOAD={name!r} is not a workload; choose from {', '.join(WORKLOADS)}",
+            field="workload",
         )
     workload = WORKLOADS[name]
     repository = Repository(os.environ.get("MODELPACK_REPOSITORY") or None)
@@ -128,7 +129,8 @@ class TritonUser(FastHttpUser):
         self.data = workload_data()
         self.bodies = itertools.cycle(self.data["triton_bodies"])
         version = self.data["version"]
-        self.path = f"/v2/models/{self.data['model']}" + (f"/versions/{version}" if version else "") + "/infer"
+        pinned = f"/versions/{version}" if version else ""
+        self.path = f"/v2/models/{self.data['model']}{pinned}/infer"
 
     @task
     def infer(self) -> None:
