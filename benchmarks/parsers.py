@@ -29,7 +29,7 @@ class Point:
     p95: float
     p99: float
     avg: float | None  # ms
-    requests: int = 0
+    requests: int | None = None  # None: the tool does not say (perf_analyzer's CSV)
     failures: int = 0
     extra: dict = field(default_factory=dict)
 

@@ -206,7 +206,7 @@ def render_markdown(summary: dict) -> str:
                 pct = " | ".join(_fmt(p[k], 2) for k in PERCENTILES)
                 lines.append(
                     f"| {p['concurrency']} | {p['throughput']:.1f} | {pct} | {_fmt(p['avg'], 2)} | "
-                    f"{p['requests']} | {p['failures']} |"
+                    f"{'-' if p['requests'] is None else p['requests']} | {p['failures']} |"
                 )
             lines.append("")
             top = data.get("best") or {}
