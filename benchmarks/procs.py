@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from converters.errors import Unavailable
+from converters.triton_server import group_members
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,17 @@ class ManagedProcess:
                 break
             except subprocess.TimeoutExpired:
                 log.warning("%s (pid %d) did not stop on %s", self.name, self.pid, sig.name)
-        # The leader may be gone while members of its group live on: make sure none is left.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+        # The leader may be gone while members of its group live on: make sure none is left, and
+        # wait until the kernel has taken them down (orphans are reaped by init, not by us).
+        deadline = time.monotonic() + 5.0
+        while group_members(self.pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            time.sleep(0.02)
+        if group_members(self.pid):
+            log.error(
+                "%s: processes %s of group %d survived SIGKILL", self.name, group_members(self.pid), self.pid
+            )
         return self.popen.returncode
 
 
