@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -204,9 +205,27 @@ def perf_sweep(
                 f"perf_analyzer {model} {protocol} at concurrency {level} failed "
                 f"(exit {done.returncode}):\n{tail}"
             )
-        points += parse_perf_analyzer_csv(level_csv)
+        level_points = parse_perf_analyzer_csv(level_csv)
+        counts = server_counts(log_path.read_text(errors="replace"))
+        for point in level_points:
+            point.extra.update(counts)
+        points += level_points
     _merge_csv([csv_path.with_name(f"{csv_path.stem}_c{level}.csv") for level in levels], csv_path)
     return sorted(points, key=lambda p: p.concurrency)
+
+
+def server_counts(output: str) -> dict:
+    """Triton's own counts for the measured window, from perf_analyzer's report: inferences (items),
+    executions (model runs) and their ratio, the average batch the dynamic batcher formed."""
+    inferences = re.search(r"Server:\s+Inference count: (\d+)\s+Execution count: (\d+)", output)
+    if not inferences:
+        return {}
+    items, executions = int(inferences.group(1)), int(inferences.group(2))
+    return {
+        "server_inferences": items,
+        "server_executions": executions,
+        "avg_batch": round(items / executions, 2) if executions else None,
+    }
 
 
 def _merge_csv(parts: list[Path], target: Path) -> None:

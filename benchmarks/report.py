@@ -213,8 +213,10 @@ def render_markdown(summary: dict) -> str:
             breakdown = (top.get("extra") or {}).get("breakdown_ms")
             if breakdown:
                 parts = ", ".join(f"{k} {v:.2f}" for k, v in breakdown.items())
+                batch = top["extra"].get("avg_batch")
                 lines += [
-                    f"Where a request's time goes at x = {top['concurrency']} (perf_analyzer, ms): {parts}.",
+                    f"Where a request's time goes at x = {top['concurrency']} (perf_analyzer, ms): {parts}."
+                    + (f" Triton ran {batch} items per model execution on average." if batch else ""),
                     "",
                 ]
         if workload.get("plot"):

@@ -86,13 +86,20 @@ def test_perf_analyzer_csv_of_a_real_sweep(perf_analyzer_run):
     # The kept CSV holds the header once and one row per level, and parses to the same points.
     lines = csv_path.read_text().splitlines()
     assert lines[0].startswith("Concurrency,Inferences/Second,") and len(lines) == 3
-    assert parse_perf_analyzer_csv(csv_path) == points
+    fields = ("concurrency", "throughput", "p50", "p90", "p95", "p99", "avg")
+    parsed = parse_perf_analyzer_csv(csv_path)
+    assert [[getattr(p, f) for f in fields] for p in parsed] == [
+        [getattr(p, f) for f in fields] for p in points
+    ]
     for point in points:
         assert point.throughput > 0
         assert 0 < point.p50 <= point.p90 <= point.p95 <= point.p99
         breakdown = point.extra["breakdown_ms"]
         assert breakdown["Server Compute Infer"] > 0
         assert point.avg == pytest.approx(sum(breakdown.values()))
+        # Triton's own counts of the window, from perf_analyzer's report.
+        assert point.extra["server_inferences"] >= point.extra["server_executions"] > 0
+        assert point.extra["avg_batch"] >= 1
 
 
 @pytest.mark.triton
