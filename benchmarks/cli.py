@@ -168,15 +168,15 @@ def main_run(argv: list[str]) -> int:
         command="python -m benchmarks " + shlex.join(argv) if argv else "python -m benchmarks",
     )
     summary, paths = run_benchmarks(options)
-    print(f"run folder: {options.out_dir}")
-    print(f"report: {paths['report']}")
-    print(report.summary_table(summary))
     if summary["errors"]:
         print(f"{len(summary['errors'])} error(s), see report.md:", file=sys.stderr)
         for error in summary["errors"]:
             print(f"  {error.splitlines()[0]}", file=sys.stderr)
-        return 1
-    return 0
+        sys.stderr.flush()
+    print(f"run folder: {options.out_dir}")
+    print(f"report: {paths['report']}")
+    print(report.summary_table(summary))  # last
+    return 1 if summary["errors"] else 0
 
 
 def main_tune(argv: list[str]) -> int:
