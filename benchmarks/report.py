@@ -164,7 +164,9 @@ def render_markdown(summary: dict) -> str:
         f"command `{summary['command']}`.",
         "",
         "One item = one sentence or one image; every served request carries one item. Throughput is items/s; "
-        "latencies are in ms (per request for the served stacks, per `session.run` call for the ceiling).",
+        "latencies are in ms (per request for the served stacks, per `session.run` call for the ceiling). "
+        "The load generators (perf_analyzer, Locust) run on the same machine and take CPU from what they "
+        "measure, as does anything else running on it meanwhile (see the load average below).",
         "",
     ]
     if summary.get("notes"):
