@@ -157,6 +157,10 @@ def _goal_line(goal: dict) -> str:
     return f"- **{verdict}**: {goal['goal']}: measured {_ratio_text(goal['value'])} (goal {target})"
 
 
+def _loads(values: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in values)
+
+
 def render_markdown(summary: dict) -> str:
     lines = [f"# Benchmark report ({summary['mode']} run)", ""]
     lines += [
@@ -232,7 +236,12 @@ def render_markdown(summary: dict) -> str:
         f"- CPU: {machine['cpu_model']}, {machine['cores']} cores ({machine['cores_usable']} usable), "
         f"{machine['memory_gib']} GiB",
         f"- {machine['platform']}, Python {machine['python']}",
-        f"- load average at start: {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])}",
+        f"- load average (1, 5, 15 min) at start: {_loads(machine['load_average_at_start'])}"
+        + (
+            f"; at the end: {_loads(machine['load_average_at_end'])}"
+            if machine.get("load_average_at_end")
+            else ""
+        ),
         "",
         "## Package versions",
         "",

@@ -435,6 +435,7 @@ class Run:
             finished = datetime.now(UTC)
             summary["finished_at"] = finished.strftime("%Y-%m-%dT%H:%M:%SZ")
             summary["duration_s"] = (finished - started).total_seconds()
+            summary["machine"]["load_average_at_end"] = list(os.getloadavg())
             summary["workloads"] = self._finish_workloads()
             summary["errors"] = self.errors
             summary["notes"] = self.notes
