@@ -5,10 +5,11 @@ It speaks the same routes and bodies as the Bento service (``service.py``: ``/em
 ``/embed/batch`` with ``texts``, ``/predict`` with a base64 ``image``), so the same Locust user
 (``benchmarks/locustfile.py:BentoUser``) drives both and the comparison is request for request.
 
-    python -m benchmarks.baseline_fastapi --text-model DIR --checkpoint CKPT --port 0
+    python -m benchmarks.baseline_fastapi --text-model DIR --checkpoint CKPT --port PORT
 
-``--fd N`` serves on an already-listening socket handed down by the parent (how the benchmark run
-starts it, with no port race); ``--port 0`` lets the kernel pick and logs the port.
+It listens on 127.0.0.1 only. (Not on an inherited socket: uvicorn takes a ``--fd`` socket for a
+UNIX one and leaves Nagle's algorithm on, which adds ~40 ms to every small response and would make
+the baseline look worse than what teams actually run.)
 """
 
 from __future__ import annotations
@@ -156,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--module", default=DEFAULT_MODULE, help=f"LightningModule class (default {DEFAULT_MODULE})"
     )
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--fd", type=int, help="serve on this inherited listening socket")
-    where.add_argument("--port", type=int, help="serve on 127.0.0.1:PORT (0: the kernel picks)")
+    parser.add_argument(
+        "--port", type=int, required=True, help="serve on 127.0.0.1:PORT (0: the kernel picks)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.text_model is None and args.checkpoint is None:
@@ -170,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     app = create_app(args.text_model, args.checkpoint, args.module)
-    if args.fd is not None:
-        uvicorn.run(app, fd=args.fd, log_level="warning", access_log=False)
-    else:
-        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="info", access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="info", access_log=False)
     return 0
 
 

@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from converters.errors import Unavailable
@@ -185,17 +185,3 @@ def wait_http_ok(
     name = proc.name if proc is not None else url
     tail = f"; its log ({proc.log_path}) ends with:\n{proc.log_tail()}" if proc is not None else ""
     raise Unavailable(f"{name}: {url} not ready after {timeout_s:.0f} s ({last_error}){tail}")
-
-
-@contextlib.contextmanager
-def bound_socket() -> Iterator[socket.socket]:
-    """A listening socket on 127.0.0.1, port chosen by the kernel, to hand to a server (no race)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(2048)
-        sock.set_inheritable(True)
-        yield sock
-    finally:
-        sock.close()

@@ -33,7 +33,7 @@ from benchmarks import report
 from benchmarks.ceiling import measure_ceiling
 from benchmarks.loadgen import LocustRun, perf_sweep, run_locust
 from benchmarks.plans import Plan
-from benchmarks.procs import ProcessSet, bound_socket, free_port, wait_http_ok
+from benchmarks.procs import ProcessSet, free_port, wait_http_ok
 from benchmarks.workloads import Inputs, Workload, load_inputs, write_perf_analyzer_data
 from converters.errors import CheckFailed, InvalidArgument, NotFound
 from converters.repository import Repository, default_repository
@@ -369,15 +369,14 @@ class Run:
                         "module", "converters.examples.image_classifier:ImageClassifier"
                     ),
                 ]
-        with bound_socket() as sock:
-            proc = procs.start(
-                "fastapi-eager",
-                [*argv, "--fd", str(sock.fileno())],
-                log_path=self.out / "logs" / "fastapi_eager.log",
-                cwd=ROOT,
-                pass_fds=[sock.fileno()],
-            )
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        port = free_port()
+        proc = procs.start(
+            "fastapi-eager",
+            [*argv, "--port", str(port)],
+            log_path=self.out / "logs" / "fastapi_eager.log",
+            cwd=ROOT,
+        )
+        url = f"http://127.0.0.1:{port}"
         waited = wait_http_ok(f"{url}/healthz", proc=proc, timeout_s=90)
         log.info("fastapi-eager baseline ready at %s after %.1f s", url, waited)
         return url
