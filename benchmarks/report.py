@@ -157,6 +157,13 @@ def _goal_line(goal: dict) -> str:
     return f"- **{verdict}**: {goal['goal']}: measured {_ratio_text(goal['value'])} (goal {target})"
 
 
+def _files_text(files: list[str]) -> str:
+    """A few files by name; more as their common prefix and a count (Locust writes 4 per level)."""
+    if len(files) <= 2:
+        return ", ".join(f"`{f}`" for f in files)
+    return f"`{os.path.commonprefix(files)}*` ({len(files)} files)"
+
+
 def _loads(values: list[float]) -> str:
     return ", ".join(f"{x:.2f}" for x in values)
 
@@ -200,8 +207,7 @@ def render_markdown(summary: dict) -> str:
             if not data:
                 continue
             lines += [
-                f"**{label}**"
-                + (f"; files: {', '.join(f'`{f}`' for f in data['files'])}" if data.get("files") else ""),
+                f"**{label}**" + (f"; files: {_files_text(data['files'])}" if data.get("files") else ""),
                 "",
             ]
             lines += [
