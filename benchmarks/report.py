@@ -117,6 +117,25 @@ def compute_ratios(stacks: dict[str, dict]) -> dict:
     return ratios
 
 
+def equal_p99_table(stacks: dict[str, dict]) -> list[dict]:
+    """Bento against the baseline at every p99 the baseline was measured at: each stack's most
+    throughput within that p99 (``throughput_at_p99``), and their ratio. The goal is judged at the
+    baseline's best point (``compute_ratios``); this shows the rest of the curve."""
+    baseline, bento = _points(stacks.get("fastapi-eager")), _points(stacks.get("bento"))
+    rows = []
+    for target in sorted({p.p99 for p in baseline}):
+        base_tp, bento_tp = throughput_at_p99(baseline, target), throughput_at_p99(bento, target)
+        rows.append(
+            {
+                "p99_ms": target,
+                "fastapi-eager": base_tp,
+                "bento": bento_tp,
+                "ratio": (bento_tp or 0.0) / base_tp if base_tp else None,
+            }
+        )
+    return rows
+
+
 def evaluate_goals(ratios: dict) -> list[dict]:
     goals = []
     for stack, against, minimum, text in GOALS:
@@ -200,6 +219,21 @@ def render_markdown(summary: dict) -> str:
                 text = _ratio_text(value)
             lines.append(f"| {name} | {key} | {text} |")
     lines.append("")
+    for name, workload in summary["workloads"].items():
+        if workload.get("equal_p99"):
+            lines += [
+                f"Bento against FastAPI-eager on **{name}** at each p99 the baseline reached "
+                "(each stack's most items/s within it):",
+                "",
+                "| p99 within (ms) | FastAPI-eager items/s | Bento items/s | Bento / FastAPI-eager |",
+                "|---:|---:|---:|---:|",
+            ]
+            for row in workload["equal_p99"]:
+                ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+                lines.append(
+                    f"| {row['p99_ms']:.1f} | {_fmt(row['fastapi-eager'])} | {_fmt(row['bento'])} | {ratio} |"
+                )
+            lines.append("")
     for name, workload in summary["workloads"].items():
         lines += [f"## {name}: {workload['description']}", ""]
         for stack, label in STACKS.items():

@@ -457,6 +457,7 @@ class Run:
                 "stacks": stacks,
                 "ratios": ratios,
                 "goals": report.evaluate_goals(ratios),
+                "equal_p99": report.equal_p99_table(stacks),
             }
         return result
 

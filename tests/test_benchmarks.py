@@ -311,6 +311,9 @@ def test_quick_run_writes_a_report_with_positive_figures(model_repo, tmp_path):
         ratios = workload["ratios"]
         assert ratios["triton/ceiling"] > 0 and ratios["bento/ceiling"] > 0
         assert ratios["bento/fastapi-eager@p99"]["fastapi-eager"] > 0
+        assert [row["p99_ms"] for row in workload["equal_p99"]] == sorted(
+            p["p99"] for p in workload["stacks"]["fastapi-eager"]["points"]
+        )
         assert [g["met"] in (True, False) for g in workload["goals"]] == [True, True, True]
         # The raw files of the tools are kept where the summary says.
         for data in workload["stacks"].values():
