@@ -259,6 +259,20 @@ def test_cli_refuses_a_non_empty_out_folder(model_repo, tmp_path, capsys):
 # ---- a whole run ---------------------------------------------------------------------------------
 
 
+def quick_run_argv(out: Path, repository: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "--quick",
+        "--out",
+        str(out),
+        "--repository",
+        str(repository),
+        *extra,
+    ]
+
+
 @pytest.mark.triton
 @pytest.mark.bento
 @pytest.mark.slow
@@ -271,18 +285,7 @@ def test_quick_run_writes_a_report_with_positive_figures(model_repo, tmp_path):
     env = {**os.environ, "MODELPACK_BENCH_TIME_SCALE": "0.2"}
     start = time.monotonic()
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--out",
-            str(out),
-            "--repository",
-            str(model_repo),
-            "--workloads",
-            "minilm-short",
-        ],
+        quick_run_argv(out, model_repo, "--workloads", "minilm-short"),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -406,20 +409,7 @@ def test_sigterm_mid_run_stops_every_process_and_keeps_what_was_measured(model_r
 
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--out",
-            str(out),
-            "--repository",
-            str(model_repo),
-            "--workloads",
-            "image",
-            "--stacks",
-            "ceiling,triton",
-        ],
+        quick_run_argv(out, model_repo, "--workloads", "image", "--stacks", "ceiling,triton"),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
