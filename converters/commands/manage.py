@@ -101,7 +101,8 @@ def run_rollback(args: argparse.Namespace) -> int:
 
     repo = Repository(args.repository)
     name = validate_name(args.name)
-    versions = [repo.require(name, v) for v in repo.versions(name)]
+    repo.require(name)  # NotFound naming the models there, before any version is looked at
+    versions = repo.versions(name)
     if args.to == "latest":
         repo.set_version_policy(name, "latest")
     else:
