@@ -442,11 +442,7 @@ class Repository:
 
     def set_version_policy(self, name: str, policy: str | list[int]) -> mc.ModelConfig:
         """Change which versions Triton serves (atomically); nothing is deleted."""
-        with self.lock(name):
-            config = self.config(name)
-            config.version_policy.CopyFrom(version_policy(policy))
-            write_config(self.model_dir(name) / CONFIG, config)
-        return config
+        return self.update_config(name, lambda config: config.version_policy.CopyFrom(version_policy(policy)))
 
     def update_config(self, name: str, change: Callable[[mc.ModelConfig], None]) -> mc.ModelConfig:
         """Apply ``change`` to the entry's config under the model lock and write it atomically."""
