@@ -33,10 +33,11 @@ from benchmarks import report
 from benchmarks.ceiling import measure_ceiling
 from benchmarks.loadgen import LocustRun, perf_sweep, run_locust
 from benchmarks.plans import Plan
-from benchmarks.procs import ProcessSet, free_port, wait_http_ok
+from benchmarks.procs import ProcessSet, wait_http_ok
 from benchmarks.workloads import Inputs, Workload, load_inputs, write_perf_analyzer_data
 from converters.errors import CheckFailed, InvalidArgument, NotFound
 from converters.repository import Repository, default_repository
+from converters.triton_server import free_port
 
 log = logging.getLogger(__name__)
 
