@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from converters.commands.convert import add_repository_flag
 from converters.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Start tritonserver on 127.0.0.1 with explicit model control, load the repository's "
         "models, wait until they are ready, and serve until Ctrl-C or SIGTERM.",
     )
-    serve.add_argument(
-        "--repository",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="model repository (default: model_repository/ at the project root)",
-    )
+    add_repository_flag(serve)
     for kind, port in DEFAULT_PORTS.items():
         serve.add_argument(
             f"--{kind}-port",
@@ -93,7 +88,7 @@ def _stop_on_sigterm(signum, frame) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from converters.repository import default_repository
+    from converters.repository import Repository, default_repository
     from converters.triton_server import TritonServer
 
     repository = (args.repository or default_repository()).resolve()
@@ -103,7 +98,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "(python -m converters hf PATH --name NAME) or pass --repository DIR",
             field="repository",
         )
-    names = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+    names = Repository(repository).models()
     if args.models:
         unknown = sorted(set(args.models) - set(names))
         if unknown:
