@@ -75,7 +75,6 @@ class Inputs:
     workload: Workload
     tensors: list[dict[str, np.ndarray]]  # one dict per item, without the batch axis
     texts: list[str] | None = None
-    images: list[np.ndarray] | None = None  # float32 CHW, already normalised as the model expects
     png_b64: list[str] | None = None  # the raw images, PNG, base64
 
     def batch(self, size: int, offset: int = 0) -> dict[str, np.ndarray]:
@@ -144,16 +143,15 @@ def _image_inputs(workload: Workload, manifest: dict, samples: int) -> Inputs:
     std = np.asarray(pre.get("std", [1.0] * channels), dtype=np.float32).reshape(channels, 1, 1)
     scale = float(pre.get("scale", 1 / 255))
     rng = np.random.default_rng(0)
-    tensors, images, pngs = [], [], []
+    tensors, pngs = [], []
     for _ in range(samples):
         raw = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
         chw = ((raw.transpose(2, 0, 1).astype(np.float32) * scale) - mean) / std
         tensors.append({"input": chw.astype(np.float32)})
-        images.append(chw.astype(np.float32))
         buffer = io.BytesIO()
         Image.fromarray(raw if channels == 3 else raw[..., 0]).save(buffer, format="PNG")
         pngs.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
-    return Inputs(workload, tensors, images=images, png_b64=pngs)
+    return Inputs(workload, tensors, png_b64=pngs)
 
 
 def write_perf_analyzer_data(inputs: Inputs, path: Path) -> Path:
