@@ -117,7 +117,8 @@ def tune_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="where the curve and logs go (default beside the config: <repo>/<name>/tuning/)",
+        help="folder for tuning.json/.csv, raw perf_analyzer files under its raw/ (default: the curve "
+        "beside the config in <repo>/<name>/, raw files under runs/tune-<name>-<time>/)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="measure and report, but do not write the config"
