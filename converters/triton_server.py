@@ -386,17 +386,10 @@ class TritonServer:
             time.sleep(0.1)
 
     def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as reply:
-                if reply.status != 200:
-                    return False
-        except (urllib.error.URLError, OSError):
-            return False
-        for name in self.models or []:
+        paths = ["health/ready", *(f"models/{name}/ready" for name in self.models or [])]
+        for path in paths:
             try:
-                with urllib.request.urlopen(
-                    f"http://{self.http_url}/v2/models/{name}/ready", timeout=2
-                ) as reply:
+                with urllib.request.urlopen(f"http://{self.http_url}/v2/{path}", timeout=2) as reply:
                     if reply.status != 200:
                         return False
             except (urllib.error.URLError, OSError):
@@ -429,9 +422,7 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver %s did not stop in %.0fs; killing it", pgid, timeout)
             self._end_group(pgid, min(timeout, 10.0))
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        self._close_log()
 
     def kill(self) -> None:
         """SIGKILL the server and its stubs at once, as a crash would (ports are kept for start())."""
@@ -441,6 +432,9 @@ class TritonServer:
             self._signal_group(process.pid, signal.SIGKILL)
             process.wait()
             self._end_group(process.pid, 10.0)
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -478,9 +472,7 @@ class TritonServer:
     def client(self):
         """A tritonclient HTTP client for this server; close it (``with server.client() as c:``): Triton
         waits up to ``exit_timeout_s`` for open HTTP connections when it stops."""
-        import tritonclient.http as httpclient
-
-        return httpclient.InferenceServerClient(self.http_url, network_timeout=300.0, connection_timeout=10.0)
+        return _client(self.http_url, connection_timeout=10.0)
 
     def load(self, name: str, config: dict | None = None) -> list[str]:
         """(Re)load a model: versions come and go by its version_policy. Returns the ready versions."""
@@ -501,10 +493,10 @@ class TritonServer:
 # ---- against any running server (the CLI's status/load/unload) ---------------------------------------
 
 
-def _client(url: str):
+def _client(url: str, connection_timeout: float = 5.0):
     import tritonclient.http as httpclient
 
-    return httpclient.InferenceServerClient(url, network_timeout=300.0, connection_timeout=5.0)
+    return httpclient.InferenceServerClient(url, network_timeout=300.0, connection_timeout=connection_timeout)
 
 
 def _unreachable(url: str, err: Exception) -> Unavailable:
