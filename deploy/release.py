@@ -33,7 +33,9 @@ from converters.triton_config import read_config, write_config
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("cpu", "gpu")
+# The instance_group kind each target's nodes need.
+KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
+TARGETS = tuple(KINDS)
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 
 
@@ -46,22 +48,22 @@ class ExportResult:
     changes: list[str] = field(default_factory=list)
 
 
-def _target(target: str) -> str:
-    if target not in TARGETS:
+def _kind(target: str) -> int:
+    """The instance_group kind for ``target``; InvalidArgument naming --target when it is not one."""
+    if target not in KINDS:
         raise InvalidArgument(f"--target: {target!r} is not one of {', '.join(TARGETS)}", field="target")
-    return target
+    return KINDS[target]
 
 
 def release_problems(root: str | os.PathLike, target: str) -> list[str]:
     """Every reason NVIDIA's Triton image on ``target`` nodes would not serve ``root`` as intended."""
-    _target(target)
+    want = _kind(target)
     repo = Repository(root)
     if not repo.root.is_dir():
         raise NotFound(f"{repo.root}: no model repository there", field="repository")
     names = repo.models()
     if not names:
         return [f"{repo.root}: no model entries (folders with a config.pbtxt)"]
-    want = mc.ModelInstanceGroup.KIND_GPU if target == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     problems = []
     for name in names:
         try:
@@ -111,7 +113,7 @@ def check(root: str | os.PathLike, target: str) -> None:
 
 def export(source: str | os.PathLike, destination: str | os.PathLike, target: str) -> ExportResult:
     """Copy ``source`` to the new folder ``destination`` with configs for NVIDIA's image on ``target``."""
-    _target(target)
+    kind = _kind(target)
     repo = Repository(source)
     destination = Path(destination).absolute()
     if not repo.models():
@@ -123,7 +125,6 @@ def export(source: str | os.PathLike, destination: str | os.PathLike, target: st
         )
     if destination == repo.root or repo.root in destination.parents:
         raise InvalidArgument(f"{destination}: must be outside the source {repo.root}", field="destination")
-    kind = mc.ModelInstanceGroup.KIND_GPU if target == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     staging = destination.parent / f".{destination.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
