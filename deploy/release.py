@@ -116,7 +116,8 @@ def export(source: str | os.PathLike, destination: str | os.PathLike, target: st
     kind = _kind(target)
     repo = Repository(source)
     destination = Path(destination).absolute()
-    if not repo.models():
+    names = repo.models()
+    if not names:
         raise NotFound(f"{repo.root}: no model entries to export", field="source")
     if destination.exists() and any(destination.iterdir()):
         raise InvalidArgument(
@@ -130,7 +131,7 @@ def export(source: str | os.PathLike, destination: str | os.PathLike, target: st
     staging.mkdir(parents=True)
     changes: list[str] = []
     try:
-        for name in repo.models():
+        for name in names:
             with repo.lock(name):
                 shutil.copytree(
                     repo.model_dir(name), staging / name, ignore=shutil.ignore_patterns(".*", "*.tmp")
@@ -158,7 +159,7 @@ def export(source: str | os.PathLike, destination: str | os.PathLike, target: st
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log.info("exported %s to %s for %s nodes", repo.root, destination, target)
-    return ExportResult(repo.root, destination, target, repo.models(), changes)
+    return ExportResult(repo.root, destination, target, names, changes)
 
 
 def main(argv: list[str] | None = None) -> int:
