@@ -31,9 +31,9 @@ pytestmark = [pytest.mark.triton, pytest.mark.bento, pytest.mark.slow]
 # ---- the in-process pipeline the service must equal ----------------------------------------------
 
 
-def reference_embeddings(version_dir: Path, texts: list[str]) -> np.ndarray:
-    """Tokenize with transformers' AutoTokenizer, run model.onnx in ONNX Runtime (pooling and L2
-    normalisation are inside the graph)."""
+def reference_outputs(version_dir: Path, texts: list[str], output: str = "embeddings") -> np.ndarray:
+    """Tokenize with transformers' AutoTokenizer, run model.onnx in ONNX Runtime and return ``output``
+    (``embeddings``: pooling and L2 normalisation are inside the graph; ``logits`` of a classifier)."""
     import json
 
     import onnxruntime as ort
@@ -50,7 +50,7 @@ def reference_embeddings(version_dir: Path, texts: list[str]) -> np.ndarray:
     )
     session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     feeds = {name: encoded[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
-    return session.run(["embeddings"], feeds)[0]
+    return session.run([output], feeds)[0]
 
 
 def reference_image_probs(version_dir: Path, pixels: np.ndarray) -> np.ndarray:
@@ -94,7 +94,7 @@ def error_field(response: httpx.Response) -> str:
 
 def test_embed_equals_in_process_pipeline(bento_server, model_repo):
     texts = list(SENTENCES)
-    expected = reference_embeddings(model_repo / "minilm" / "1", texts)
+    expected = reference_outputs(model_repo / "minilm" / "1", texts)
 
     single = post(bento_server, "/embed", {"text": texts[3]})
     assert single.status_code == 200, single.text
@@ -111,7 +111,7 @@ def test_embed_equals_in_process_pipeline(bento_server, model_repo):
 
 def test_similarity_ranks_like_in_process_cosine(bento_server, model_repo):
     query, candidates = "Where is the capital of France?", list(SENTENCES)
-    vectors = reference_embeddings(model_repo / "minilm" / "1", [query, *candidates])
+    vectors = reference_outputs(model_repo / "minilm" / "1", [query, *candidates])
     scores = vectors[1:] @ vectors[0]
 
     response = post(bento_server, "/similarity", {"query": query, "candidates": candidates, "top_k": 3})
@@ -301,23 +301,11 @@ def canary(model_repo, minilm_path, tmp_path_factory):
         triton.stop()
 
 
-def reference_logits(version_dir: Path, texts: list[str]) -> np.ndarray:
-    import onnxruntime as ort
-    from transformers import AutoTokenizer
-
-    encoded = AutoTokenizer.from_pretrained(version_dir / "tokenizer")(
-        texts, padding=True, truncation=True, max_length=256, return_tensors="np"
-    )
-    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {name: encoded[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
-    return session.run(["logits"], feeds)[0]
-
-
 def test_classify_equals_in_process_pipeline(canary):
     bento, _ = canary
     version_dir = Path(bento.config).parent / "repository" / "classifier" / "1"
     texts = list(SENTENCES[:4])
-    logits = reference_logits(version_dir, texts)
+    logits = reference_outputs(version_dir, texts, "logits")
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
 
