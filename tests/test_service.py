@@ -283,21 +283,23 @@ def canary(model_repo, minilm_path, tmp_path_factory):
     convert_hf(minilm_path, "classifier", task="text-classification", repository=repo)
 
     triton = TritonServer(repo, log_path=folder / "tritonserver.log").start()
-    config = write_service_config(
-        folder / "service.yaml",
-        repo,
-        triton.grpc_url,
-        [
-            {"name": "minilm", "task": "feature-extraction", "versions": {1: 90, 2: 10}},
-            {"name": "classifier", "task": "text-classification", "top_k": 1},
-        ],
-        triton={"url": triton.grpc_url, "timeout_s": 2, "retry_after_s": 3, "ready_timeout_s": 1},
-    )
-    bento = BentoServer(config, folder / "home", folder / "bento.log").start()
-    try:
-        yield bento, triton
+    try:  # Triton stops even when the Bento fails to start
+        config = write_service_config(
+            folder / "service.yaml",
+            repo,
+            triton.grpc_url,
+            [
+                {"name": "minilm", "task": "feature-extraction", "versions": {1: 90, 2: 10}},
+                {"name": "classifier", "task": "text-classification", "top_k": 1},
+            ],
+            triton={"url": triton.grpc_url, "timeout_s": 2, "retry_after_s": 3, "ready_timeout_s": 1},
+        )
+        bento = BentoServer(config, folder / "home", folder / "bento.log").start()
+        try:
+            yield bento, triton
+        finally:
+            bento.stop()
     finally:
-        bento.stop()
         triton.stop()
 
 
