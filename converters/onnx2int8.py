@@ -22,12 +22,12 @@ import numpy as np
 from converters.errors import CheckFailed, InvalidArgument
 from converters.inputs import TYPICAL, EntryInputs
 from converters.pipeline import publish
-from converters.repository import CONFIG, Repository, parse_ref
+from converters.repository import Repository, parse_ref
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
 from converters.specs import TASK_SPECS
 from converters.speed import throughput
-from converters.triton_config import read_config, version_policy
+from converters.triton_config import version_policy
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,6 @@ def quantize(
                 " and ".join(str(b) for b in SPEED_BATCHES),
                 name,
             )
-        config = read_config(repo.model_dir(name) / CONFIG)
+        config = repo.config(name)
         config.version_policy.CopyFrom(version_policy("latest"))
         return publish(repo, staged, steps, manifest=manifest, config=config)
