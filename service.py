@@ -64,6 +64,7 @@ from starlette.responses import Response
 
 from converters.errors import InvalidArgument, NotFound, PayloadTooLarge, ToolkitError, Unavailable
 from converters.repository import Repository, validate_name
+from converters.specs import TEXT_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ TRITON_URL_ENV = "MODELPACK_TRITON_URL"
 REPOSITORY_ENV = "MODELPACK_REPOSITORY"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "service.yaml"
 
-TASKS = ("feature-extraction", "text-classification", "image-classification")
-TEXT_TASKS = ("feature-extraction", "text-classification")
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # The request id of the request being served, for log lines and error bodies.
