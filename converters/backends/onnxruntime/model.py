@@ -332,7 +332,7 @@ class TritonPythonModel:
                 return
             errors[group[0]] = f"{self.name}: ONNX Runtime failed on this request: {err}"
             return
-        if len(group) == 1:  # nothing merged, nothing to cut back
+        if len(group) == 1:
             results[group[0]] = dict(zip(self.output_names, outputs, strict=True))
             return
         start = 0
@@ -345,7 +345,10 @@ class TritonPythonModel:
             }
 
     def _merge(self, group: list[dict]) -> tuple[dict, list[dict]]:
-        """Concatenate the requests' inputs along the batch axis, padding ragged axes with zeros."""
+        """Concatenate the requests' inputs along the batch axis, padding ragged axes with zeros; with
+        each request's sizes (batch rows, symbolic axes), to cut the outputs back."""
+        if len(group) == 1:  # nothing to merge, nothing to cut back
+            return group[0], []
         lengths = []
         for arrays in group:
             sizes = {"batch": next(iter(arrays.values())).shape[0] if self.batched else 1}
@@ -355,8 +358,6 @@ class TritonPythonModel:
                     if symbol is not None:
                         sizes[symbol] = size
             lengths.append(sizes)
-        if len(group) == 1:
-            return group[0], lengths
         feeds = {}
         for tensor in self.inputs:
             parts = [arrays[tensor.name] for arrays in group]
