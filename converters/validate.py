@@ -45,7 +45,9 @@ def _fp32_parity(manifest: dict, version_dir: Path, *, trust_checkpoint: bool):
         from converters.hf2onnx import load, text_parity
         from converters.inputs import load_tokenizer
 
-        _, module, _ = load(source, manifest["task"])
+        # Embeddings are checked against sentence-transformers, which loads the folder itself: the
+        # PyTorch module is the reference for logits only.
+        module = None if manifest["task"] == "feature-extraction" else load(source, manifest["task"])[1]
         tokenizer = load_tokenizer(version_dir / manifest["preprocessing"]["tokenizer"])
         max_length = int(manifest["preprocessing"]["max_length"])
         return text_parity(model_path, source, manifest["task"], module, tokenizer, max_length, atol, rtol)
