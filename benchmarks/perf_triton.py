@@ -166,12 +166,13 @@ def _sweep(
     """perf_analyzer one level at a time, with the server's and the client's CPU time per item and the
     mean batch Triton formed, from its own statistics."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
-    points = []
+    points, level_csvs = [], []
     for level in levels:
         server_cpu, client_cpu = server.cpu_times(), _children_cpu_s()
         items, executions = _counts(server, model)
         # One level per call (its CPU and counts are per level); the levels' CSVs are merged below.
         level_csv = csv_path.with_name(f"{csv_path.stem}_c{level}.csv")
+        level_csvs.append(level_csv)
         point = perf_sweep(model, url, protocol, [level], data, level_csv, window_ms=window_ms)[0]
         served, executed = _counts(server, model)
         items, executions = served - items, executed - executions
@@ -180,7 +181,7 @@ def _sweep(
             point.extra["client_cpu_ms_per_item"] = (_children_cpu_s() - client_cpu) * 1000 / items
             point.extra["avg_batch"] = items / max(executions, 1)
         points.append(point)
-    _merge_csv([csv_path.with_name(f"{csv_path.stem}_c{level}.csv") for level in levels], csv_path)
+    _merge_csv(level_csvs, csv_path)
     return points
 
 
