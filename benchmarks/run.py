@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "benchmarks" / "locustfile.py"
 STACK_CHOICES = ("ceiling", "triton", "bento", "baseline")
-MODELS = {"minilm": "feature-extraction", "image_classifier": "image-classification"}
 # The route of the Bento service (and of the baseline, which mirrors it) for one item of each kind.
 ROUTES = {"text": "/embed", "image": "/predict"}
 WARM_UP_REQUESTS = 8
@@ -352,23 +351,22 @@ class Run:
     def baseline(self, procs: ProcessSet, repo: Repository, models: list[str]) -> str:
         argv = [sys.executable, "-m", "benchmarks.baseline_fastapi"]
         for model in models:
-            source = Path(repo.manifest(model)["source"]["path"])
+            manifest = repo.manifest(model)
+            source = Path(manifest["source"]["path"])
             if not source.exists():
                 raise NotFound(
                     f"{model}: its source {source} (manifest source.path) is gone; the "
                     "FastAPI-eager baseline runs the original PyTorch model from it",
                     field="source",
                 )
-            if MODELS.get(model) == "feature-extraction":
+            if manifest.get("task") == "feature-extraction":
                 argv += ["--text-model", str(source)]
             else:
                 argv += [
                     "--checkpoint",
                     str(source),
                     "--module",
-                    repo.manifest(model).get(
-                        "module", "converters.examples.image_classifier:ImageClassifier"
-                    ),
+                    manifest.get("module", "converters.examples.image_classifier:ImageClassifier"),
                 ]
         port = free_port()
         proc = procs.start(
