@@ -169,27 +169,29 @@ def _first_line(message: str) -> str:
     return message.split("\\n", 1)[0].strip()
 
 
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command (state, ppid, pgrp, ...), or None when the
+    process is gone. The command may hold spaces and parentheses: the fields start after the last ')'."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def group_members(pgid: int) -> list[int]:
     """The live processes (zombies excepted) of process group ``pgid``, read from /proc."""
     members = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # The fields after the command (which may hold spaces) start after the last ')'.
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        fields = proc_stat(entry.name) if entry.name.isdigit() else None
+        if fields and int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
 
 
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process so far (0 if it is gone)."""
-    try:
-        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = proc_stat(pid)
+    if fields is None:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from converters.triton_server import free_port, proc_stat
+
 
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
@@ -95,16 +97,13 @@ class BentoServer:
 
     def start(self, timeout: float = 90.0, *, ready: bool = True) -> BentoServer:
         import os
-        import socket
         import subprocess
         import sys
         import time
 
         import httpx
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         root = Path(__file__).resolve().parent.parent
         env = {
             **os.environ,
@@ -181,12 +180,9 @@ def _descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (from /proc's parent links)."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
+        fields = proc_stat(entry.name) if entry.name.isdigit() else None
+        if fields:
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
     found, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):
@@ -197,11 +193,8 @@ def _descendants(pid: int) -> list[int]:
 
 def _alive(pid: int) -> bool:
     """Running (not gone, not a zombie waiting for its parent)."""
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def write_service_config(
