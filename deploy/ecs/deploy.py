@@ -250,14 +250,20 @@ def _differences(current: dict, wanted: dict) -> list[str]:
     return reasons
 
 
+def _task_definition_state(ecs, task: dict) -> tuple[str, str | None, bool]:
+    """(the rendered definition's hash, the family's latest ACTIVE revision or None, whether a new
+    revision is needed: the latest one was registered from another definition, or there is none)."""
+    digest = definition_sha256(task)
+    latest_arn, latest_hash = _latest_revision(ecs, task["family"])
+    return digest, latest_arn, latest_hash != digest
+
+
 def plan(ecs, definitions: Definitions) -> Plan:
     """Compare the rendered definitions with what ECS has; read-only calls only."""
     task, service = definitions.task, definitions.service
-    digest = definition_sha256(task)
     cluster, name, family = service["cluster"], service["serviceName"], task["family"]
 
-    latest_arn, latest_hash = _latest_revision(ecs, family)
-    register = latest_hash != digest
+    digest, latest_arn, register = _task_definition_state(ecs, task)
     reasons = []
     if latest_arn is None:
         reasons.append(f"task definition: family {family!r} has no revision yet")
@@ -323,7 +329,7 @@ def apply(ecs, definitions: Definitions, the_plan: Plan) -> Plan:
         ecs.update_service(cluster=the_plan.cluster, service=the_plan.service, taskDefinition=arn, **updates)
         log.info("updated service %s to %s", the_plan.service, arn)
     else:
-        log.info("service %s already runs %s with these settings: nothing to do", the_plan.service, arn)
+        log.info("service %s left as it is; task definition %s", the_plan.service, arn)
     return Plan(**{**the_plan.to_dict(), "task_definition_arn": arn})
 
 
@@ -333,9 +339,7 @@ def deploy(ecs, definitions: Definitions, *, dry_run: bool = False, register_onl
 
     try:
         if register_only:
-            digest = definition_sha256(definitions.task)
-            latest_arn, latest_hash = _latest_revision(ecs, definitions.task["family"])
-            new = latest_hash != digest
+            digest, latest_arn, new = _task_definition_state(ecs, definitions.task)
             the_plan = Plan(
                 cluster=definitions.service["cluster"],
                 service=definitions.service["serviceName"],
@@ -350,14 +354,7 @@ def deploy(ecs, definitions: Definitions, *, dry_run: bool = False, register_onl
             the_plan = plan(ecs, definitions)
         if dry_run:
             return Plan(**{**the_plan.to_dict(), "dry_run": True})
-        if register_only:
-            arn = (
-                register(ecs, definitions.task, the_plan.definition_sha256)
-                if the_plan.register
-                else latest_arn
-            )
-            return Plan(**{**the_plan.to_dict(), "task_definition_arn": arn})
-        return apply(ecs, definitions, the_plan)
+        return apply(ecs, definitions, the_plan)  # register-only: service_action "none"
     except NoCredentialsError:
         raise MissingDependency(
             "AWS credentials: none found; configure a profile (AWS_PROFILE) or role, or use --validate-only"
