@@ -22,7 +22,7 @@ from converters.errors import InvalidArgument, MissingDependency, NotFound, Unav
 from converters.inputs import seeded_images
 from converters.repository import Repository
 from converters.runtime import ort_session, run
-from converters.triton_server import TritonServer, failure_reason, free_port, group_members
+from converters.triton_server import TritonServer, failure_reason, free_port, group_members, proc_stat
 
 pytestmark = pytest.mark.triton
 
@@ -80,15 +80,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
+    return [pid for pid in pids if (fields := proc_stat(pid)) is not None and fields[0] != "Z"]
 
 
 def test_new_version_goes_live_without_restart(classifier_repo):
@@ -256,13 +248,9 @@ def test_serve_runs_until_sigterm_and_leaves_nothing(classifier_repo, tmp_path):
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            if ppid == pid:
-                found.append(int(entry.name))
+        fields = proc_stat(entry.name) if entry.name.isdigit() else None
+        if fields and int(fields[1]) == pid:
+            found.append(int(entry.name))
     return found
 
 
