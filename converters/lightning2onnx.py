@@ -127,6 +127,9 @@ def read_checkpoint(path: Path, *, trust: bool) -> dict:
 
 
 def load_module(path: Path, cls, *, trust: bool):
+    """The LightningModule ``cls`` loaded from ``path``, in eval mode, once ``read_checkpoint`` found the
+    file to be a Lightning checkpoint (so each kind of bad file gets its own message)."""
+    read_checkpoint(path, trust=trust)
     try:
         module = cls.load_from_checkpoint(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
@@ -212,7 +215,6 @@ def convert_lightning(
     repo.check_task(name, TASK)
     steps: list[StepResult] = []
     with Timer() as timer:
-        read_checkpoint(ckpt, trust=trust_checkpoint)
         module = load_module(ckpt, cls, trust=trust_checkpoint)
         shape = input_shape_of(module, input_shape)
         example = torch.from_numpy(seeded_images(shape, 1))

@@ -51,10 +51,9 @@ def _fp32_parity(manifest: dict, version_dir: Path, *, trust_checkpoint: bool):
         tokenizer = load_tokenizer(version_dir / manifest["preprocessing"]["tokenizer"])
         max_length = int(manifest["preprocessing"]["max_length"])
         return text_parity(model_path, source, manifest["task"], module, tokenizer, max_length, atol, rtol)
-    from converters.lightning2onnx import image_parity, load_module, read_checkpoint, resolve_class
+    from converters.lightning2onnx import image_parity, load_module, resolve_class
 
     cls = resolve_class(manifest["module"])
-    read_checkpoint(source, trust=trust_checkpoint)
     module = load_module(source, cls, trust=trust_checkpoint)
     shape = tuple(int(d) for d in manifest["inputs"][0]["shape"][1:])
     return image_parity(model_path, module, shape, atol, rtol)
