@@ -23,6 +23,26 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _run_logged(
+    argv: list[str], log_path: Path, timeout_s: float, too_long: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a load generator to its end in a session of its own, its output into ``log_path``;
+    CheckFailed(``too_long``) when it runs past ``timeout_s`` (it is killed then)."""
+    with open(log_path, "wb") as log_file:
+        try:
+            return subprocess.run(
+                argv,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+                timeout=timeout_s,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise CheckFailed(too_long) from None
+
+
 @dataclass
 class LocustRun:
     point: Point
@@ -78,21 +98,14 @@ def run_locust(
         "WARNING",
         *(user_classes or []),
     ]
-    run_env = {**os.environ, **(env or {})}
     log.info("locust %s: %d users for %.0f s", host, users, duration_s)
-    with open(f"{prefix}.log", "wb") as log_file:
-        try:
-            completed = subprocess.run(
-                argv,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=run_env,
-                cwd=ROOT,
-                timeout=timeout_s or duration_s + 30,
-                start_new_session=True,
-            )
-        except subprocess.TimeoutExpired:
-            raise CheckFailed(f"locust at {users} users did not finish in time; see {prefix}.log") from None
+    completed = _run_logged(
+        argv,
+        Path(f"{prefix}.log"),
+        timeout_s or duration_s + 30,
+        f"locust at {users} users did not finish in time; see {prefix}.log",
+        env={**os.environ, **(env or {})},
+    )
     stats = Path(f"{prefix}_stats.csv")
     if not stats.is_file():
         tail = "\n".join(Path(f"{prefix}.log").read_text(errors="replace").splitlines()[-15:])
@@ -172,20 +185,12 @@ def perf_sweep(
                 "-f",
                 str(level_csv),
             ]
-            with open(log_path, "wb") as log_file:
-                try:
-                    done = subprocess.run(
-                        argv,
-                        stdout=log_file,
-                        stderr=subprocess.STDOUT,
-                        cwd=ROOT,
-                        timeout=timeout_s or (6 * window / 1000 + 30),
-                        start_new_session=True,
-                    )
-                except subprocess.TimeoutExpired:
-                    raise CheckFailed(
-                        f"perf_analyzer {model} {protocol} c={level} did not finish in time"
-                    ) from None
+            done = _run_logged(
+                argv,
+                log_path,
+                timeout_s or (6 * window / 1000 + 30),
+                f"perf_analyzer {model} {protocol} c={level} did not finish in time",
+            )
             if done.returncode == 0 and level_csv.is_file():
                 break
             text = log_path.read_text(errors="replace")
