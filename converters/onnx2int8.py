@@ -14,14 +14,13 @@ reaches cosine ~0.97 and 8 FFN MatMuls kept in fp32 bring it to ~0.993.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from converters.errors import CheckFailed, InvalidArgument
 from converters.inputs import TYPICAL, EntryInputs
-from converters.pipeline import publish
+from converters.pipeline import carry_tokenizer, publish
 from converters.repository import Repository, parse_ref
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
@@ -228,9 +227,7 @@ def quantize(
 
     with repo.stage(name) as staged:
         target = staged.dir / "model.onnx"
-        tokenizer = source_manifest.get("preprocessing", {}).get("tokenizer")
-        if tokenizer:
-            shutil.copytree(source_dir / tokenizer, staged.dir / tokenizer)
+        carry_tokenizer(source_manifest, source_dir, staged.dir)
         inputs = EntryInputs(source_manifest, source_dir)
         feeds = inputs.feeds(GATE_BATCH)
         output = source_manifest["outputs"][0]["name"]

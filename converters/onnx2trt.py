@@ -10,7 +10,6 @@ repository. ``tensorrt`` and CUDA are imported only here, inside the functions.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import numpy as np
 from converters.errors import CheckFailed, InvalidArgument, MissingDependency
 from converters.inputs import EntryInputs
 from converters.parity import ParityReport
-from converters.pipeline import parity_step, publish
+from converters.pipeline import carry_tokenizer, parity_step, publish
 from converters.repository import Repository, parse_ref, validate_name
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
@@ -163,9 +162,7 @@ def convert_trt(
     atol = FP16_ATOL if fp16 else FP32_ATOL
     with repo.stage(target_name) as staged:
         (staged.dir / "model.plan").write_bytes(plan)
-        tokenizer = manifest.get("preprocessing", {}).get("tokenizer")
-        if tokenizer:
-            shutil.copytree(source_dir / tokenizer, staged.dir / tokenizer)
+        carry_tokenizer(manifest, source_dir, staged.dir)
         with Timer() as timer:
             inputs = EntryInputs(manifest, source_dir)
             session = ort_session(source_dir / "model.onnx")

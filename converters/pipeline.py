@@ -1,12 +1,23 @@
-"""The last step every converter shares: write the manifest and config, publish the staged version."""
+"""What the converters share at the end: the tokenizer carried into a derived version, the parity
+step, and publishing the staged version with its manifest and config."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
 from converters.parity import ParityReport
 from converters.repository import Repository, Staged
 from converters.results import ConversionResult, StepResult, Timer
+
+
+def carry_tokenizer(manifest: dict, source_dir: Path, target_dir: Path) -> None:
+    """Copy the source version's tokenizer folder (text entries) into a version derived from it."""
+    tokenizer = manifest.get("preprocessing", {}).get("tokenizer")
+    if tokenizer:
+        shutil.copytree(source_dir / tokenizer, target_dir / tokenizer)
 
 
 def parity_step(report: ParityReport, duration_s: float) -> StepResult:
