@@ -52,11 +52,10 @@ class ParityReport:
         else:
             diff = np.abs(actual - reference)
             rel = diff / np.maximum(np.abs(reference), 1e-12)
-            ok = bool(np.all(diff <= self.atol + self.rtol * np.abs(reference))) and bool(
-                np.all(np.isfinite(actual))
-            )
+            finite = bool(np.all(np.isfinite(actual)))
+            ok = finite and bool(np.all(diff <= self.atol + self.rtol * np.abs(reference)))
             result = OutputParity(name, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), ok)
-            if not np.all(np.isfinite(actual)):
+            if not finite:
                 result.max_abs_err = result.max_rel_err = float("inf")
         self.outputs.append(result)
         return result
