@@ -11,9 +11,6 @@ from dataclasses import dataclass, field
 
 from converters.errors import InvalidArgument
 
-# Triton datatype names (as in the KServe v2 protocol and manifest.json) and their numpy dtypes.
-NUMPY_DTYPES: dict[str, str] = {"INT64": "int64", "INT32": "int32", "FP32": "float32", "FP16": "float16"}
-
 
 @dataclass(frozen=True)
 class TensorSpec:

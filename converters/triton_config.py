@@ -47,11 +47,6 @@ def data_type(datatype: str) -> int:
         ) from None
 
 
-def datatype_name(value: int) -> str:
-    """The protobuf enum back to the Triton datatype name."""
-    return mc.DataType.Name(value).removeprefix("TYPE_")
-
-
 def _positive(field: str, value: int, fix: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InvalidArgument(f"{field}: must be a positive integer, got {value!r}; {fix}", field=field)
