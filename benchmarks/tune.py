@@ -127,10 +127,11 @@ def _validate(options: TuneOptions, max_batch_size: int) -> tuple[list, list, li
             raise InvalidArgument(f"{field_name}: give at least one value", field=field_name)
     if any(d < 0 for d in delays):
         raise InvalidArgument(f"--delays-us: values must be >= 0, got {delays}", field="delays_us")
-    if any(i <= 0 for i in instances) or any(c <= 0 for c in concurrency):
-        raise InvalidArgument(
-            "--instances/--concurrency: values must be positive integers", field="instances"
-        )
+    for field_name, values in (("instances", instances), ("concurrency", concurrency)):
+        if any(v <= 0 for v in values):
+            raise InvalidArgument(
+                f"--{field_name}: values must be positive integers, got {values}", field=field_name
+            )
     for group in preferred:
         if not group or any(size <= 0 or size > max_batch_size for size in group):
             raise InvalidArgument(
