@@ -158,9 +158,11 @@ def perf_sweep(
     levels = sorted(set(concurrency))
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     points: list[Point] = []
+    level_csvs: list[Path] = []
     # One perf_analyzer per level: a level that cannot stabilise costs that level, not the sweep.
     for level in levels:
         level_csv = csv_path.with_name(f"{csv_path.stem}_c{level}.csv")
+        level_csvs.append(level_csv)
         log_path = csv_path.with_name(f"{csv_path.stem}_c{level}.log")
         window = window_ms
         for attempt in (1, 2):
@@ -215,7 +217,7 @@ def perf_sweep(
         for point in level_points:
             point.extra.update(counts)
         points += level_points
-    _merge_csv([csv_path.with_name(f"{csv_path.stem}_c{level}.csv") for level in levels], csv_path)
+    _merge_csv(level_csvs, csv_path)
     return sorted(points, key=lambda p: p.concurrency)
 
 
