@@ -233,19 +233,22 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         arrays: list[dict | None] = []
+        sizes: list[dict | None] = []
         errors: list[str | None] = []
         for request in requests:
             try:
-                arrays.append(self._read(request))
+                feeds, request_sizes = self._read(request)
                 errors.append(None)
             except ValueError as err:
-                arrays.append(None)
+                feeds = request_sizes = None
                 errors.append(str(err))
+            arrays.append(feeds)
+            sizes.append(request_sizes)
 
         results: list = [None] * len(requests)
         valid = [i for i, a in enumerate(arrays) if a is not None]
         for group in self._groups(valid, arrays):
-            self._run_group(group, arrays, results, errors)
+            self._run_group(group, arrays, sizes, results, errors)
 
         responses = []
         for i, request in enumerate(requests):
@@ -264,8 +267,9 @@ class TritonPythonModel:
             )
         return responses
 
-    def _read(self, request) -> dict:
-        """The request's inputs as numpy arrays, after the checks Triton's core does not make."""
+    def _read(self, request) -> tuple[dict, dict]:
+        """The request's inputs as numpy arrays, after the checks Triton's core does not make; and its
+        sizes (batch rows, and each symbolic axis), to cut merged outputs back to this request."""
         arrays = {}
         sizes: dict[str, tuple[int, str]] = {}  # symbolic axis -> (size, the input that set it)
         batch = None
@@ -309,7 +313,8 @@ class TritonPythonModel:
                         "(e.g. input_ids and attention_mask of one tokenizer call)"
                     )
             arrays[tensor.name] = array
-        return arrays
+        own = {symbol: size for symbol, (size, _) in sizes.items()}
+        return arrays, {"batch": batch if self.batched else 1, **own}
 
     def _groups(self, valid: list[int], arrays: list) -> list[list[int]]:
         """Requests that can run as one ONNX Runtime call: same shape on every non-ragged input."""
@@ -321,14 +326,14 @@ class TritonPythonModel:
             groups.setdefault(key, []).append(i)
         return list(groups.values())
 
-    def _run_group(self, group: list[int], arrays: list, results: list, errors: list) -> None:
+    def _run_group(self, group: list[int], arrays: list, sizes: list, results: list, errors: list) -> None:
         try:
-            feeds, lengths = self._merge([arrays[i] for i in group])
+            feeds = self._merge([arrays[i] for i in group])
             outputs = self.session.run(self.output_names, feeds)
         except Exception as err:  # an ORT runtime error fails these requests, never the model
             if len(group) > 1:  # find the request that caused it: run each alone
                 for i in group:
-                    self._run_group([i], arrays, results, errors)
+                    self._run_group([i], arrays, sizes, results, errors)
                 return
             errors[group[0]] = f"{self.name}: ONNX Runtime failed on this request: {err}"
             return
@@ -336,28 +341,18 @@ class TritonPythonModel:
             results[group[0]] = dict(zip(self.output_names, outputs, strict=True))
             return
         start = 0
-        for i, request_sizes in zip(group, lengths, strict=True):
-            rows = slice(start, start + request_sizes["batch"])
+        for i in group:
+            rows = slice(start, start + sizes[i]["batch"])
             start = rows.stop
             results[i] = {
-                tensor.name: self._slice(tensor, value[rows], request_sizes)
+                tensor.name: self._slice(tensor, value[rows], sizes[i])
                 for tensor, value in zip(self.outputs, outputs, strict=True)
             }
 
-    def _merge(self, group: list[dict]) -> tuple[dict, list[dict]]:
-        """Concatenate the requests' inputs along the batch axis, padding ragged axes with zeros; with
-        each request's sizes (batch rows, symbolic axes), to cut the outputs back."""
-        if len(group) == 1:  # nothing to merge, nothing to cut back
-            return group[0], []
-        lengths = []
-        for arrays in group:
-            sizes = {"batch": next(iter(arrays.values())).shape[0] if self.batched else 1}
-            for tensor in self.inputs:
-                shape = arrays[tensor.name].shape[1:] if self.batched else arrays[tensor.name].shape
-                for symbol, size in zip(tensor.symbols, shape, strict=True):
-                    if symbol is not None:
-                        sizes[symbol] = size
-            lengths.append(sizes)
+    def _merge(self, group: list[dict]) -> dict:
+        """Concatenate the requests' inputs along the batch axis, padding ragged axes with zeros."""
+        if len(group) == 1:
+            return group[0]
         feeds = {}
         for tensor in self.inputs:
             parts = [arrays[tensor.name] for arrays in group]
@@ -371,7 +366,7 @@ class TritonPythonModel:
                 merged[(slice(row, row + p.shape[0]),) + tuple(slice(0, n) for n in p.shape[1:])] = p
                 row += p.shape[0]
             feeds[tensor.name] = merged
-        return feeds, lengths
+        return feeds
 
     @staticmethod
     def _slice(tensor: _Tensor, value: np.ndarray, sizes: dict) -> np.ndarray:
