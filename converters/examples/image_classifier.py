@@ -20,6 +20,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from converters.errors import InvalidArgument
+
 log = logging.getLogger(__name__)
 
 LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -90,7 +92,7 @@ def train(out: str | Path, *, steps: int = 30, batch_size: int = 32, seed: int =
     """Train briefly on synthetic data and save a real Lightning checkpoint at ``out``."""
     out = Path(out)
     if steps <= 0:
-        raise ValueError(f"--steps: must be a positive integer, got {steps}")
+        raise InvalidArgument(f"--steps: must be a positive integer, got {steps}", field="steps")
     out.parent.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, verbose=False)
     model = ImageClassifier()
@@ -123,10 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of data and weights (default 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.steps <= 0:
-        print(f"error: --steps: must be a positive integer, got {args.steps}", file=sys.stderr)
-        return 2
-    train(args.out, steps=args.steps, seed=args.seed)
+    try:
+        train(args.out, steps=args.steps, seed=args.seed)
+    except InvalidArgument as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     print(args.out)
     return 0
 
