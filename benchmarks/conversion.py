@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from converters.repository import Repository
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +49,6 @@ def timed_cli(*argv: str) -> tuple[float, dict]:
 
 def speed_table(repo: Path, seconds: float, repeats: int) -> dict:
     from converters.inputs import TYPICAL, EntryInputs
-    from converters.repository import Repository
     from converters.runtime import ort_session
     from converters.speed import measure
 
@@ -67,10 +68,8 @@ def speed_table(repo: Path, seconds: float, repeats: int) -> dict:
         row = {"batch": batch, "tokens_per_sequence": int(feeds["input_ids"].shape[1])}
         for precision, results in runs.items():
             row[precision] = {
-                "items_per_s": statistics.median(r["items_per_s"] for r in results),
-                "p50_ms": statistics.median(r["p50_ms"] for r in results),
-                "p95_ms": statistics.median(r["p95_ms"] for r in results),
-                "p99_ms": statistics.median(r["p99_ms"] for r in results),
+                key: statistics.median(r[key] for r in results)
+                for key in ("items_per_s", "p50_ms", "p95_ms", "p99_ms")
             }
         row["int8_over_fp32"] = row["int8"]["items_per_s"] / row["fp32"]["items_per_s"]
         table[f"batch_{batch}"] = row
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         convert_s, converted = timed_cli("hf", str(minilm), "--name", "minilm", "--repository", str(repo))
         quantize_s, quantized = timed_cli("quantize", "minilm", "--repository", str(repo))
         speed = speed_table(repo, args.seconds, args.repeats)
-        manifest = json.loads((repo / "minilm" / "2" / "manifest.json").read_text())
+        manifest = Repository(repo).manifest("minilm", quantized["version"])
 
     results = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
