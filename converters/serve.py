@@ -91,13 +91,17 @@ def run_serve(args: argparse.Namespace) -> int:
     from converters.repository import Repository, default_repository
     from converters.triton_server import TritonServer
 
-    repository = (args.repository or default_repository()).resolve()
-    if not repository.is_dir():
-        raise InvalidArgument(
-            f"--repository: {repository} is not a directory; convert a model into it first "
-            "(python -m converters hf PATH --name NAME) or pass --repository DIR",
-            field="repository",
-        )
+    # TritonServer refuses a repository that is not a directory (NotFound, naming --repository).
+    server = TritonServer(
+        args.repository or default_repository(),
+        http_port=args.http_port or None,
+        grpc_port=args.grpc_port or None,
+        metrics_port=args.metrics_port or None,
+        models=args.models,
+        log_path=args.log,
+        die_with_parent=True,
+    )
+    repository = server.repository
     names = Repository(repository).models()
     if args.models:
         unknown = sorted(set(args.models) - set(names))
@@ -110,15 +114,6 @@ def run_serve(args: argparse.Namespace) -> int:
     elif not names:
         log.warning("%s holds no model (no */config.pbtxt): serving an empty repository", repository)
 
-    server = TritonServer(
-        repository,
-        http_port=args.http_port or None,
-        grpc_port=args.grpc_port or None,
-        metrics_port=args.metrics_port or None,
-        models=args.models,
-        log_path=args.log,
-        die_with_parent=True,
-    )
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         server.start(timeout=args.timeout)
