@@ -17,6 +17,7 @@ same ports, and ``kill()`` simulates a crash, for tests of clients that must sur
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import json
 import logging
@@ -29,7 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -508,24 +509,35 @@ def _unreachable(url: str, err: Exception) -> Unavailable:
     )
 
 
+@contextlib.contextmanager
+def _connection(url: str) -> Iterator:
+    """A client for the server at ``url``, closed after use; no answer at all is Unavailable, saying how
+    to start a server or point at one."""
+    client = _client(url)
+    try:
+        yield client
+    except (OSError, ConnectionError) as err:
+        raise _unreachable(url, err) from err
+    finally:
+        client.close()
+
+
 def server_status(url: str) -> dict:
     """Liveness, readiness, version and the repository index of the server at ``url`` (HTTP)."""
     from tritonclient.utils import InferenceServerException
 
-    client = _client(url)
-    try:
-        metadata = client.get_server_metadata()
-        return {
-            "url": url,
-            "live": client.is_server_live(),
-            "ready": client.is_server_ready(),
-            "version": metadata.get("version"),
-            "models": client.get_model_repository_index(),
-        }
-    except (InferenceServerException, OSError, ConnectionError) as err:
-        raise _unreachable(url, err) from err
-    finally:
-        client.close()
+    with _connection(url) as client:
+        try:
+            metadata = client.get_server_metadata()
+            return {
+                "url": url,
+                "live": client.is_server_live(),
+                "ready": client.is_server_ready(),
+                "version": metadata.get("version"),
+                "models": client.get_model_repository_index(),
+            }
+        except InferenceServerException as err:
+            raise _unreachable(url, err) from err
 
 
 def repository_index(url: str) -> list[dict]:
@@ -536,8 +548,7 @@ def load_model(url: str, name: str, config: dict | None = None) -> list[str]:
     """Ask the server to (re)load ``name``; returns the versions now READY, raises with Triton's reason."""
     from tritonclient.utils import InferenceServerException
 
-    client = _client(url)
-    try:
+    with _connection(url) as client:
         try:
             client.load_model(name, config=json.dumps(config) if config is not None else None)
         except InferenceServerException as err:
@@ -548,36 +559,29 @@ def load_model(url: str, name: str, config: dict | None = None) -> list[str]:
                 ) from None
             raise Unavailable(f"model {name!r} failed to load: {message}") from None
         index = client.get_model_repository_index()
-    except (OSError, ConnectionError) as err:
-        raise _unreachable(url, err) from err
-    finally:
-        client.close()
     return sorted((m["version"] for m in index if m["name"] == name and m.get("state") == "READY"), key=int)
 
 
 def unload_model(url: str, name: str) -> None:
     from tritonclient.utils import InferenceServerException
 
-    client = _client(url)
-    try:
-        index = client.get_model_repository_index()
-        if name not in {m["name"] for m in index}:
-            known = sorted({m["name"] for m in index}) or ["(none)"]
-            raise NotFound(
-                f"model {name!r} is not in the server's repository; it has {', '.join(known)}", field="name"
-            )
-        client.unload_model(name)
-        deadline = time.monotonic() + 60  # unloading waits for in-flight requests; report when done
-        while any(
-            m["name"] == name and m.get("state") not in ("UNAVAILABLE", None)
-            for m in client.get_model_repository_index()
-        ):
-            if time.monotonic() > deadline:
-                raise Unavailable(f"model {name!r} was still unloading after 60s")
-            time.sleep(0.1)
-    except InferenceServerException as err:
-        raise Unavailable(f"model {name!r} failed to unload: {err.message() or err}") from None
-    except (OSError, ConnectionError) as err:
-        raise _unreachable(url, err) from err
-    finally:
-        client.close()
+    with _connection(url) as client:
+        try:
+            index = client.get_model_repository_index()
+            if name not in {m["name"] for m in index}:
+                known = sorted({m["name"] for m in index}) or ["(none)"]
+                raise NotFound(
+                    f"model {name!r} is not in the server's repository; it has {', '.join(known)}",
+                    field="name",
+                )
+            client.unload_model(name)
+            deadline = time.monotonic() + 60  # unloading waits for in-flight requests; report when done
+            while any(
+                m["name"] == name and m.get("state") not in ("UNAVAILABLE", None)
+                for m in client.get_model_repository_index()
+            ):
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"model {name!r} was still unloading after 60s")
+                time.sleep(0.1)
+        except InferenceServerException as err:
+            raise Unavailable(f"model {name!r} failed to unload: {err.message() or err}") from None
