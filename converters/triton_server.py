@@ -363,17 +363,22 @@ class TritonServer:
             self.repository,
             self.log_path,
         )
-        self._process = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env=self.install.environment(),
-            cwd=self.repository,
-            # Its own process group: stop() signals the server and every stub it spawned at once.
-            start_new_session=True,
-            preexec_fn=_die_with_parent if self.die_with_parent else None,
-        )
+        try:
+            self._process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                env=self.install.environment(),
+                cwd=self.repository,
+                # Its own process group: stop() signals the server and every stub it spawned at once.
+                start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
+            )
+        except OSError as err:  # e.g. the binary is there but not executable
+            self._close_log()
+            binary = self.install.binary
+            raise MissingDependency(f"cannot run {binary}: {err.strerror}; {SETUP_HINT}") from err
         atexit.register(self.stop)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
