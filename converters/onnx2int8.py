@@ -67,6 +67,11 @@ def gate(task: str, fp32: np.ndarray, int8: np.ndarray, *, min_cosine: float, mi
     return result
 
 
+def gate_figure(result: dict) -> float:
+    """The measured figure of a gate result: its lowest cosine, or its top-1 agreement."""
+    return result.get("min_cosine", result.get("top1_agreement"))
+
+
 def measure_speed(fp32_session, int8_session, inputs: EntryInputs, seconds: float) -> dict:
     """In-process items/s of fp32 and int8 at batch 1 and 32, and their ratio (int8 / fp32)."""
     speed = {}
@@ -183,7 +188,7 @@ def quantize_until_gate(
             return result, session
     lines = "\n".join(
         f"- {output} with {len(r['fp32_nodes'])} nodes kept fp32: {r['kind']} "
-        f"{r.get('min_cosine', r.get('top1_agreement')):.4f} < {r['threshold']}"
+        f"{gate_figure(r):.4f} < {r['threshold']}"
         for r in attempts
     )
     raise CheckFailed(

@@ -60,7 +60,7 @@ def _fp32_parity(manifest: dict, version_dir: Path, *, trust_checkpoint: bool):
 
 
 def _int8_gate(repo: Repository, name: str, manifest: dict, version_dir: Path) -> dict:
-    from converters.onnx2int8 import GATE_BATCH, gate
+    from converters.onnx2int8 import GATE_BATCH, gate, gate_figure
 
     quantization = manifest["quantization"]
     source_version = int(quantization["source_version"])
@@ -77,10 +77,9 @@ def _int8_gate(repo: Repository, name: str, manifest: dict, version_dir: Path) -
         min_top1=threshold,
     )
     if not result["passed"]:
-        measured = result.get("min_cosine", result.get("top1_agreement"))
         raise CheckFailed(
-            f"int8 gate of {name}:{manifest['version']} failed:\n- {output}: {result['kind']} {measured:.4f} "
-            f"< {threshold} against {name}:{source_version}"
+            f"int8 gate of {name}:{manifest['version']} failed:\n- {output}: {result['kind']} "
+            f"{gate_figure(result):.4f} < {threshold} against {name}:{source_version}"
         )
     return result
 
