@@ -563,7 +563,12 @@ def load_model(url: str, name: str, config: dict | None = None) -> list[str]:
                     f"model {name!r}: not in the server's repository ({message})", field="name"
                 ) from None
             raise Unavailable(f"model {name!r} failed to load: {message}") from None
-        index = client.get_model_repository_index()
+        try:
+            index = client.get_model_repository_index()
+        except InferenceServerException as err:
+            raise Unavailable(
+                f"model {name!r} loaded, but the server did not list its versions: {err.message() or err}"
+            ) from None
     return sorted((m["version"] for m in index if m["name"] == name and m.get("state") == "READY"), key=int)
 
 
