@@ -183,11 +183,11 @@ def _descendants(pid: int) -> list[int]:
         fields = proc_stat(entry.name) if entry.name.isdigit() else None
         if fields:
             parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
+    found, pending = [], [pid]
+    while pending:
+        for child in parents.get(pending.pop(), []):
             found.append(child)
-            todo.append(child)
+            pending.append(child)
     return found
 
 

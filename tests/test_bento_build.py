@@ -53,9 +53,9 @@ def closure(roots: tuple[str, ...]) -> list[str]:
     from packaging.utils import canonicalize_name
 
     seen: dict[str, set[str]] = {}
-    todo = [Requirement(r) for r in roots]
-    while todo:
-        req = todo.pop()
+    pending = [Requirement(r) for r in roots]
+    while pending:
+        req = pending.pop()
         name = canonicalize_name(req.name)
         if name in seen and set(req.extras) <= seen[name]:
             continue
@@ -64,7 +64,7 @@ def closure(roots: tuple[str, ...]) -> list[str]:
             sub = Requirement(raw)
             environments = [{"extra": e} for e in (extras or {""})]
             if sub.marker is None or any(sub.marker.evaluate(env) for env in environments):
-                todo.append(sub)
+                pending.append(sub)
     return sorted(seen)
 
 
