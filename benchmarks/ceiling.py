@@ -12,13 +12,12 @@ flatter every served stack. The point records which setting won and what both ga
 from __future__ import annotations
 
 import logging
-import time
 
 from benchmarks.parsers import Point
 from benchmarks.stats import latency_point
 from benchmarks.workloads import Inputs
-from converters.errors import CheckFailed
 from converters.repository import Repository
+from converters.speed import timed_calls
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +72,8 @@ def measure_ceiling(
 
 def _measure(session, inputs: Inputs, batch_size: int, duration_s: float) -> Point:
     wanted = {i.name for i in session.get_inputs()}
-    output_names = [o.name for o in session.get_outputs()]
     feeds = {k: v for k, v in inputs.batch(batch_size).items() if k in wanted}
-    outputs = session.run(output_names, feeds)  # warm-up, and the shape check
-    if outputs[0].shape[0] != batch_size:
-        raise CheckFailed(
-            f"ceiling {inputs.workload.model}: output {output_names[0]!r} has batch {outputs[0].shape[0]}, "
-            f"sent {batch_size}"
-        )
-    latencies = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        session.run(output_names, feeds)
-        t1 = time.perf_counter()
-        latencies.append(t1 - t0)
-        if t1 - start >= duration_s and len(latencies) >= MIN_CALLS:
-            break
-    return latency_point(batch_size, batch_size * len(latencies), time.perf_counter() - start, latencies)
+    latencies, elapsed = timed_calls(
+        session, feeds, seconds=duration_s, min_runs=MIN_CALLS, label=f"ceiling {inputs.workload.model}"
+    )
+    return latency_point(batch_size, batch_size * len(latencies), elapsed, latencies)
