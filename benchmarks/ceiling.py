@@ -16,8 +16,8 @@ import logging
 from benchmarks.parsers import Point
 from benchmarks.stats import latency_point
 from benchmarks.workloads import Inputs
-from converters.repository import Repository
 from converters.speed import timed_calls
+from core.repository import Repository
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from converters.errors import InvalidArgument, ToolkitError
+from core.errors import InvalidArgument, ToolkitError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from converters.repository import Repository
+from core.repository import Repository
 
 log = logging.getLogger(__name__)
 

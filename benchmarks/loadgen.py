@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.parsers import Point, locust_point, parse_locust_history, parse_perf_analyzer_csv
-from converters.errors import CheckFailed, InvalidArgument, MissingDependency
+from core.errors import CheckFailed, InvalidArgument, MissingDependency
 
 log = logging.getLogger(__name__)
 

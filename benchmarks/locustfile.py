@@ -38,8 +38,8 @@ if str(ROOT) not in sys.path:  # locust puts only this file's folder on sys.path
 def workload_data() -> dict:
     """The workload's items in both request forms, loaded once per Locust process."""
     from benchmarks.workloads import WORKLOADS, load_inputs
-    from converters.errors import InvalidArgument
-    from converters.repository import Repository
+    from core.errors import InvalidArgument
+    from core.repository import Repository
 
     name = os.environ.get("MODELPACK_WORKLOAD", "minilm-short")
     if name not in WORKLOADS:

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from converters.errors import CheckFailed, InvalidArgument, NotFound
+from core.errors import CheckFailed, InvalidArgument, NotFound
 
 PERCENTILES = ("p50", "p90", "p95", "p99")
 

@@ -32,8 +32,8 @@ from benchmarks.ceiling import measure_ceiling
 from benchmarks.loadgen import _merge_csv, perf_sweep
 from benchmarks.parsers import Point
 from benchmarks.workloads import WORKLOADS, load_inputs, write_perf_analyzer_data
-from converters.errors import InvalidArgument
-from converters.repository import Repository, default_repository
+from core.errors import InvalidArgument
+from core.repository import Repository, default_repository
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def measure(
 ) -> PerfTritonResult:
     """Run the comparison. ``server``: a running ``TritonServer`` serving ``repository``; when None,
     one is started for the run (only the workload's model loaded) and stopped after it."""
-    from converters.triton_server import TritonServer
+    from local_triton.server import TritonServer
 
     if workload not in WORKLOADS:
         raise InvalidArgument(
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where CSVs, logs and perf_triton.json go")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from converters.errors import ToolkitError
+    from core.errors import ToolkitError
 
     try:
         result = measure(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from converters.errors import InvalidArgument
+from core.errors import InvalidArgument
 
 
 @dataclass(frozen=True)

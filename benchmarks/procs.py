@@ -19,8 +19,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from converters.errors import Unavailable
-from converters.triton_server import group_members
+from core.errors import Unavailable
+from local_triton.server import group_members
 
 log = logging.getLogger(__name__)
 

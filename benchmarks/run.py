@@ -35,9 +35,9 @@ from benchmarks.loadgen import LocustRun, perf_sweep, run_locust
 from benchmarks.plans import Plan
 from benchmarks.procs import ProcessSet, wait_http_ok
 from benchmarks.workloads import Inputs, Workload, load_inputs, write_perf_analyzer_data
-from converters.errors import CheckFailed, InvalidArgument, NotFound
-from converters.repository import Repository, default_repository
-from converters.triton_server import free_port
+from core.errors import CheckFailed, InvalidArgument, NotFound
+from core.repository import Repository, default_repository
+from local_triton.server import free_port
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class Run:
 
     # ---- 3. Triton ----
     def triton(self, procs: ProcessSet, repo: Repository, models: list[str]):
-        from converters.triton_server import TritonServer
+        from local_triton.server import TritonServer
 
         server = procs.enter(
             TritonServer(repo.root, models=models, log_path=self.out / "logs" / "triton.log"),

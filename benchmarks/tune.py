@@ -5,7 +5,7 @@ the model is reloaded in a real Triton server with that configuration (tritoncli
 with a config override: the repository is not touched while measuring), perf_analyzer measures a
 concurrency sweep over gRPC, and the point's score is the most throughput it reaches with p99 at or
 under the target (``stats.throughput_at_p99``). The best point is written back to the entry's
-``config.pbtxt`` through ``converters.triton_config`` (read, change, atomic write, under the
+``config.pbtxt`` through ``core.triton_config`` (read, change, atomic write, under the
 repository's lock), and the measured curve is written beside it as ``tuning.json`` and
 ``tuning.csv`` (raw perf_analyzer files and logs under ``runs/tune-<name>-<time>/``, or ``--out``).
 When no point meets the target nothing is written and the command exits 1.
@@ -25,8 +25,8 @@ from benchmarks.loadgen import perf_sweep
 from benchmarks.parsers import Point
 from benchmarks.stats import throughput_at_p99
 from benchmarks.workloads import WORKLOADS, load_inputs, write_perf_analyzer_data
-from converters.errors import CheckFailed, InvalidArgument
-from converters.repository import CONFIG, Repository
+from core.errors import CheckFailed, InvalidArgument
+from core.repository import CONFIG, Repository
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _check_served(server, name: str, point: GridPoint) -> None:
 def tune(options: TuneOptions) -> TuneResult:
     from google.protobuf.json_format import MessageToDict
 
-    from converters.triton_server import TritonServer
+    from local_triton.server import TritonServer
 
     repo = Repository(options.repository)
     version = repo.require(options.name)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import InvalidArgument, NotFound
-from converters.repository import Repository
+from core.errors import InvalidArgument, NotFound
+from core.repository import Repository
 
 SAMPLES = 64  # distinct items per workload; requests cycle through them
 

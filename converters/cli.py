@@ -13,12 +13,12 @@ import importlib
 import logging
 import sys
 
-from converters.errors import ToolkitError
+from core.errors import ToolkitError
 
 log = logging.getLogger(__name__)
 
-# Modules (relative to this package) that each register one or more subcommands, in --help order.
-COMMAND_MODULES: list[str] = ["commands.convert", "commands.manage", "serve"]
+# Modules that each register one or more subcommands, in --help order.
+COMMAND_MODULES: list[str] = ["converters.commands.convert", "converters.commands.manage", "local_triton.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        importlib.import_module(f"converters.{name}").register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

@@ -18,17 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from converters import torch2onnx
-from converters.errors import InvalidArgument, NotFound
 from converters.inputs import tokenize
 from converters.manifest import build_manifest
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
 from converters.pipeline import parity_step, publish
-from converters.repository import Repository, validate_name
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
 from converters.sentences import SENTENCES
-from converters.specs import TASK_SPECS, TEXT_TASKS, task_spec, with_static_dims
-from converters.triton_config import ServingOptions
+from core.errors import InvalidArgument, NotFound
+from core.repository import Repository, validate_name
+from core.tasks import TASK_SPECS, TEXT_TASKS, task_spec, with_static_dims
+from core.triton_config import ServingOptions
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import InvalidArgument
 from converters.sentences import SENTENCES
+from core.errors import InvalidArgument
 
 IMAGE_SEED = 1234
 

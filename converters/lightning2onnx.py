@@ -15,16 +15,16 @@ import re
 from pathlib import Path
 
 from converters import torch2onnx
-from converters.errors import InvalidArgument, NotFound, UnsafeInput
 from converters.inputs import IMAGE_SEED, seeded_images
 from converters.manifest import build_manifest
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
 from converters.pipeline import parity_step, publish
-from converters.repository import Repository, validate_name
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
-from converters.specs import TASK_SPECS, TensorSpec, with_static_dims
-from converters.triton_config import ServingOptions
+from core.errors import InvalidArgument, NotFound, UnsafeInput
+from core.repository import Repository, validate_name
+from core.tasks import TASK_SPECS, TensorSpec, with_static_dims
+from core.triton_config import ServingOptions
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.repository import sha256_path
-from converters.specs import TensorSpec
+from core.repository import sha256_path
+from core.tasks import TensorSpec
 
 
 def runtime_versions(opset: int | None) -> dict:

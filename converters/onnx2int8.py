@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import CheckFailed, InvalidArgument
 from converters.inputs import TYPICAL, EntryInputs
 from converters.pipeline import carry_tokenizer, publish
-from converters.repository import Repository, parse_ref
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
-from converters.specs import TASK_SPECS
 from converters.speed import throughput
-from converters.triton_config import version_policy
+from core.errors import CheckFailed, InvalidArgument
+from core.repository import Repository, parse_ref
+from core.tasks import TASK_SPECS
+from core.triton_config import version_policy
 
 log = logging.getLogger(__name__)
 

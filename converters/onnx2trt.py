@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import CheckFailed, InvalidArgument, MissingDependency
 from converters.inputs import EntryInputs
 from converters.parity import ParityReport
 from converters.pipeline import carry_tokenizer, parity_step, publish
-from converters.repository import Repository, parse_ref, validate_name
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
-from converters.specs import TensorSpec
-from converters.triton_config import build_config
+from core.errors import CheckFailed, InvalidArgument, MissingDependency
+from core.repository import Repository, parse_ref, validate_name
+from core.tasks import TensorSpec
+from core.triton_config import build_config
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from converters.errors import CheckFailed, InvalidArgument
+from core.errors import CheckFailed, InvalidArgument
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 0.0

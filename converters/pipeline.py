@@ -9,8 +9,8 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from converters.parity import ParityReport
-from converters.repository import Repository, Staged
 from converters.results import ConversionResult, StepResult, Timer
+from core.repository import Repository, Staged
 
 
 def carry_tokenizer(manifest: dict, source_dir: Path, target_dir: Path) -> None:

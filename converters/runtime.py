@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import CheckFailed
+from core.errors import CheckFailed
 
 
 def ort_session(path: Path, *, threads: int | None = None):

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from converters.errors import CheckFailed
+from core.errors import CheckFailed
 
 
 def timed_calls(

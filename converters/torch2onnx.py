@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from converters.errors import CheckFailed
 from converters.results import StepResult, Timer
-from converters.specs import TensorSpec
+from core.errors import CheckFailed
+from core.tasks import TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from converters.errors import CheckFailed, NotFound
 from converters.inputs import EntryInputs
-from converters.repository import Repository, parse_ref, sha256_path
 from converters.results import StepResult, Timer
 from converters.runtime import ort_session, run
-from converters.specs import TEXT_TASKS
+from core.errors import CheckFailed, NotFound
+from core.repository import Repository, parse_ref, sha256_path
+from core.tasks import TEXT_TASKS
 
 log = logging.getLogger(__name__)
 

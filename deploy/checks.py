@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from converters.errors import CheckFailed, MissingDependency, NotFound
+from core.errors import CheckFailed, MissingDependency, NotFound
 
 log = logging.getLogger(__name__)
 

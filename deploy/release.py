@@ -27,9 +27,9 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from converters.errors import CheckFailed, InvalidArgument, NotFound, ToolkitError
-from converters.repository import CONFIG, Repository
-from converters.triton_config import read_config, write_config
+from core.errors import CheckFailed, InvalidArgument, NotFound, ToolkitError
+from core.repository import CONFIG, Repository
+from core.triton_config import read_config, write_config
 
 log = logging.getLogger(__name__)
 

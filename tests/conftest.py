@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from converters.triton_server import free_port, proc_stat
+from local_triton.server import free_port, proc_stat
 
 
 @pytest.fixture(scope="session")
@@ -59,11 +59,11 @@ def writable_model_repo(model_repo, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def triton_server(model_repo, tmp_path_factory):
-    """A real tritonserver (``converters.triton_server.TritonServer``) serving ``model_repo`` on free
+    """A real tritonserver (``local_triton.server.TritonServer``) serving ``model_repo`` on free
     127.0.0.1 ports, started once per session; its log is in the session's tmp folder
     (``triton_server.log_path``). A test that stops or kills it must ``start()`` it again before it
     ends (it comes back on the same ports); ``stop()`` at the end leaves no process behind."""
-    from converters.triton_server import TritonServer
+    from local_triton.server import TritonServer
 
     server = TritonServer(model_repo, log_path=tmp_path_factory.mktemp("triton") / "tritonserver.log")
     server.start()

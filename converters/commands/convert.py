@@ -6,10 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from converters.errors import InvalidArgument
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL
-from converters.specs import TEXT_TASKS
-from converters.triton_config import (
+from core.errors import InvalidArgument
+from core.repository import add_repository_flag
+from core.tasks import TEXT_TASKS
+from core.triton_config import (
     ACCELERATORS,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
@@ -25,16 +26,6 @@ def _int_list(text: str) -> tuple[int, ...]:
             f"{text!r} is not a comma-separated list of positive integers, e.g. 8,16"
         )
     return tuple(int(p) for p in parts)
-
-
-def add_repository_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--repository",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="model repository (default: model_repository/ at the project root)",
-    )
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from converters.commands.convert import add_repository_flag
-from converters.errors import InvalidArgument, NotFound
-from converters.triton_config import ACCELERATOR_PRECISIONS, ACCELERATORS
+from core.errors import InvalidArgument, NotFound
+from core.repository import add_repository_flag
+from core.triton_config import ACCELERATOR_PRECISIONS, ACCELERATORS
 
 _ROW = "{name:<20} {version:>3} {served:<6} {task:<20} {precision:<5} {size:>9} {err:>11} {parity}"
 
@@ -17,7 +17,7 @@ def _fmt_size(size: int) -> str:
 
 
 def rows(repository) -> list[dict]:
-    from converters.repository import Repository, tree_size
+    from core.repository import Repository, tree_size
 
     repo = Repository(repository)
     table = []
@@ -97,7 +97,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    from converters.repository import Repository, validate_name
+    from core.repository import Repository, validate_name
 
     repo = Repository(args.repository)
     name = validate_name(args.name)
@@ -124,8 +124,8 @@ def run_rollback(args: argparse.Namespace) -> int:
 
 
 def run_configure(args: argparse.Namespace) -> int:
-    from converters.repository import Repository, validate_name
-    from converters.triton_config import set_accelerator
+    from core.repository import Repository, validate_name
+    from core.triton_config import set_accelerator
 
     repo = Repository(args.repository)
     name = validate_name(args.name)

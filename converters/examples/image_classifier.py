@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from converters.errors import InvalidArgument
+from core.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from converters.errors import InvalidArgument
+from core.errors import InvalidArgument
 
 # Fargate's task-level cpu units -> the memory sizes (MiB) it accepts with them.
 FARGATE_CPU_MEMORY: dict[int, tuple[int, ...]] = {

@@ -37,7 +37,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python deploy/ecs/deploy.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from converters.errors import (
+from core.errors import (
     InvalidArgument,
     MissingDependency,
     NotFound,

@@ -246,8 +246,8 @@ def test_canary_split_loads_once_the_repository_serves_both_versions(objects, wr
     """README's canary step: a second minilm version, version_policy [1, 2]; the split then loads."""
     import shutil
 
-    from converters.errors import NotFound as RepositoryNotFound
-    from converters.repository import Repository
+    from core.errors import NotFound as RepositoryNotFound
+    from core.repository import Repository
     from service import load_models
 
     settings = _config_map_settings(objects, "canary", tmp_path, writable_model_repo)

@@ -4,14 +4,14 @@
 #   .triton/bin/tritonserver          Triton 2.51.0, taken from the nvidia-pytriton 0.7.0 wheel
 #   .triton/lib/                      its bundled libraries (the wheel's nvidia_pytriton.libs/)
 #   .triton/backends/python/          the python backend + the stub for .venv-triton's Python
-#   .triton/backends/onnxruntime/     model.py -> converters/backends/onnxruntime/model.py, so every
+#   .triton/backends/onnxruntime/     model.py -> local_triton/backends/onnxruntime/model.py, so every
 #                                     entry with platform "onnxruntime_onnx" runs through ONNX Runtime
 #   .venv-triton/                     the venv the python backend runs models in (numpy<2, onnxruntime)
 #   .tools/bin/perf_analyzer          perf_analyzer from the tritonclient 2.51.0 manylinux1 wheel,
 #                                     a wrapper that sets LD_LIBRARY_PATH to .tools/lib
 #
 # Idempotent: each step is skipped when its output is already there and complete. The wheels are
-# checked against pinned sha256 sums. Usage: converters/setup_triton.sh [PYTHON]  (default: python3)
+# checked against pinned sha256 sums. Usage: local_triton/setup.sh [PYTHON]  (default: python3)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,7 +20,7 @@ CACHE="$ROOT/.cache/wheels"
 TRITON="$ROOT/.triton"
 VENV="$ROOT/.venv-triton"
 TOOLS="$ROOT/.tools"
-REQUIREMENTS="$ROOT/converters/backends/requirements.txt"
+REQUIREMENTS="$ROOT/local_triton/backends/requirements.txt"
 
 PYTRITON_WHEEL="nvidia_pytriton-0.7.0-py3-none-manylinux_2_35_x86_64.whl"
 PYTRITON_SHA256="21f063ff93bb426d0c06b7a55e7eb9efcfe62c0dddd9a908e9877e18710128df"
@@ -94,7 +94,7 @@ if [ ! -f "$TRITON/.installed" ] || [ "$(cat "$TRITON/.installed")" != "$PYTRITO
 fi
 # The python-based onnxruntime backend: a link, so edits to the source take effect on the next load.
 mkdir -p "$TRITON/backends/onnxruntime"
-ln -sfn ../../../converters/backends/onnxruntime/model.py "$TRITON/backends/onnxruntime/model.py"
+ln -sfn ../../../local_triton/backends/onnxruntime/model.py "$TRITON/backends/onnxruntime/model.py"
 
 # 3. perf_analyzer from the tritonclient 2.51.0 wheel, with the two libraries it lacks here.
 if [ ! -f "$TOOLS/.perf_analyzer" ] || [ "$(cat "$TOOLS/.perf_analyzer")" != "$CLIENT_SHA256" ]; then

@@ -24,6 +24,7 @@ How a version is published without ever exposing a half-written one:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import fcntl
@@ -41,8 +42,8 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from converters.errors import InvalidArgument, NotFound, PublishError, UnsafeInput
-from converters.triton_config import (
+from core.errors import InvalidArgument, NotFound, PublishError, UnsafeInput
+from core.triton_config import (
     atomic_write,
     fsync_dir,
     read_config,
@@ -67,6 +68,16 @@ HOOK_POINTS = ("staged", "manifest_written", "renamed", "config_written")
 def default_repository() -> Path:
     """``model_repository/`` at the project root."""
     return Path(__file__).resolve().parent.parent / "model_repository"
+
+
+def add_repository_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="model repository (default: model_repository/ at the project root)",
+    )
 
 
 def validate_name(name: str) -> str:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from converters.inputs import EntryInputs, load_tokenizer, seeded_images, sentences
-from converters.repository import Repository
 from converters.runtime import ort_session, run
+from core.repository import Repository
 
 pytestmark = pytest.mark.triton
 

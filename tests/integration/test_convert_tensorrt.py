@@ -9,7 +9,7 @@ import pytest
 
 from converters.cli import main
 from converters.onnx2trt import convert_trt, missing_requirements, optimisation_profiles
-from converters.repository import Repository
+from core.repository import Repository
 
 MISSING = missing_requirements()
 

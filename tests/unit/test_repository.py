@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from converters.errors import InvalidArgument, NotFound, PublishError, UnsafeInput
-from converters.repository import HOOK_POINTS, Repository, parse_ref, validate_name
-from converters.specs import TensorSpec
-from converters.triton_config import build_config, read_config
+from core.errors import InvalidArgument, NotFound, PublishError, UnsafeInput
+from core.repository import HOOK_POINTS, Repository, parse_ref, validate_name
+from core.tasks import TensorSpec
+from core.triton_config import build_config, read_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INPUT = TensorSpec("input", "FP32", (-1, 4), {0: "batch"})
 OUTPUT = TensorSpec("logits", "FP32", (-1, 2), {0: "batch"})
 
@@ -115,9 +115,9 @@ KILLED_PUBLISHER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from converters.repository import Repository
-    from converters.specs import TensorSpec
-    from converters.triton_config import build_config
+    from core.repository import Repository
+    from core.tasks import TensorSpec
+    from core.triton_config import build_config
 
     root, name, point, ready = sys.argv[1:5]
 
@@ -220,9 +220,9 @@ CONCURRENT_PUBLISHER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from converters.repository import Repository
-    from converters.specs import TensorSpec
-    from converters.triton_config import build_config
+    from core.repository import Repository
+    from core.tasks import TensorSpec
+    from core.triton_config import build_config
 
     root, name, me, other = sys.argv[1:5]
 

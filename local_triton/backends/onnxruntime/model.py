@@ -79,7 +79,7 @@ def _check_numpy() -> None:
         raise pb_utils.TritonModelException(
             f"numpy {np.__version__} in {sys.prefix}: Triton's python backend stub needs numpy<2 "
             "(with numpy 2 it reads tensors wrongly). Recreate the venv with `make setup` "
-            "(converters/backends/requirements.txt pins numpy 1.26.4)."
+            "(local_triton/backends/requirements.txt pins numpy 1.26.4)."
         )
 
 

@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from converters.commands.convert import add_repository_flag
-from converters.errors import InvalidArgument, Unavailable
+from core.errors import InvalidArgument, Unavailable
+from core.repository import add_repository_flag
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ def _stop_on_sigterm(signum, frame) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from converters.repository import Repository, default_repository
-    from converters.triton_server import TritonServer
+    from core.repository import Repository, default_repository
+    from local_triton.server import TritonServer
 
     # TritonServer refuses a repository that is not a directory (NotFound, naming --repository).
     server = TritonServer(
@@ -169,7 +169,7 @@ def _url(args: argparse.Namespace) -> str:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from converters.triton_server import server_status
+    from local_triton.server import server_status
 
     status = server_status(_url(args))
     if args.json:
@@ -191,7 +191,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_load(args: argparse.Namespace) -> int:
-    from converters.triton_server import load_model
+    from local_triton.server import load_model
 
     versions = load_model(_url(args), args.name)
     print(f"{args.name}: ready, serving version{'s' if len(versions) != 1 else ''} {', '.join(versions)}")
@@ -199,7 +199,7 @@ def run_load(args: argparse.Namespace) -> int:
 
 
 def run_unload(args: argparse.Namespace) -> int:
-    from converters.triton_server import unload_model
+    from local_triton.server import unload_model
 
     unload_model(_url(args), args.name)
     print(f"{args.name}: unloaded")

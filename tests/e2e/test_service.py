@@ -271,8 +271,8 @@ def canary(model_repo, minilm_path, tmp_path_factory):
     from conftest import BentoServer, write_service_config
 
     from converters.hf2onnx import convert_hf
-    from converters.repository import Repository
-    from converters.triton_server import TritonServer
+    from core.repository import Repository
+    from local_triton.server import TritonServer
 
     folder = tmp_path_factory.mktemp("canary")
     repo = folder / "repository"
@@ -461,7 +461,7 @@ def test_locust_users_run_without_failures(bento_server, triton_server, model_re
             str(prefix),
             user,
         ],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         env=env,
         capture_output=True,
         text=True,

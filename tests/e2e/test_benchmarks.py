@@ -20,9 +20,9 @@ from benchmarks.parsers import (
     parse_perf_analyzer_csv,
 )
 from benchmarks.stats import throughput_at_p99
-from converters.errors import InvalidArgument, NotFound
+from core.errors import InvalidArgument, NotFound
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _point(concurrency: int, throughput: float, p99: float) -> Point:
@@ -69,7 +69,7 @@ def perf_analyzer_run(triton_server, model_repo, tmp_path_factory):
     """perf_analyzer for real against the session Triton: MiniLM over gRPC at concurrency 1 and 2."""
     from benchmarks.loadgen import perf_sweep
     from benchmarks.workloads import WORKLOADS, load_inputs, write_perf_analyzer_data
-    from converters.repository import Repository
+    from core.repository import Repository
 
     folder = tmp_path_factory.mktemp("perf_analyzer")
     inputs = load_inputs(WORKLOADS["minilm-short"], Repository(model_repo))
@@ -165,7 +165,7 @@ def test_locust_parser_refuses_a_history_file_as_stats(locust_run):
 
 def test_process_set_stops_whole_groups_on_error(tmp_path):
     from benchmarks.procs import ProcessSet
-    from converters.triton_server import group_members
+    from local_triton.server import group_members
 
     with pytest.raises(RuntimeError, match="boom"):
         with ProcessSet() as procs:
@@ -208,7 +208,7 @@ def test_baseline_fastapi_matches_sentence_transformers_and_names_bad_fields(
     assert np.abs(np.asarray(batch.json()["embeddings"]) - expected).max() < 1e-5
 
     from benchmarks.workloads import WORKLOADS, load_inputs
-    from converters.repository import Repository
+    from core.repository import Repository
 
     png = load_inputs(WORKLOADS["image"], Repository(model_repo), samples=1).png_b64[0]
     predicted = client.post("/predict", json={"image": png, "top_k": 3})
@@ -279,7 +279,7 @@ def quick_run_argv(out: Path, repository: Path, *extra: str) -> list[str]:
 def test_quick_run_writes_a_report_with_positive_figures(model_repo, tmp_path):
     """``python -m benchmarks --quick`` end to end on the MiniLM short workload, every stack, durations
     shrunk to a fifth (the image workload takes the same code path; the reference runs cover it)."""
-    from converters.triton_server import group_members
+    from local_triton.server import group_members
 
     out = tmp_path / "run"
     env = {**os.environ, "MODELPACK_BENCH_TIME_SCALE": "0.2"}
@@ -340,7 +340,7 @@ def test_quick_run_writes_a_report_with_positive_figures(model_repo, tmp_path):
 @pytest.mark.triton
 def test_tuner_two_point_sweep_writes_the_best_config_and_its_curve(writable_model_repo, tmp_path):
     from benchmarks.tune import TuneOptions, tune
-    from converters.triton_config import read_config
+    from core.triton_config import read_config
 
     config_path = writable_model_repo / "image_classifier" / "config.pbtxt"
     before = read_config(config_path)
@@ -405,7 +405,7 @@ def test_tuner_leaves_the_config_alone_when_no_point_meets_the_target(writable_m
 def test_sigterm_mid_run_stops_every_process_and_keeps_what_was_measured(model_repo, tmp_path):
     import signal
 
-    from converters.triton_server import group_members
+    from local_triton.server import group_members
 
     out = tmp_path / "run"
     proc = subprocess.Popen(

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 import service
-from converters.errors import InvalidArgument, NotFound, PayloadTooLarge
 from converters.sentences import SENTENCES
+from core.errors import InvalidArgument, NotFound, PayloadTooLarge
 
 
 def write(path: Path, data) -> Path:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from converters.errors import InvalidArgument
-from converters.specs import TASK_SPECS, with_static_dims
-from converters.triton_config import build_config, read_config, set_accelerator, to_text, write_config
+from core.errors import InvalidArgument
+from core.tasks import TASK_SPECS, with_static_dims
+from core.triton_config import build_config, read_config, set_accelerator, to_text, write_config
 
 
 def _minilm_config(**kwargs) -> mc.ModelConfig:
@@ -98,7 +98,7 @@ def test_text_is_the_protobuf_text_format():
 
 
 def test_serving_options_put_an_accelerated_entry_on_gpu_instances():
-    from converters.triton_config import ServingOptions
+    from core.triton_config import ServingOptions
 
     spec = TASK_SPECS["image-classification"]
     config = ServingOptions(accelerator="tensorrt").build("ic", spec.inputs, spec.outputs)

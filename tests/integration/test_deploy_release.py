@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from converters.errors import CheckFailed, InvalidArgument
-from converters.triton_config import read_config
+from core.errors import CheckFailed, InvalidArgument
+from core.triton_config import read_config
 from deploy import release
 
 
@@ -81,7 +81,7 @@ def test_exported_repository_serves_on_a_real_triton(model_repo, tmp_path):
     import numpy as np
     import tritonclient.http as httpclient
 
-    from converters.triton_server import TritonServer
+    from local_triton.server import TritonServer
 
     out = release.export(model_repo, tmp_path / "release", "cpu").destination
     with TritonServer(out, log_path=tmp_path / "triton.log") as server:

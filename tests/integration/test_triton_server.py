@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.errors import InvalidArgument, MissingDependency, NotFound, Unavailable
 from converters.inputs import seeded_images
-from converters.repository import Repository
 from converters.runtime import ort_session, run
-from converters.triton_server import TritonServer, failure_reason, free_port, group_members, proc_stat
+from core.errors import InvalidArgument, MissingDependency, NotFound, Unavailable
+from core.repository import Repository
+from local_triton.server import TritonServer, failure_reason, free_port, group_members, proc_stat
 
 pytestmark = pytest.mark.triton
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _classify(server: TritonServer, images: np.ndarray, version: str = "") -> np.ndarray:
@@ -131,7 +131,7 @@ def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
     thread count fails the load with a message naming the parameter, and the server stays up."""
     from tritonclient.utils import InferenceServerException
 
-    from converters.triton_config import read_config, write_config
+    from core.triton_config import read_config, write_config
 
     entry = classifier_repo / "image_classifier"
     os.rename(entry / "1" / "model.onnx", entry / "1" / "classifier.onnx")

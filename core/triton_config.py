@@ -18,8 +18,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from converters.errors import CheckFailed, InvalidArgument, NotFound
-from converters.specs import TensorSpec
+from core.errors import CheckFailed, InvalidArgument, NotFound
+from core.tasks import TensorSpec
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 INSTANCE_KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from converters.cli import main
-from converters.triton_config import read_config
+from core.triton_config import read_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODULE = "converters.examples.image_classifier:ImageClassifier"
 
 

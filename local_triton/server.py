@@ -1,7 +1,7 @@
 """A real Triton Inference Server on this machine: no Docker, no GPU.
 
 ``TritonServer`` runs ``.triton/bin/tritonserver`` (Triton 2.51.0 from the nvidia-pytriton wheel, put
-there by ``converters/setup_triton.sh``) on 127.0.0.1 with explicit model control. Models whose config
+there by ``local_triton/setup.sh``) on 127.0.0.1 with explicit model control. Models whose config
 says ``platform: "onnxruntime_onnx"`` run through the python-based backend in
 ``.triton/backends/onnxruntime/model.py``, inside ``.venv-triton`` (numpy<2), so the repository that
 NVIDIA's Triton image serves in production loads here unchanged.
@@ -34,13 +34,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters.errors import InvalidArgument, MissingDependency, NotFound, Unavailable
+from core.errors import InvalidArgument, MissingDependency, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-SETUP_HINT = "run `make setup` (it runs converters/setup_triton.sh)"
+SETUP_HINT = "run `make setup` (it runs local_triton/setup.sh)"
 
 
 @dataclass(frozen=True)

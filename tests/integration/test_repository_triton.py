@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from converters.lightning2onnx import convert_lightning
-from converters.repository import Repository
+from core.repository import Repository
 
 pytestmark = pytest.mark.triton
 
@@ -20,7 +20,7 @@ def _ready(server) -> set[tuple[str, str]]:
 
 
 def test_publish_and_rollback_on_a_running_server(model_repo, lightning_ckpt, tmp_path):
-    from converters.triton_server import TritonServer
+    from local_triton.server import TritonServer
 
     root = tmp_path / "repository"
     root.mkdir()

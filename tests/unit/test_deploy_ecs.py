@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from converters.errors import InvalidArgument
+from core.errors import InvalidArgument
 from deploy.ecs import checks as ecs_checks
 from deploy.ecs import deploy as ecs_deploy
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from converters.repository import Repository
 from converters.runtime import ort_session, run
-from converters.triton_config import read_config
+from core.repository import Repository
+from core.triton_config import read_config
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,8 @@ def test_text_classification_entry_gives_logits_and_labels(minilm_path, tmp_path
 
 
 def test_a_text_classifier_cannot_join_a_feature_extraction_entry(minilm_path, writable_model_repo):
-    from converters.errors import InvalidArgument
     from converters.hf2onnx import convert_hf
+    from core.errors import InvalidArgument
 
     with pytest.raises(InvalidArgument, match="'minilm' holds feature-extraction versions"):
         convert_hf(minilm_path, "minilm", task="text-classification", repository=writable_model_repo)
@@ -137,8 +137,8 @@ def test_cls_pooling_folders_export_their_own_pooling(minilm_path, tmp_path):
 
 
 def test_an_unsupported_pooling_is_refused_before_export(minilm_path, tmp_path):
-    from converters.errors import InvalidArgument
     from converters.hf2onnx import convert_hf
+    from core.errors import InvalidArgument
 
     folder = _minilm_with_pooling(minilm_path, tmp_path / "max", pooling_mode_max_tokens=True)
     with pytest.raises(

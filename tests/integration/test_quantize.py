@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from converters.errors import CheckFailed, InvalidArgument
 from converters.onnx2int8 import activation_outliers, gate, quantize
-from converters.repository import Repository
 from converters.validate import validate
+from core.errors import CheckFailed, InvalidArgument
+from core.repository import Repository
 
 
 def test_cosine_gate_on_exact_vectors():
