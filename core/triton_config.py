@@ -4,7 +4,7 @@ The message is ``tritonclient.grpc.model_config_pb2.ModelConfig`` and the text f
 ``google.protobuf.text_format``: no string templates. ``build_config`` validates every argument
 (naming the field, the bad value and the fix), ``write_config`` replaces the file atomically and
 checks that what it wrote parses back to the same message, ``read_config`` parses one back.
-The benchmark tuner uses the same three functions.
+``set_batching`` changes the batching of an existing config (the tuner's settings).
 """
 
 from __future__ import annotations
@@ -105,24 +105,8 @@ def build_config(
     if preferred_batch_sizes is None:
         preferred = [p for p in DEFAULT_PREFERRED_BATCH_SIZES if p <= max_batch_size]
     else:
-        preferred = list(preferred_batch_sizes)
-    for size in preferred:
-        _positive("preferred_batch_size", size, "give sizes such as 8,16")
-        if size > max_batch_size:
-            raise InvalidArgument(
-                f"preferred_batch_size: {size} is larger than max_batch_size {max_batch_size}; "
-                "lower it or raise --max-batch-size",
-                field="preferred_batch_size",
-            )
-    if (
-        isinstance(max_queue_delay_us, bool)
-        or not isinstance(max_queue_delay_us, int)
-        or max_queue_delay_us < 0
-    ):
-        raise InvalidArgument(
-            f"max_queue_delay_microseconds: must be an integer >= 0, got {max_queue_delay_us!r}",
-            field="max_queue_delay_microseconds",
-        )
+        preferred = _preferred_sizes(preferred_batch_sizes, max_batch_size)
+    _queue_delay(max_queue_delay_us)
     if instance_kind not in INSTANCE_KINDS:
         raise InvalidArgument(
             f"instance_group.kind: unsupported {instance_kind!r}; use one of {', '.join(INSTANCE_KINDS)}",
@@ -151,6 +135,52 @@ def build_config(
                 f"instance_group.kind is {instance_kind!r}; pass --instance-kind gpu (or leave it out)",
                 field="accelerator",
             )
+    return config
+
+
+def _preferred_sizes(sizes: Sequence[int], max_batch_size: int) -> list[int]:
+    for size in sizes:
+        _positive("preferred_batch_size", size, "give sizes such as 8,16")
+        if size > max_batch_size:
+            raise InvalidArgument(
+                f"preferred_batch_size: {size} is larger than max_batch_size {max_batch_size}; "
+                "lower it or raise --max-batch-size",
+                field="preferred_batch_size",
+            )
+    return list(sizes)
+
+
+def _queue_delay(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(
+            f"max_queue_delay_microseconds: must be an integer >= 0, got {value!r}",
+            field="max_queue_delay_microseconds",
+        )
+    return value
+
+
+def set_batching(
+    config: mc.ModelConfig,
+    *,
+    preferred_batch_sizes: Sequence[int],
+    max_queue_delay_us: int,
+    instance_count: int,
+) -> mc.ModelConfig:
+    """Set the dynamic batching and the instance count of an existing config (in place), validated as
+    ``build_config`` validates them (preferred sizes against the config's own ``max_batch_size``).
+    Every instance group gets ``instance_count``; a config without one gets a group. The batching
+    tuner's settings reach a config only through here: its measurement overrides and
+    ``python -m converters configure --tuning``."""
+    preferred = _preferred_sizes(preferred_batch_sizes, config.max_batch_size)
+    _queue_delay(max_queue_delay_us)
+    _positive("instance_group.count", instance_count, "give 1 or more instances")
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    del config.dynamic_batching.preferred_batch_size[:]
+    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    if not config.instance_group:
+        config.instance_group.add()
+    for group in config.instance_group:
+        group.count = instance_count
     return config
 
 

@@ -7,7 +7,14 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from core.errors import InvalidArgument
 from core.tasks import TASK_SPECS, with_static_dims
-from core.triton_config import build_config, read_config, set_accelerator, to_text, write_config
+from core.triton_config import (
+    build_config,
+    read_config,
+    set_accelerator,
+    set_batching,
+    to_text,
+    write_config,
+)
 
 
 def _minilm_config(**kwargs) -> mc.ModelConfig:
@@ -57,6 +64,38 @@ def test_set_accelerator_twice_keeps_one_entry():
     config = set_accelerator(set_accelerator(_minilm_config(), "tensorrt"), "tensorrt", "FP32")
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert len(accelerators) == 1 and accelerators[0].parameters["precision_mode"] == "FP32"
+
+
+def test_set_batching_changes_only_batching_and_instance_counts():
+    before = _minilm_config(instance_count=1)
+    config = mc.ModelConfig()
+    config.CopyFrom(before)
+    set_batching(config, preferred_batch_sizes=[4, 8], max_queue_delay_us=0, instance_count=3)
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
+    assert [g.count for g in config.instance_group] == [3]
+    config.dynamic_batching.CopyFrom(before.dynamic_batching)
+    config.instance_group[0].count = 1
+    assert config == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"preferred_batch_sizes": [128]}, ["preferred_batch_size: 128 is larger than max_batch_size 64"]),
+        ({"max_queue_delay_us": -1}, ["max_queue_delay_microseconds", "-1"]),
+        ({"instance_count": 0}, ["instance_group.count", "got 0"]),
+    ],
+)
+def test_set_batching_refuses_values_that_do_not_fit(kwargs, words):
+    config = _minilm_config()
+    before = to_text(config)
+    settings = {"preferred_batch_sizes": [8], "max_queue_delay_us": 100, "instance_count": 1, **kwargs}
+    with pytest.raises(InvalidArgument) as caught:
+        set_batching(config, **settings)
+    for word in words:
+        assert word in str(caught.value)
+    assert to_text(config) == before  # checked before anything is set
 
 
 def test_default_preferred_sizes_are_capped_by_a_small_max_batch_size():
