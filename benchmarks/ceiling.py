@@ -6,12 +6,16 @@ reported as a fraction of the best of these figures (items per second).
 Each batch size is measured with ONNX Runtime's default intra-op pool (one thread per core) and with
 a single thread, and the better of the two is the ceiling: on a machine whose cores are busy with
 other work, the spinning two-thread pool can fall below one thread, and a ceiling that low would
-flatter every served stack. The point records which setting won and what both gave.
+flatter every served stack. The point records which setting won and what both gave, in items/s and in
+CPU milliseconds per item (``cpu_ms_per_item``): on one thread that is what the model itself costs,
+the figure the Triton step's CPU time per item is held against (it does not swing with the machine's
+load as throughput does).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from benchmarks.parsers import Point
 from benchmarks.stats import latency_point
@@ -57,6 +61,9 @@ def measure_ceiling(
         point.extra = {
             "intra_op_threads": winner or "default",
             "by_threads": {str(t or "default"): round(p.throughput, 2) for t, p in candidates.items()},
+            "cpu_ms_per_item": {
+                str(t or "default"): p.extra["cpu_ms_per_item"] for t, p in candidates.items()
+            },
         }
         log.info(
             "ceiling %s batch %d: %.1f items/s (%s), p99 %.2f ms",
@@ -73,7 +80,13 @@ def measure_ceiling(
 def _measure(session, inputs: Inputs, batch_size: int, duration_s: float) -> Point:
     wanted = {i.name for i in session.get_inputs()}
     feeds = {k: v for k, v in inputs.batch(batch_size).items() if k in wanted}
+    session.run(None, feeds)  # the first call at a batch size allocates: kept out of the CPU time
+    cpu = time.process_time()
     latencies, elapsed = timed_calls(
         session, feeds, seconds=duration_s, min_runs=MIN_CALLS, label=f"ceiling {inputs.workload.model}"
     )
-    return latency_point(batch_size, batch_size * len(latencies), elapsed, latencies)
+    cpu_s = time.process_time() - cpu
+    point = latency_point(batch_size, batch_size * len(latencies), elapsed, latencies)
+    # timed_calls makes one untimed call before the timed ones: its CPU time is in cpu_s too.
+    point.extra["cpu_ms_per_item"] = cpu_s * 1000 / (batch_size * (len(latencies) + 1))
+    return point

@@ -2,6 +2,8 @@
 
 python -m benchmarks [--quick] [--out DIR] [--repository DIR] [--workloads a,b] [--stacks a,b]
 python -m benchmarks tune NAME --p99-ms X [--repository DIR]
+
+The run is the command itself (no sub-command); ``tune`` is its one sub-command, listed in --help.
 """
 
 from __future__ import annotations
@@ -24,15 +26,35 @@ def _csv_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def run_parser() -> argparse.ArgumentParser:
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(item) for item in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _preferred_sets(text: str) -> list[list[int]]:
+    try:
+        return [[int(x) for x in group.split("+")] for group in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of batch size sets, e.g. '8,16+32'"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The run's options, and the ``tune`` sub-command (so that --help lists it)."""
     from benchmarks.run import STACK_CHOICES
     from benchmarks.workloads import WORKLOADS
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Measure the ONNX Runtime ceiling, Triton direct (perf_analyzer), the Bento service "
-        "and a FastAPI-eager baseline (Locust) in one run; write summary.json, report.md and plots. "
-        "`python -m benchmarks tune --help` for the batching tuner.",
+        usage="python -m benchmarks [--quick] [--out DIR] [--repository DIR] [--workloads A,B] "
+        "[--stacks A,B] [--time-scale F] [-v]\n       python -m benchmarks tune NAME --p99-ms X [...] "
+        "(python -m benchmarks tune --help)",
+        description="Measure the ONNX Runtime ceiling, Triton direct (perf_analyzer, with CPU time per "
+        "item), the Bento service and a FastAPI-eager baseline (Locust) in one run; write summary.json, "
+        "report.md and plots. With the sub-command `tune`: Triton's batching settings, by measurement.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="short run (at most 90 s) instead of the full one (5 min)"
@@ -65,16 +87,21 @@ def run_parser() -> argparse.ArgumentParser:
         help=f"multiply every measurement duration by this factor (also ${TIME_SCALE_ENV}); for smoke tests",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", title="sub-commands", metavar="COMMAND")
+    add_tune_parser(commands)
     return parser
 
 
-def tune_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def add_tune_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "tune",
         prog="python -m benchmarks tune",
+        help="Triton's dynamic batching and instance count, chosen by measurement",
         description="Sweep Triton's dynamic batching (max_queue_delay_microseconds, preferred batch sizes) "
-        "and instance count against the real server, measure each point with perf_analyzer, and write the "
-        "config with the most throughput under the p99 target back to the repository (curve saved beside "
-        "it).",
+        "and instance count against the real server, measure each point with perf_analyzer, and write a "
+        "tuning result (tuning.json: the point with the most throughput under the p99 target, the target, "
+        "every curve, the date, the command) to the run folder. The repository is not touched: the "
+        "printed `python -m converters configure NAME --tuning FILE` applies the result.",
     )
     parser.add_argument("name", help="model entry in the repository, e.g. minilm")
     parser.add_argument("--p99-ms", type=float, required=True, help="p99 latency target in milliseconds")
@@ -88,25 +115,20 @@ def tune_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--delays-us",
-        type=lambda s: [int(x) for x in _csv_list(s)],
+        type=_int_list,
         default=None,
         help="max_queue_delay_microseconds values (default 0,1000,4000)",
     )
     parser.add_argument(
         "--preferred",
-        type=lambda s: [[int(x) for x in g.split("+")] for g in _csv_list(s)],
+        type=_preferred_sets,
         default=None,
         help="preferred batch size sets, '+' within a set, e.g. '8,16+32' (default: 8 and 16+32)",
     )
-    parser.add_argument(
-        "--instances",
-        type=lambda s: [int(x) for x in _csv_list(s)],
-        default=None,
-        help="instance counts (default 1,2)",
-    )
+    parser.add_argument("--instances", type=_int_list, default=None, help="instance counts (default 1,2)")
     parser.add_argument(
         "--concurrency",
-        type=lambda s: [int(x) for x in _csv_list(s)],
+        type=_int_list,
         default=None,
         help="perf_analyzer concurrency levels measured at each point (default 1,4,8,16)",
     )
@@ -117,11 +139,8 @@ def tune_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="folder for tuning.json/.csv, raw perf_analyzer files under its raw/ (default: the curve "
-        "beside the config in <repo>/<name>/, raw files under runs/tune-<name>-<time>/)",
-    )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="measure and report, but do not write the config"
+        help="run folder, new or empty: tuning.json, tuning.csv, raw perf_analyzer files under raw/ "
+        "(default runs/tune-<name>-<UTC time>/)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -135,14 +154,12 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def main_run(argv: list[str]) -> int:
+def main_run(args: argparse.Namespace, argv: list[str]) -> int:
     from benchmarks import report
     from benchmarks.plans import PLANS
     from benchmarks.run import STACK_CHOICES, RunOptions, default_out_dir, run_benchmarks
     from benchmarks.workloads import get_workloads
 
-    args = run_parser().parse_args(argv)
-    _setup_logging(args.verbose)
     plan = PLANS["quick" if args.quick else "full"]
     scale = args.time_scale
     if scale is None and os.environ.get(TIME_SCALE_ENV):
@@ -180,11 +197,9 @@ def main_run(argv: list[str]) -> int:
     return 1 if summary["errors"] else 0
 
 
-def main_tune(argv: list[str]) -> int:
+def main_tune(args: argparse.Namespace) -> int:
     from benchmarks.tune import TuneOptions, tune
 
-    args = tune_parser().parse_args(argv)
-    _setup_logging(args.verbose)
     result = tune(
         TuneOptions(
             name=args.name,
@@ -197,7 +212,6 @@ def main_tune(argv: list[str]) -> int:
             concurrency=args.concurrency,
             window_ms=args.window_ms,
             out_dir=args.out,
-            write=not args.dry_run,
         )
     )
     print(result.table())
@@ -206,10 +220,18 @@ def main_tune(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
     try:
-        if argv and argv[0] == "tune":
-            return main_tune(argv[1:])
-        return main_run(argv)
+        if args.command == "tune":
+            if argv[0] != "tune":
+                raise InvalidArgument(
+                    f"{argv[0]}: the options before `tune` are the run's; give tune's after it: "
+                    "python -m benchmarks tune NAME --p99-ms X [--repository DIR] ...",
+                    field="command",
+                )
+            return main_tune(args)
+        return main_run(args, argv)
     except ToolkitError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -2,7 +2,8 @@
 
 Each run writes its raw files (Locust: ``_stats.csv``, ``_stats_history.csv``, ``.html``, ``.json``;
 perf_analyzer: its ``-f`` CSV) under the run folder and is parsed back into ``Point``\\ s from those
-files, so what the report shows is what the tools wrote.
+files, so what the report shows is what the tools wrote. ``run_logged`` is how every tool the
+benchmarks run to its end is started (the load generators, and the converters that build a run's models).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import resource
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -23,11 +25,12 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run_logged(
+def run_logged(
     argv: list[str], log_path: Path, timeout_s: float, too_long: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run a load generator to its end in a session of its own, its output into ``log_path``;
+    """Run a tool to its end in a session of its own, its output into ``log_path``;
     CheckFailed(``too_long``) when it runs past ``timeout_s`` (it is killed then)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log_file:
         try:
             return subprocess.run(
@@ -41,6 +44,11 @@ def _run_logged(
             )
         except subprocess.TimeoutExpired:
             raise CheckFailed(too_long) from None
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a tool's log, for the error that reports its failure."""
+    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
 
 
 @dataclass
@@ -99,7 +107,7 @@ def run_locust(
         *(user_classes or []),
     ]
     log.info("locust %s: %d users for %.0f s", host, users, duration_s)
-    completed = _run_logged(
+    completed = run_logged(
         argv,
         Path(f"{prefix}.log"),
         timeout_s or duration_s + 30,
@@ -108,9 +116,9 @@ def run_locust(
     )
     stats = Path(f"{prefix}_stats.csv")
     if not stats.is_file():
-        tail = "\n".join(Path(f"{prefix}.log").read_text(errors="replace").splitlines()[-15:])
         raise CheckFailed(
-            f"locust at {users} users wrote no {stats.name} (exit {completed.returncode}):\n{tail}"
+            f"locust at {users} users wrote no {stats.name} (exit {completed.returncode}):\n"
+            + log_tail(Path(f"{prefix}.log"), 15)
         )
     point = locust_point(stats, users)
     history = parse_locust_history(Path(f"{prefix}_stats_history.csv"))
@@ -146,10 +154,14 @@ def perf_sweep(
     *,
     window_ms: int = 1000,
     timeout_s: float | None = None,
+    server=None,
 ) -> list[Point]:
     """perf_analyzer against ``model`` at ``url`` over ``protocol`` ("grpc" | "http"), one level per
     concurrency value, one item per request (``input_data``: its ``--input-data`` JSON). Its ``-f`` CSV
     is kept at ``csv_path`` and parsed back.
+
+    ``server``: the running ``TritonServer`` behind ``url``; each level's point then also holds the CPU
+    time serving one item cost (``CpuMeter``).
 
     Stability: the shared 2-core machine is noisy, so a level counts as stable when its last 3 windows
     are within 100% of each other (``-s 100``), with up to 5 windows per level (``-r 5``)."""
@@ -165,6 +177,7 @@ def perf_sweep(
         level_csvs.append(level_csv)
         log_path = csv_path.with_name(f"{csv_path.stem}_c{level}.log")
         window = window_ms
+        meter = CpuMeter(server, model) if server is not None else None
         for attempt in (1, 2):
             argv = [
                 str(perf_analyzer_bin()),
@@ -187,7 +200,7 @@ def perf_sweep(
                 "-f",
                 str(level_csv),
             ]
-            done = _run_logged(
+            done = run_logged(
                 argv,
                 log_path,
                 timeout_s or (6 * window / 1000 + 30),
@@ -207,15 +220,15 @@ def perf_sweep(
                 )
                 window *= 2
                 continue
-            tail = "\n".join(text.splitlines()[-6:])
             raise CheckFailed(
                 f"perf_analyzer {model} {protocol} at concurrency {level} failed "
-                f"(exit {done.returncode}):\n{tail}"
+                f"(exit {done.returncode}):\n{log_tail(log_path, 6)}"
             )
         level_points = parse_perf_analyzer_csv(level_csv)
         counts = server_counts(log_path.read_text(errors="replace"))
+        cpu = meter.per_item() if meter is not None else {}
         for point in level_points:
-            point.extra.update(counts)
+            point.extra.update(counts, **cpu)
         points += level_points
     _merge_csv(level_csvs, csv_path)
     return sorted(points, key=lambda p: p.concurrency)
@@ -233,6 +246,38 @@ def server_counts(output: str) -> dict:
         "server_executions": executions,
         "avg_batch": round(items / executions, 2) if executions else None,
     }
+
+
+class CpuMeter:
+    """CPU time per item over one perf_analyzer call: the server's (tritonserver and its python-backend
+    stubs, from /proc) and perf_analyzer's (this process's children that ended meanwhile), divided by
+    the items Triton itself counted meanwhile (its statistics). Throughput on a shared machine swings
+    with whatever else runs on it; CPU time per item does not, so it is the figure to hold against what
+    ONNX Runtime alone spends per item (the ceiling's ``cpu_ms_per_item``)."""
+
+    def __init__(self, server, model: str) -> None:
+        self.server, self.model = server, model
+        self.server_cpu = server.cpu_times()
+        self.client_cpu = _children_cpu_s()
+        self.items = self._items()
+
+    def _items(self) -> int:
+        stats = self.server.statistics(self.model)["model_stats"]
+        return sum(int(m.get("inference_count", 0)) for m in stats)
+
+    def per_item(self) -> dict:
+        items = self._items() - self.items
+        if items <= 0:
+            return {}
+        return {
+            "server_cpu_ms_per_item": self.server.cpu_delta(self.server_cpu) * 1000 / items,
+            "client_cpu_ms_per_item": (_children_cpu_s() - self.client_cpu) * 1000 / items,
+        }
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _merge_csv(parts: list[Path], target: Path) -> None:

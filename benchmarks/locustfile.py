@@ -58,10 +58,7 @@ def workload_data() -> dict:
         "text-classification": "/classify",
         "image-classification": "/predict",
     }[manifest["task"]]
-    if workload.kind == "text":
-        bodies = [{"text": text} for text in inputs.texts]
-    else:
-        bodies = [{"image": png} for png in inputs.png_b64]
+    bodies = inputs.http_bodies()
     if version is not None:
         bodies = [{**body, "version": version} for body in bodies]
     triton_bodies = [

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from benchmarks.parsers import PERCENTILES, Point
 from benchmarks.stats import best, throughput_at_p99
+from core.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,15 @@ GOALS = (
     ("bento", "ceiling", 0.80, "Bento >= 80% of the in-process ceiling"),
     ("bento", "fastapi-eager@p99", 4.0, "Bento >= 4x the FastAPI-eager baseline at equal p99"),
 )
+
+
+def new_run_folder(path: Path) -> Path:
+    """The folder a run (or a tuning run) writes into: created, or refused when it already holds files
+    (a report beside another run's raw files would be wrong about them)."""
+    if path.exists() and any(path.iterdir()):
+        raise InvalidArgument(f"--out: {path} is not empty; give a new folder", field="out")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def machine_facts() -> dict:
@@ -136,6 +146,36 @@ def equal_p99_table(stacks: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def cpu_per_item(stacks: dict[str, dict]) -> dict | None:
+    """CPU milliseconds per item at each Triton level (the server's, and perf_analyzer's on the same
+    cores) beside what ONNX Runtime alone spends per item on one thread at each batch size (the
+    ceiling). Throughput on a shared machine moves with whatever else runs; CPU time per item does not,
+    so this is where serving overhead shows (gRPC/HTTP, batching, the python backend's IPC, copies)."""
+    triton = []
+    for stack in ("triton-grpc", "triton-http"):
+        for p in (stacks.get(stack) or {}).get("points", []):
+            extra = p.get("extra") or {}
+            if "server_cpu_ms_per_item" in extra:
+                triton.append(
+                    {
+                        "stack": stack,
+                        "concurrency": p["concurrency"],
+                        "items_per_s": p["throughput"],
+                        "avg_batch": extra.get("avg_batch"),
+                        "server_ms": extra["server_cpu_ms_per_item"],
+                        "perf_analyzer_ms": extra["client_cpu_ms_per_item"],
+                    }
+                )
+    alone = [
+        {"batch": p["concurrency"], "cpu_ms_per_item": p["extra"]["cpu_ms_per_item"]["1"]}
+        for p in (stacks.get("ceiling") or {}).get("points", [])
+        if "1" in (p.get("extra") or {}).get("cpu_ms_per_item", {})
+    ]
+    if not triton and not alone:
+        return None
+    return {"triton": triton, "onnxruntime_one_thread": alone}
+
+
 def evaluate_goals(ratios: dict) -> list[dict]:
     goals = []
     for stack, against, minimum, text in GOALS:
@@ -187,6 +227,51 @@ def _files_text(files: list[str]) -> str:
 
 def _loads(values: list[float]) -> str:
     return ", ".join(f"{x:.2f}" for x in values)
+
+
+def _before_after(points: list[dict]) -> list[str]:
+    """The ceiling's two measurements (before the servers started, after they stopped) per batch size."""
+    parts = []
+    for p in points:
+        extra = p.get("extra") or {}
+        if "other_measurement" not in extra:
+            continue
+        kept, other = p["throughput"], extra["other_measurement"]
+        before, after = (kept, other) if extra.get("measured") == "before the servers" else (other, kept)
+        parts.append(f"x = {p['concurrency']}: {before:.1f} before, {after:.1f} after")
+    if not parts:
+        return []
+    return [
+        f"Measured before the servers started and after they stopped (items/s; the better one is the "
+        f"ceiling): {'; '.join(parts)}.",
+        "",
+    ]
+
+
+def _cpu_lines(cpu: dict | None) -> list[str]:
+    if not cpu:
+        return []
+    alone = ", ".join(
+        f"batch {row['batch']}: {row['cpu_ms_per_item']:.3f}" for row in cpu["onnxruntime_one_thread"]
+    )
+    lines = [
+        "**CPU time per item** (ms; CPU time, which other load on the machine does not distort as it does "
+        "throughput): the Triton server (tritonserver and its python-backend stubs) and perf_analyzer at "
+        "each level, against ONNX Runtime alone on one thread" + (f" ({alone})." if alone else "."),
+        "",
+    ]
+    if cpu["triton"]:
+        lines += [
+            "| stack | x | items/s | mean batch | server CPU ms/item | perf_analyzer CPU ms/item |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['stack']} | {r['concurrency']} | {r['items_per_s']:.1f} | {_fmt(r['avg_batch'])} | "
+            f"{r['server_ms']:.3f} | {r['perf_analyzer_ms']:.3f} |"
+            for r in cpu["triton"]
+        ]
+        lines.append("")
+    return lines
 
 
 def render_markdown(summary: dict) -> str:
@@ -258,6 +343,8 @@ def render_markdown(summary: dict) -> str:
                     f"{'-' if p['requests'] is None else p['requests']} | {p['failures']} |"
                 )
             lines.append("")
+            if stack == "ceiling":
+                lines += _before_after(data["points"])
             top = data.get("best") or {}
             breakdown = (top.get("extra") or {}).get("breakdown_ms")
             if breakdown:
@@ -268,6 +355,7 @@ def render_markdown(summary: dict) -> str:
                     + (f" Triton ran {batch} items per model execution on average." if batch else ""),
                     "",
                 ]
+        lines += _cpu_lines(workload.get("cpu_per_item"))
         if workload.get("plot"):
             lines += [f"![latency against throughput, {name}]({workload['plot']})", ""]
     if summary.get("errors"):
@@ -360,6 +448,18 @@ def summary_table(summary: dict) -> str:
             verdict = {True: "met", False: "NOT met", None: "not measured"}[goal["met"]]
             measured = _ratio_text(goal["value"], factor=goal["target"] >= 2)
             text.append(f"{name}: {verdict}: {goal['goal']} ({measured})")
+        cpu = workload.get("cpu_per_item") or {}
+        if cpu.get("triton"):
+            top = max(cpu["triton"], key=lambda r: r["items_per_s"])
+            line = (
+                f"{name}: CPU per item at Triton's best point ({top['stack']}, x = {top['concurrency']}): "
+                f"server {top['server_ms']:.3f} ms + perf_analyzer {top['perf_analyzer_ms']:.3f} ms"
+            )
+            if cpu["onnxruntime_one_thread"]:
+                alone = cpu["onnxruntime_one_thread"][-1]  # the largest batch
+                figure = alone["cpu_ms_per_item"]
+                line += f"; ONNX Runtime alone, one thread, batch {alone['batch']}: {figure:.3f} ms"
+            text.append(line)
     return "\n".join(text)
 
 

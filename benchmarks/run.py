@@ -5,10 +5,12 @@ Order, so that the stacks do not compete with each other for the 2 cores:
 1. the model repository (``--repository``, else ``model_repository/`` when it holds both entries,
    else built into the run folder with the converters CLI);
 2. the ceiling, in this process, with no server running (again at the very end, see ``ceiling``);
-3. Triton, then perf_analyzer over gRPC and HTTP for each workload (a concurrency sweep);
+3. Triton, then perf_analyzer over gRPC and HTTP for each workload (a concurrency sweep), with the
+   CPU time per item of the server and of perf_analyzer at each level;
 4. the Bento service in front of that Triton, then Locust (a users sweep); Bento and Triton stop;
 5. the FastAPI-eager baseline alone, then the same Locust user and sweep; it stops;
-6. ratios, goals, ``summary.json``, ``report.md``, plots.
+6. ratios, goals, CPU per item (Triton against ONNX Runtime alone), ``summary.json``, ``report.md``,
+   plots.
 
 A stack that fails is recorded under ``errors`` and the run goes on with the others (exit code 1 at
 the end). A step that would not fit in the time budget left is skipped and said so. Every process
@@ -20,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -31,11 +32,11 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.ceiling import measure_ceiling
-from benchmarks.loadgen import LocustRun, perf_sweep, run_locust
+from benchmarks.loadgen import LocustRun, log_tail, perf_sweep, run_locust, run_logged
 from benchmarks.plans import Plan
 from benchmarks.procs import ProcessSet, wait_http_ok
 from benchmarks.workloads import Inputs, Workload, load_inputs, write_perf_analyzer_data
-from core.errors import CheckFailed, InvalidArgument, NotFound
+from core.errors import CheckFailed, NotFound
 from core.repository import Repository, default_repository
 from local_triton.server import free_port
 
@@ -170,13 +171,13 @@ class Run:
                     str(root),
                 ]
             )
-        for argv in commands:
-            log.info("building: %s", " ".join(argv[1:]))
-            done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        for index, argv in enumerate(commands):
+            command = " ".join(argv[1:])
+            log_path = self.out / "logs" / f"build-{index}.log"
+            log.info("building: %s", command)
+            done = run_logged(argv, log_path, 300, f"`{command}` did not finish in 300 s; see {log_path}")
             if done.returncode != 0:
-                raise CheckFailed(
-                    f"`{' '.join(argv[1:])}` failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
-                )
+                raise CheckFailed(f"`{command}` failed (exit {done.returncode}):\n{log_tail(log_path, 20)}")
         self.notes.append(f"models built for this run into {self._rel(root)} with the converters CLI")
         return Repository(root)
 
@@ -239,6 +240,7 @@ class Run:
                         data,
                         csv_path,
                         window_ms=self.plan.triton_window_ms,
+                        server=server,
                     )
                 except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                     self._fail(f"triton-{protocol} {name}", err)
@@ -254,10 +256,7 @@ class Run:
         stack's sweep for this workload with the answer in the error."""
         inputs = self.inputs[name]
         route = ROUTES[inputs.workload.kind]
-        bodies = (
-            [{"text": t} for t in inputs.texts] if inputs.texts else [{"image": p} for p in inputs.png_b64]
-        )
-        for body in bodies[:requests]:
+        for body in inputs.http_bodies()[:requests]:
             request = urllib.request.Request(
                 host + route, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
             )
@@ -457,6 +456,7 @@ class Run:
                 "ratios": ratios,
                 "goals": report.evaluate_goals(ratios),
                 "equal_p99": report.equal_p99_table(stacks),
+                "cpu_per_item": report.cpu_per_item(stacks),
             }
         return result
 
@@ -466,9 +466,7 @@ def default_out_dir() -> Path:
 
 
 def run_benchmarks(options: RunOptions) -> tuple[dict, dict[str, Path]]:
-    if options.out_dir.exists() and any(options.out_dir.iterdir()):
-        raise InvalidArgument(f"--out: {options.out_dir} is not empty; give a new folder", field="out")
-    options.out_dir.mkdir(parents=True, exist_ok=True)
+    report.new_run_folder(options.out_dir)
     run = Run(options)
     try:
         summary = run.execute()

@@ -2,31 +2,36 @@
 
 A grid of ``max_queue_delay_microseconds`` x preferred batch sizes x instance count. For each point
 the model is reloaded in a real Triton server with that configuration (tritonclient ``load_model``
-with a config override: the repository is not touched while measuring), perf_analyzer measures a
-concurrency sweep over gRPC, and the point's score is the most throughput it reaches with p99 at or
-under the target (``stats.throughput_at_p99``). The best point is written back to the entry's
-``config.pbtxt`` through ``core.triton_config`` (read, change, atomic write, under the
-repository's lock), and the measured curve is written beside it as ``tuning.json`` and
-``tuning.csv`` (raw perf_analyzer files and logs under ``runs/tune-<name>-<time>/``, or ``--out``).
-When no point meets the target nothing is written and the command exits 1.
+with a config override, so the repository is never touched), perf_analyzer measures a concurrency
+sweep over gRPC, and the point's score is the most throughput it reaches with p99 at or under the
+target (``stats.throughput_at_p99``).
+
+Benchmarks measure, converters write: the outcome is a tuning result (``core.tuning``: the chosen
+settings, the target, every point's curve, the date, the command), written as ``tuning.json`` with
+``tuning.csv`` beside it in the run folder (``runs/tune-<name>-<UTC time>/`` or ``--out``; the raw
+perf_analyzer files and logs under its ``raw/``). ``python -m converters configure NAME --tuning
+<folder>/tuning.json`` applies it to the entry; ``tune`` prints that command. When no point meets the
+target the result still holds every curve, with ``chosen: null``, and the command exits 1.
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
-import json
 import logging
+import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.loadgen import perf_sweep
 from benchmarks.parsers import Point
+from benchmarks.report import new_run_folder
 from benchmarks.stats import throughput_at_p99
 from benchmarks.workloads import WORKLOADS, load_inputs, write_perf_analyzer_data
 from core.errors import CheckFailed, InvalidArgument
-from core.repository import CONFIG, Repository
+from core.repository import Repository
+from core.tuning import TIME_FORMAT, CurvePoint, GridResult, Settings, Target, TuningResult
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ TASK_WORKLOADS = {
     "text-classification": "minilm-short",
     "image-classification": "image",
 }
+PROTOCOL = "grpc"
 
 
 @dataclass
@@ -54,56 +60,51 @@ class TuneOptions:
     instances: list[int] | None = None
     concurrency: list[int] | None = None
     window_ms: int = 1000
-    out_dir: Path | None = None
-    write: bool = True
+    out_dir: Path | None = None  # new or empty; default runs/tune-<name>-<UTC time>/
 
 
 @dataclass
 class GridPoint:
-    delay_us: int
-    preferred: tuple[int, ...]
-    instances: int
+    settings: Settings
     curve: list[Point] = field(default_factory=list)
     score: float | None = None  # items/s within the p99 target; None: not reached or failed
     error: str | None = None
 
-    def label(self) -> str:
-        preferred = "+".join(map(str, self.preferred))
-        return f"delay={self.delay_us}us preferred={preferred} instances={self.instances}"
-
-    def to_dict(self) -> dict:
-        return {
-            "max_queue_delay_microseconds": self.delay_us,
-            "preferred_batch_size": list(self.preferred),
-            "instance_count": self.instances,
-            "score": self.score,
-            "error": self.error,
-            "curve": [p.to_dict() for p in self.curve],
-        }
+    def result(self) -> GridResult:
+        curve = tuple(CurvePoint(p.concurrency, p.throughput, p.p50, p.p90, p.p95, p.p99) for p in self.curve)
+        return GridResult(self.settings, self.score, self.error, curve)
 
 
 @dataclass
 class TuneResult:
-    name: str
-    p99_ms: float
+    result: TuningResult
     grid: list[GridPoint]
     chosen: GridPoint | None
-    config_path: Path | None
-    curve_json: Path
-    curve_csv: Path
+    path: Path  # tuning.json
+    csv_path: Path
+    repository: Path | None  # as given (None: the default repository)
+
+    def apply_command(self) -> str:
+        """The converters command that applies this result to the entry."""
+        argv = ["configure", self.result.model, "--tuning", str(self.path)]
+        if self.repository is not None:
+            argv += ["--repository", str(self.repository)]
+        return "python -m converters " + shlex.join(argv)
 
     def table(self) -> str:
         lines = [f"{'point':<50} {'best items/s under p99':>24}"]
         for point in self.grid:
             value = point.error or ("-" if point.score is None else f"{point.score:.1f}")
             mark = "  <- chosen" if point is self.chosen else ""
-            lines.append(f"{point.label():<50} {value:>24}{mark}")
+            lines.append(f"{point.settings.label():<50} {value:>24}{mark}")
         if self.chosen is None:
-            lines.append(f"no configuration kept p99 <= {self.p99_ms} ms: config left as it was")
-        elif self.config_path is not None:
-            lines.append(f"wrote {self.config_path} ({self.chosen.label()}); curve: {self.curve_json}")
+            lines.append(
+                f"no configuration kept p99 <= {self.result.target.p99_ms} ms: nothing to apply; "
+                f"the curves are in {self.path}"
+            )
         else:
-            lines.append(f"dry run: would write {self.chosen.label()}; curve: {self.curve_json}")
+            lines.append(f"tuning result: {self.path} ({self.chosen.settings.label()})")
+            lines.append(f"apply it with: {self.apply_command()}")
         return "\n".join(lines)
 
 
@@ -144,18 +145,7 @@ def _validate(options: TuneOptions, max_batch_size: int) -> tuple[list, list, li
     return delays, preferred, instances, concurrency
 
 
-def apply_point(config, point: GridPoint) -> None:
-    """Set the grid point's batching and instance count on a ModelConfig (in place)."""
-    config.dynamic_batching.max_queue_delay_microseconds = point.delay_us
-    del config.dynamic_batching.preferred_batch_size[:]
-    config.dynamic_batching.preferred_batch_size.extend(point.preferred)
-    if not config.instance_group:
-        config.instance_group.add()
-    for group in config.instance_group:
-        group.count = point.instances
-
-
-def _check_served(server, name: str, point: GridPoint) -> None:
+def _check_served(server, name: str, settings: Settings) -> None:
     """The server reports the point's settings back (the override really took effect)."""
     client = server.client()
     try:
@@ -163,15 +153,29 @@ def _check_served(server, name: str, point: GridPoint) -> None:
     finally:
         client.close()
     batching = served.get("dynamic_batching", {})
-    got = (
+    got = Settings(
         int(batching.get("max_queue_delay_microseconds", 0)),
         tuple(int(x) for x in batching.get("preferred_batch_size", [])),
         sum(int(g.get("count", 1)) for g in served.get("instance_group", [])),
     )
-    if got != (point.delay_us, point.preferred, point.instances):
-        raise CheckFailed(
-            f"{name}: Triton serves delay/preferred/instances {got} after loading {point.label()}"
-        )
+    if got != settings:
+        raise CheckFailed(f"{name}: Triton serves {got.label()} after loading {settings.label()}")
+
+
+def _command(options: TuneOptions, target: Target, grid: list[GridPoint]) -> str:
+    """The command that repeats this measurement, every grid value spelled out."""
+    argv = [options.name, "--p99-ms", f"{target.p99_ms:g}", "--workload", target.workload]
+    if options.repository is not None:
+        argv += ["--repository", str(options.repository)]
+
+    def values(attribute) -> str:
+        return ",".join(dict.fromkeys(str(attribute(p.settings)) for p in grid))
+
+    argv += ["--delays-us", values(lambda s: s.max_queue_delay_microseconds)]
+    argv += ["--preferred", values(lambda s: "+".join(map(str, s.preferred_batch_size)))]
+    argv += ["--instances", values(lambda s: s.instance_count)]
+    argv += ["--concurrency", ",".join(map(str, target.concurrency)), "--window-ms", str(target.window_ms)]
+    return "python -m benchmarks tune " + shlex.join(argv)
 
 
 def tune(options: TuneOptions) -> TuneResult:
@@ -192,28 +196,27 @@ def tune(options: TuneOptions) -> TuneResult:
         )
     base = repo.config(options.name)
     delays, preferred, instances, concurrency = _validate(options, base.max_batch_size)
-    # The curve goes beside the config; the raw files (perf_analyzer CSVs and logs, Triton's log) go to
-    # the run folder, never into the model's folder that Triton reads.
-    out = options.out_dir or repo.model_dir(options.name)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    work = options.out_dir / "raw" if options.out_dir else ROOT / "runs" / f"tune-{options.name}-{stamp}"
+    out = new_run_folder((options.out_dir or ROOT / "runs" / f"tune-{options.name}-{stamp}").absolute())
+    work = out / "raw"
     inputs = load_inputs(WORKLOADS[workload_name], repo)
     data = write_perf_analyzer_data(inputs, work / "input.json")
+    target = Target(options.p99_ms, workload_name, PROTOCOL, tuple(concurrency), options.window_ms)
 
-    grid = [GridPoint(d, p, i) for d, p, i in itertools.product(delays, preferred, instances)]
+    grid = [GridPoint(Settings(d, p, i)) for d, p, i in itertools.product(delays, preferred, instances)]
     with TritonServer(repo.root, models=[options.name], log_path=work / "triton.log") as server:
         for index, point in enumerate(grid):
             config = type(base)()
             config.CopyFrom(base)
-            apply_point(config, point)
+            point.settings.apply(config)
             override = MessageToDict(config, preserving_proto_field_name=True)
             try:
                 server.load(options.name, config=override)
-                _check_served(server, options.name, point)
+                _check_served(server, options.name, point.settings)
                 point.curve = perf_sweep(
                     options.name,
                     server.grpc_url,
-                    "grpc",
+                    PROTOCOL,
                     concurrency,
                     data,
                     work / f"point{index}.csv",
@@ -221,50 +224,39 @@ def tune(options: TuneOptions) -> TuneResult:
                 )
             except Exception as err:  # noqa: BLE001 - a point that fails is recorded, the others still run
                 point.error = str(err).splitlines()[0]
-                log.warning("%s: %s", point.label(), point.error)
+                log.warning("%s: %s", point.settings.label(), point.error)
                 continue
             point.score = throughput_at_p99(point.curve, options.p99_ms)
             log.info(
                 "%s: %s",
-                point.label(),
+                point.settings.label(),
                 "p99 target not reached" if point.score is None else f"{point.score:.1f} items/s",
             )
     # Most throughput; on a tie the simpler point (fewer instances, then the shorter delay).
     scored = [p for p in grid if p.score is not None]
-    chosen = max(scored, key=lambda p: (p.score, -p.instances, -p.delay_us), default=None)
-    curve_json, curve_csv = _write_curve(out, options, workload_name, grid, chosen)
-    config_path = None
-    if chosen is not None and options.write:
-        repo.update_config(options.name, lambda config: apply_point(config, chosen))
-        config_path = repo.model_dir(options.name) / CONFIG
-        log.info("wrote %s: %s", config_path, chosen.label())
-    return TuneResult(options.name, options.p99_ms, grid, chosen, config_path, curve_json, curve_csv)
-
-
-def _write_curve(
-    out: Path, options: TuneOptions, workload: str, grid: list[GridPoint], chosen: GridPoint | None
-) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    curve_json = out / "tuning.json"
-    curve_json.write_text(
-        json.dumps(
-            {
-                "model": options.name,
-                "p99_ms": options.p99_ms,
-                "workload": workload,
-                "protocol": "grpc",
-                "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "chosen": None if chosen is None else chosen.to_dict(),
-                "written": chosen is not None and options.write,
-                "grid": [p.to_dict() for p in grid],
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
+    chosen = max(
+        scored,
+        key=lambda p: (p.score, -p.settings.instance_count, -p.settings.max_queue_delay_microseconds),
+        default=None,
     )
-    curve_csv = out / "tuning.csv"
-    with open(curve_csv, "w", newline="", encoding="utf-8") as handle:
+    result = TuningResult(
+        model=options.name,
+        version=version,
+        target=target,
+        chosen=None if chosen is None else chosen.settings,
+        grid=tuple(p.result() for p in grid),
+        measured_at=datetime.now(UTC).strftime(TIME_FORMAT),
+        command=_command(options, target, grid),
+    )
+    path = result.write(out / "tuning.json")
+    csv_path = _write_csv(out / "tuning.csv", grid, chosen, options.p99_ms)
+    log.info("tuning result in %s", path)
+    return TuneResult(result, grid, chosen, path, csv_path, options.repository)
+
+
+def _write_csv(path: Path, grid: list[GridPoint], chosen: GridPoint | None, p99_ms: float) -> Path:
+    """Every point's curve as one table, for a spreadsheet (the JSON is what the converters read)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(
             [
@@ -282,20 +274,21 @@ def _write_curve(
             ]
         )
         for point in grid:
+            settings = point.settings
             for p in point.curve:
                 writer.writerow(
                     [
-                        point.delay_us,
-                        "+".join(map(str, point.preferred)),
-                        point.instances,
+                        settings.max_queue_delay_microseconds,
+                        "+".join(map(str, settings.preferred_batch_size)),
+                        settings.instance_count,
                         p.concurrency,
                         f"{p.throughput:.3f}",
                         f"{p.p50:.3f}",
                         f"{p.p90:.3f}",
                         f"{p.p95:.3f}",
                         f"{p.p99:.3f}",
-                        p.p99 <= options.p99_ms,
+                        p.p99 <= p99_ms,
                         point is chosen,
                     ]
                 )
-    return curve_json, curve_csv
+    return path

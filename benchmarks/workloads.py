@@ -77,6 +77,12 @@ class Inputs:
     texts: list[str] | None = None
     png_b64: list[str] | None = None  # the raw images, PNG, base64
 
+    def http_bodies(self) -> list[dict]:
+        """One JSON body per item, as the Bento service (and the baseline, which mirrors it) takes it."""
+        if self.texts is not None:
+            return [{"text": text} for text in self.texts]
+        return [{"image": png} for png in self.png_b64 or []]
+
     def batch(self, size: int, offset: int = 0) -> dict[str, np.ndarray]:
         """``size`` items stacked along a new batch axis (all items of a workload have one shape)."""
         items = [self.tensors[(offset + i) % len(self.tensors)] for i in range(size)]

@@ -1,9 +1,13 @@
-"""`list`, `validate`, `rollback`, `configure`: look after the entries already in a repository."""
+"""`list`, `validate`, `rollback`, `configure`: look after the entries already in a repository.
+
+`configure --tuning` is where a benchmark's tuning result (``core.tuning``) reaches a config: the
+benchmarks measure, the converters write."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from core.errors import InvalidArgument, NotFound
 from core.repository import add_repository_flag
@@ -124,20 +128,46 @@ def run_rollback(args: argparse.Namespace) -> int:
 
 
 def run_configure(args: argparse.Namespace) -> int:
+    """The accelerator and/or a tuning result, applied in one atomic write of the entry's config."""
     from core.repository import Repository, validate_name
     from core.triton_config import set_accelerator
 
+    if args.accelerator is None and args.tuning is None:
+        raise InvalidArgument(
+            "configure: nothing to change; give --accelerator tensorrt|none, --tuning FILE, or both",
+            field="accelerator",
+        )
     repo = Repository(args.repository)
     name = validate_name(args.name)
     repo.require(name)
+    tuned = None
+    if args.tuning is not None:
+        from core import tuning
+
+        source = f"--tuning {args.tuning}"
+        tuned = tuning.read(args.tuning).settings_for(name, source=source)
+
+    def apply_tuning(config) -> None:
+        try:
+            tuned.apply(config)
+        except InvalidArgument as err:  # the entry changed since it was tuned (its max_batch_size)
+            raise InvalidArgument(
+                f"{source}: chosen.{err.field} does not fit {name}'s config: {err}; tune {name} again",
+                field=f"chosen.{err.field}",
+            ) from None
+
+    if tuned is not None:
+        apply_tuning(repo.config(name))  # a result that does not fit is refused before anything is touched
 
     def change(config) -> None:
+        if tuned is not None:
+            apply_tuning(config)
         if args.accelerator == "none":
             config.ClearField("optimization")
-            return
-        set_accelerator(config, args.accelerator, args.precision)
-        for group in config.instance_group:  # the accelerator only applies to GPU instances
-            group.kind = group.KIND_GPU
+        elif args.accelerator is not None:
+            set_accelerator(config, args.accelerator, args.precision)
+            for group in config.instance_group:  # the accelerator only applies to GPU instances
+                group.kind = group.KIND_GPU
 
     config = repo.update_config(name, change)
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
@@ -148,6 +178,10 @@ def run_configure(args: argparse.Namespace) -> int:
                 "name": name,
                 "gpu_execution_accelerator": [a.name for a in accelerators],
                 "instance_kinds": kinds,
+                "max_queue_delay_microseconds": config.dynamic_batching.max_queue_delay_microseconds,
+                "preferred_batch_size": list(config.dynamic_batching.preferred_batch_size),
+                "instance_counts": [group.count for group in config.instance_group],
+                "tuning": None if args.tuning is None else str(args.tuning),
             }
         )
     )
@@ -190,13 +224,25 @@ def register(subparsers) -> None:
 
     configure = subparsers.add_parser(
         "configure",
-        help="set the GPU execution accelerator of an ONNX entry",
-        description="Write ONNX Runtime's TensorRT execution accelerator into an ONNX entry's config and "
+        help="set the GPU accelerator, or apply a batching tuning result, to an entry's config",
+        description="Change an entry's config.pbtxt in one atomic write under the repository lock. "
+        "--accelerator: write ONNX Runtime's TensorRT execution accelerator into an ONNX entry's config and "
         "make its instances KIND_GPU (for GPU deployments; a CPU-only server cannot load it then), or "
-        "remove the accelerator with --accelerator none (instances stay as they are).",
+        "remove the accelerator with --accelerator none (instances stay as they are). --tuning: set the "
+        "dynamic batching (max_queue_delay_microseconds, preferred_batch_size) and instance count that "
+        "`python -m benchmarks tune NAME` chose, from its tuning.json (checked whole first: unknown keys, "
+        "bad fields and a result for another entry are refused). Triton picks the change up on reload "
+        "(`python -m converters load NAME`).",
     )
     configure.add_argument("name", metavar="NAME")
-    configure.add_argument("--accelerator", required=True, choices=(*ACCELERATORS, "none"))
+    configure.add_argument("--accelerator", default=None, choices=(*ACCELERATORS, "none"))
     configure.add_argument("--precision", choices=ACCELERATOR_PRECISIONS, default="FP16")
+    configure.add_argument(
+        "--tuning",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a tuning result (tuning.json) written by `python -m benchmarks tune` for this entry",
+    )
     add_repository_flag(configure)
     configure.set_defaults(func=run_configure)

@@ -247,6 +247,22 @@ def test_cli_bad_input_exits_2_naming_the_field(argv, message, model_repo, capsy
     assert message in capsys.readouterr().err
 
 
+def test_help_lists_the_tune_sub_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "python -m benchmarks tune NAME --p99-ms X" in done.stdout
+    assert "\n    tune " in done.stdout  # the sub-command list, with its one-line help
+
+
+def test_cli_refuses_run_options_before_tune(model_repo, capsys):
+    from benchmarks.cli import main
+
+    assert main(["--quick", "tune", "minilm", "--p99-ms", "20", "--repository", str(model_repo)]) == 2
+    assert "--quick: the options before `tune` are the run's" in capsys.readouterr().err
+
+
 def test_cli_refuses_a_non_empty_out_folder(model_repo, tmp_path, capsys):
     from benchmarks.cli import main
 
@@ -338,11 +354,16 @@ def test_quick_run_writes_a_report_with_positive_figures(model_repo, tmp_path):
 
 
 @pytest.mark.triton
-def test_tuner_two_point_sweep_writes_the_best_config_and_its_curve(writable_model_repo, tmp_path):
+def test_tuner_writes_a_tuning_result_that_the_printed_command_applies(writable_model_repo, tmp_path):
+    """Benchmarks measure, converters write: the tuner leaves the repository as it was and writes a
+    tuning result; the converters command it prints sets exactly the tuned fields."""
+    import shlex
+
     from benchmarks.tune import TuneOptions, tune
     from core.triton_config import read_config
 
     config_path = writable_model_repo / "image_classifier" / "config.pbtxt"
+    repository_before = _tree(writable_model_repo)
     before = read_config(config_path)
     result = tune(
         TuneOptions(
@@ -357,28 +378,65 @@ def test_tuner_two_point_sweep_writes_the_best_config_and_its_curve(writable_mod
             out_dir=tmp_path / "tune",
         )
     )
-    assert [(p.delay_us, p.preferred, p.instances) for p in result.grid] == [(0, (8,), 1), (3000, (8,), 1)]
+    assert [p.settings.label() for p in result.grid] == [
+        "delay=0us preferred=8 instances=1",
+        "delay=3000us preferred=8 instances=1",
+    ]
     assert all(p.error is None and p.score and p.score > 0 for p in result.grid)
     assert result.chosen is max(result.grid, key=lambda p: p.score)
-    # Written back through triton_config: only the tuned fields changed.
+    assert _tree(writable_model_repo) == repository_before  # the tuner wrote nothing there
+
+    # The tuning result: chosen settings, target, every curve, date, command; the CSV beside it.
+    assert result.path == tmp_path / "tune" / "tuning.json"
+    saved = json.loads(result.path.read_text())
+    assert set(saved) == {"format", "model", "version", "target", "chosen", "grid", "measured_at", "command"}
+    assert saved["model"] == "image_classifier" and saved["version"] == 1
+    assert saved["target"] == {
+        "p99_ms": 2000.0,
+        "workload": "image",
+        "protocol": "grpc",
+        "concurrency": [2],
+        "window_ms": 400,
+    }
+    assert saved["chosen"] == {
+        "max_queue_delay_microseconds": result.chosen.settings.max_queue_delay_microseconds,
+        "preferred_batch_size": [8],
+        "instance_count": 1,
+        "items_per_s": result.chosen.score,
+    }
+    assert [len(g["curve"]) for g in saved["grid"]] == [1, 1] and saved["grid"][0]["curve"][0][
+        "concurrency"
+    ] == 2
+    assert saved["command"].startswith("python -m benchmarks tune image_classifier --p99-ms 2000 ")
+    assert (
+        "--delays-us 0,3000 --preferred 8 --instances 1 --concurrency 2 --window-ms 400" in saved["command"]
+    )
+    rows = result.csv_path.read_text().splitlines()
+    assert rows[0].startswith("max_queue_delay_us,") and len(rows) == 3
+    assert list((tmp_path / "tune" / "raw").glob("point*.csv"))
+
+    # The printed command applies it.
+    printed = result.table().splitlines()[-1]
+    assert printed == f"apply it with: {result.apply_command()}"
+    argv = shlex.split(printed.removeprefix("apply it with: "))
+    assert argv[:3] == ["python", "-m", "converters"]
+    done = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
     after = read_config(config_path)
-    assert after.dynamic_batching.max_queue_delay_microseconds == result.chosen.delay_us
+    assert (
+        after.dynamic_batching.max_queue_delay_microseconds
+        == result.chosen.settings.max_queue_delay_microseconds
+    )
     assert list(after.dynamic_batching.preferred_batch_size) == [8]
     assert [g.count for g in after.instance_group] == [1]
     after.dynamic_batching.CopyFrom(before.dynamic_batching)
     assert after == before
-    # The measured curve beside the config, in JSON and CSV.
-    curve = json.loads(result.curve_json.read_text())
-    assert result.curve_json.parent == tmp_path / "tune"
-    assert curve["written"] is True and len(curve["grid"]) == 2
-    assert curve["chosen"]["max_queue_delay_microseconds"] == result.chosen.delay_us
-    rows = result.curve_csv.read_text().splitlines()
-    assert rows[0].startswith("max_queue_delay_us,") and len(rows) == 3
 
 
 @pytest.mark.triton
-def test_tuner_leaves_the_config_alone_when_no_point_meets_the_target(writable_model_repo, tmp_path):
+def test_tuner_result_without_a_choice_cannot_be_applied(writable_model_repo, tmp_path, capsys):
     from benchmarks.tune import TuneOptions, tune
+    from converters.cli import main as converters_main
 
     config_path = writable_model_repo / "image_classifier" / "config.pbtxt"
     before = config_path.read_bytes()
@@ -397,8 +455,47 @@ def test_tuner_leaves_the_config_alone_when_no_point_meets_the_target(writable_m
     )
     assert result.chosen is None and result.grid[0].score is None and result.grid[0].curve
     assert config_path.read_bytes() == before
-    assert "no configuration kept p99 <= 0.001 ms" in result.table()
-    assert json.loads(result.curve_json.read_text())["written"] is False
+    assert "no configuration kept p99 <= 0.001 ms: nothing to apply" in result.table()
+    saved = json.loads(result.path.read_text())
+    assert saved["chosen"] is None and saved["grid"][0]["curve"]
+    capsys.readouterr()
+    code = converters_main(
+        [
+            "configure",
+            "image_classifier",
+            "--tuning",
+            str(result.path),
+            "--repository",
+            str(writable_model_repo),
+        ]
+    )
+    assert code == 2 and "chosen: null: no configuration kept p99 <= 0.001 ms" in capsys.readouterr().err
+    assert config_path.read_bytes() == before
+
+
+def test_tuner_refuses_a_non_empty_out_folder(model_repo, tmp_path, capsys):
+    from benchmarks.cli import main
+
+    (tmp_path / "keep.txt").write_text("mine")
+    argv = [
+        "tune",
+        "image_classifier",
+        "--p99-ms",
+        "50",
+        "--out",
+        str(tmp_path),
+        "--repository",
+        str(model_repo),
+    ]
+    assert main(argv) == 2
+    assert f"--out: {tmp_path} is not empty" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def _tree(root: Path) -> list[tuple]:
+    return sorted(
+        (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+    )
 
 
 @pytest.mark.triton

@@ -118,6 +118,8 @@ BAD_INPUTS = [
     (["rollback", "minilm"], ["oldest", "nothing to roll back"]),
     (["rollback", "minilm", "--to", "x"], ["--to", "'x'"]),
     (["configure", "nope", "--accelerator", "tensorrt"], ["'nope' is not in"]),
+    (["configure", "minilm"], ["nothing to change", "--accelerator", "--tuning"]),
+    (["configure", "minilm", "--tuning", "{missing}"], ["--tuning: /no/such/path does not exist"]),
     (["tensorrt", "image_classifier", "--output-name", "../x"], ["not a safe model name"]),
 ]
 
@@ -280,6 +282,157 @@ def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
     code, out, err = cli("validate", "image_classifier:1", "--repository", cli_repo, capsys=capsys)
     assert code == 0, err
     assert json.loads(out)["passed"] is True
+
+
+# ---- configure --tuning: a tuning result of `python -m benchmarks tune`, applied -----------------------
+
+
+@pytest.fixture(scope="module")
+def tuning_file(model_repo, tmp_path_factory) -> Path:
+    """A real tuning result: the tuner against a real Triton (its own; the repository is only read),
+    two points that both differ from the entry's config in every tuned field."""
+    from benchmarks.tune import TuneOptions, tune
+
+    result = tune(
+        TuneOptions(
+            name="image_classifier",
+            p99_ms=5000.0,
+            repository=model_repo,
+            delays_us=[0, 3000],
+            preferred=[[4]],
+            instances=[2],
+            concurrency=[1],
+            window_ms=400,
+            out_dir=tmp_path_factory.mktemp("tune") / "run",
+        )
+    )
+    assert result.chosen is not None, result.table()
+    return result.path
+
+
+@pytest.mark.triton
+def test_configure_applies_a_tuning_result_to_exactly_its_fields_in_one_write(
+    tuning_file, writable_model_repo, capsys
+):
+    config_path = writable_model_repo / "image_classifier" / "config.pbtxt"
+    before, inode = read_config(config_path), config_path.stat().st_ino
+    # The folder's mtime changes with the rename into it; every other path must stay as it is.
+    changing = {"image_classifier", "image_classifier/config.pbtxt"}
+    untouched = [row for row in snapshot(writable_model_repo) if row[0] not in changing]
+    chosen = json.loads(tuning_file.read_text())["chosen"]
+    assert (chosen["preferred_batch_size"], chosen["instance_count"]) == ([4], 2)
+    assert before.dynamic_batching.max_queue_delay_microseconds != chosen["max_queue_delay_microseconds"]
+
+    code, out, err = cli(
+        "configure",
+        "image_classifier",
+        "--tuning",
+        tuning_file,
+        "--repository",
+        writable_model_repo,
+        capsys=capsys,
+    )
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["max_queue_delay_microseconds"] == chosen["max_queue_delay_microseconds"]
+    assert printed["preferred_batch_size"] == [4] and printed["instance_counts"] == [2]
+    after = read_config(config_path)
+    assert after.dynamic_batching.max_queue_delay_microseconds == chosen["max_queue_delay_microseconds"]
+    assert list(after.dynamic_batching.preferred_batch_size) == [4]
+    assert [g.count for g in after.instance_group] == [2]
+    # Nothing else in the config changed, and nothing else in the repository.
+    after.dynamic_batching.CopyFrom(before.dynamic_batching)
+    for group, old in zip(after.instance_group, before.instance_group, strict=True):
+        group.count = old.count
+    assert after == before
+    assert [row for row in snapshot(writable_model_repo) if row[0] not in changing] == untouched
+    # One atomic replace: a new file renamed over the old one (a new inode), no temporary file left.
+    assert config_path.stat().st_ino != inode
+    assert sorted(p.name for p in config_path.parent.iterdir() if not p.name.isdigit()) == ["config.pbtxt"]
+
+
+def _edited(data: dict, edit: str) -> dict:
+    data = json.loads(json.dumps(data))
+    chosen = data["chosen"]
+    grid_point = next(
+        g for g in data["grid"] if g["max_queue_delay_microseconds"] == chosen["max_queue_delay_microseconds"]
+    )
+    if edit == "unknown key":
+        data["notes"] = "mine"
+    elif edit == "instance count 0":
+        chosen["instance_count"] = 0
+    elif edit == "preferred as text":
+        chosen["preferred_batch_size"] = "4"
+    elif edit == "negative target":
+        data["target"]["p99_ms"] = -1
+    elif edit == "curve value":
+        data["grid"][0]["curve"][0]["p99_ms"] = "fast"
+    elif edit == "curve key":
+        data["grid"][0]["curve"][0]["p42_ms"] = 1.0
+    elif edit == "date":
+        data["measured_at"] = "yesterday"
+    elif edit == "format":
+        data["format"] = "modelpack-tuning/9"
+    elif edit == "no command":
+        del data["command"]
+    elif edit == "chosen not measured":
+        chosen["max_queue_delay_microseconds"] = 7
+    elif edit == "nothing chosen":
+        data["chosen"] = None
+    elif edit == "does not fit the entry":  # consistent in itself, but above max_batch_size 64
+        chosen["preferred_batch_size"] = grid_point["preferred_batch_size"] = [128]
+    return data
+
+
+MALFORMED = [
+    ("unknown key", ["notes: unknown key"]),
+    ("instance count 0", ["chosen.instance_count: must be an integer >= 1, got 0"]),
+    ("preferred as text", ["chosen.preferred_batch_size: must be a list of integers"]),
+    ("negative target", ["target.p99_ms: must be a positive number, got -1"]),
+    ("curve value", ["grid[0].curve[0].p99_ms: must be a non-negative number, got a string"]),
+    ("curve key", ["grid[0].curve[0].p42_ms: unknown key"]),
+    ("date", ["measured_at: 'yesterday' is not a UTC time"]),
+    ("format", ["format: 'modelpack-tuning/9' is not 'modelpack-tuning/1'"]),
+    ("no command", ["command: missing"]),
+    ("chosen not measured", ["chosen: delay=7us", "is not a grid point that met the target"]),
+    ("nothing chosen", ["chosen: null", "nothing to apply"]),
+    ("does not fit the entry", ["chosen.preferred_batch_size does not fit image_classifier's config", "128"]),
+    ("not JSON", ["not a JSON file"]),
+]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(("edit", "words"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_configure_refuses_a_malformed_tuning_file_naming_the_field(
+    edit, words, tuning_file, cli_repo, tmp_path, capsys
+):
+    bad = tmp_path / "tuning.json"
+    if edit == "not JSON":
+        bad.write_text(tuning_file.read_text()[:-20])
+    else:
+        bad.write_text(json.dumps(_edited(json.loads(tuning_file.read_text()), edit)))
+    before = snapshot(cli_repo.parent)
+    code, out, err = cli(
+        "configure", "image_classifier", "--tuning", bad, "--repository", cli_repo, capsys=capsys
+    )
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --tuning {bad}: "), err
+    for word in words:
+        assert word in lines[0]
+    assert out == ""
+    assert snapshot(cli_repo.parent) == before
+
+
+@pytest.mark.triton
+def test_configure_refuses_a_tuning_result_for_another_model(tuning_file, cli_repo, capsys):
+    before = snapshot(cli_repo.parent)
+    code, out, err = cli(
+        "configure", "minilm", "--tuning", tuning_file, "--repository", cli_repo, capsys=capsys
+    )
+    assert code == 2 and out == ""
+    assert f"--tuning {tuning_file}: model: this result tunes 'image_classifier', not 'minilm'" in err
+    assert snapshot(cli_repo.parent) == before
 
 
 def test_validate_fails_when_the_source_changed(cli_repo, lightning_ckpt, tmp_path, capsys):
