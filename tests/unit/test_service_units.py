@@ -17,6 +17,7 @@ import yaml
 import service
 from converters.sentences import SENTENCES
 from core.errors import InvalidArgument, NotFound, PayloadTooLarge
+from serving.settings import ServiceSettings, read_settings
 
 
 def write(path: Path, data) -> Path:
@@ -31,7 +32,7 @@ MINIMAL = {"models": [{"name": "minilm", "task": "feature-extraction"}]}
 
 
 def test_shipped_service_yaml_is_valid():
-    settings = service.read_settings(Path(service.__file__).parent / "service.yaml", environ={})
+    settings = read_settings(Path(service.__file__).parent / "service.yaml", environ={})
     assert [m.name for m in settings.models] == ["minilm", "image_classifier"]
     assert settings.repository == Path(service.__file__).parent / "model_repository"
     assert settings.limits.max_items == 64 and settings.batching.coalesce is True
@@ -40,10 +41,10 @@ def test_shipped_service_yaml_is_valid():
 def test_defaults_relative_repository_and_environment_overrides(tmp_path):
     (tmp_path / "conf").mkdir()
     path = write(tmp_path / "conf" / "service.yaml", {**MINIMAL, "repository": "../repo"})
-    settings = service.read_settings(path, environ={})
+    settings = read_settings(path, environ={})
     assert settings.repository == (tmp_path / "repo").resolve()
     assert settings.triton.url == "127.0.0.1:8001" and settings.triton.timeout_s == 10.0
-    overridden = service.read_settings(
+    overridden = read_settings(
         path, environ={"MODELPACK_TRITON_URL": "triton:9001", "MODELPACK_REPOSITORY": "/models"}
     )
     assert overridden.triton.url == "triton:9001" and overridden.repository == Path("/models")
@@ -89,7 +90,7 @@ def test_defaults_relative_repository_and_environment_overrides(tmp_path):
 )
 def test_bad_settings_are_refused_naming_the_field(tmp_path, data, names):
     with pytest.raises(InvalidArgument) as caught:
-        service.read_settings(write(tmp_path / "service.yaml", data), environ={})
+        read_settings(write(tmp_path / "service.yaml", data), environ={})
     message = str(caught.value)
     assert str(tmp_path / "service.yaml") in message
     for name in names:
@@ -98,18 +99,18 @@ def test_bad_settings_are_refused_naming_the_field(tmp_path, data, names):
 
 def test_unreadable_config_files(tmp_path):
     with pytest.raises(NotFound, match="MODELPACK_SERVICE_CONFIG"):
-        service.read_settings(tmp_path / "missing.yaml", environ={})
+        read_settings(tmp_path / "missing.yaml", environ={})
     with pytest.raises(InvalidArgument, match="not valid YAML"):
-        service.read_settings(write(tmp_path / "a.yaml", "models: [unclosed"), environ={})
+        read_settings(write(tmp_path / "a.yaml", "models: [unclosed"), environ={})
     with pytest.raises(InvalidArgument, match="expected a mapping"):
-        service.read_settings(write(tmp_path / "b.yaml", "- just a list"), environ={})
+        read_settings(write(tmp_path / "b.yaml", "- just a list"), environ={})
 
 
 # ---- the model registry against a real repository ------------------------------------------------
 
 
-def settings_for(repo: Path, models: list[dict]) -> service.ServiceSettings:
-    return service.ServiceSettings.model_validate({"repository": str(repo), "models": models})
+def settings_for(repo: Path, models: list[dict]) -> ServiceSettings:
+    return ServiceSettings.model_validate({"repository": str(repo), "models": models})
 
 
 def test_load_models_reads_manifests_tokenizers_and_labels(model_repo):
