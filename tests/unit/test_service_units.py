@@ -17,6 +17,7 @@ import yaml
 import service
 from converters.sentences import SENTENCES
 from core.errors import InvalidArgument, NotFound, PayloadTooLarge
+from serving.preprocess import ImagePipeline, TextPipeline
 from serving.settings import ServiceSettings, read_settings
 
 
@@ -184,22 +185,22 @@ def test_tokenizer_matches_transformers(model_repo):
 
     folder = model_repo / "minilm" / "1" / "tokenizer"
     texts = [*SENTENCES, "word " * 400]  # the last one is truncated
-    ours = service.TextPipeline(folder, max_length=32).encode(texts)
+    ours = TextPipeline(folder, max_length=32).encode(texts)
     reference = AutoTokenizer.from_pretrained(folder)(
         texts, padding=True, truncation=True, max_length=32, return_tensors="np"
     )
     np.testing.assert_array_equal(ours["input_ids"], reference["input_ids"])
     np.testing.assert_array_equal(ours["attention_mask"], reference["attention_mask"])
     assert ours["input_ids"].dtype == np.int64 and ours["input_ids"].shape[1] == 32
-    single = service.TextPipeline(folder, max_length=32).encode([SENTENCES[1]])
+    single = TextPipeline(folder, max_length=32).encode([SENTENCES[1]])
     np.testing.assert_array_equal(
         single["input_ids"][0], reference["input_ids"][1][: single["input_ids"].shape[1]]
     )
 
 
-def image_pipeline(model_repo: Path, max_pixels: int = 4096 * 4096) -> service.ImagePipeline:
+def image_pipeline(model_repo: Path, max_pixels: int = 4096 * 4096) -> ImagePipeline:
     manifest = json.loads((model_repo / "image_classifier" / "1" / "manifest.json").read_text())
-    return service.ImagePipeline.from_manifest(manifest["preprocessing"], max_pixels, "test")
+    return ImagePipeline.from_manifest(manifest["preprocessing"], max_pixels, "test")
 
 
 def png(pixels: np.ndarray, fmt: str = "PNG") -> str:
@@ -257,9 +258,9 @@ def test_image_pixel_limit(model_repo):
 
 def test_bad_preprocessing_block_is_refused():
     with pytest.raises(InvalidArgument, match="preprocessing needs channels"):
-        service.ImagePipeline.from_manifest({"channels": 3}, 100, "image_classifier version 1")
+        ImagePipeline.from_manifest({"channels": 3}, 100, "image_classifier version 1")
     with pytest.raises(InvalidArgument, match="one non-zero std"):
-        service.ImagePipeline.from_manifest(
+        ImagePipeline.from_manifest(
             {"channels": 3, "height": 2, "width": 2, "mean": [0, 0, 0], "std": [1, 0, 1]}, 100, "x"
         )
 
