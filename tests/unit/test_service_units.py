@@ -16,9 +16,10 @@ import yaml
 
 import service
 from converters.sentences import SENTENCES
-from core.errors import InvalidArgument, NotFound, PayloadTooLarge
+from core.errors import InvalidArgument, NotFound, PayloadTooLarge, Unavailable
 from serving.preprocess import ImagePipeline, TextPipeline
 from serving.settings import ServiceSettings, read_settings
+from serving.triton_client import Coalescer, merge_rows
 
 
 def write(path: Path, data) -> Path:
@@ -271,7 +272,7 @@ def test_bad_preprocessing_block_is_refused():
 def test_merge_rows_pads_token_inputs():
     a = {"input_ids": np.array([[101, 7, 102]]), "attention_mask": np.array([[1, 1, 1]])}
     b = {"input_ids": np.array([[101, 102], [101, 102]]), "attention_mask": np.array([[1, 1], [1, 1]])}
-    merged = service.merge_rows([a, b])
+    merged = merge_rows([a, b])
     np.testing.assert_array_equal(merged["input_ids"], [[101, 7, 102], [101, 102, 0], [101, 102, 0]])
     np.testing.assert_array_equal(merged["attention_mask"], [[1, 1, 1], [1, 1, 0], [1, 1, 0]])
 
@@ -286,7 +287,7 @@ def test_coalescer_merges_concurrent_requests_and_splits_results():
         return rows["x"].sum(axis=1, keepdims=True) * 2 + 1, 7
 
     async def scenario():
-        coalescer = service.Coalescer(infer, max_batch_size=8, max_in_flight=1)
+        coalescer = Coalescer(infer, max_batch_size=8, max_in_flight=1)
         requests = [{"x": np.full((1 + i % 3, 2 + i % 2), i)} for i in range(12)]
         results = await asyncio.gather(*(coalescer.submit(r) for r in requests))
         return requests, results
@@ -302,16 +303,16 @@ def test_coalescer_merges_concurrent_requests_and_splits_results():
 def test_coalescer_failure_reaches_every_waiting_request():
     async def infer(rows):
         await asyncio.sleep(0.01)
-        raise service.Unavailable("Triton is down", retry_after_s=2)
+        raise Unavailable("Triton is down", retry_after_s=2)
 
     async def scenario():
-        coalescer = service.Coalescer(infer, max_batch_size=4, max_in_flight=1)
+        coalescer = Coalescer(infer, max_batch_size=4, max_in_flight=1)
         return await asyncio.gather(
             *(coalescer.submit({"x": np.ones((1, 1))}) for _ in range(5)), return_exceptions=True
         )
 
     outcomes = asyncio.run(scenario())
-    assert all(isinstance(o, service.Unavailable) and o.retry_after_s == 2 for o in outcomes)
+    assert all(isinstance(o, Unavailable) and o.retry_after_s == 2 for o in outcomes)
 
 
 def test_unexpected_error_is_answered_500_with_the_request_id(model_repo):
