@@ -33,19 +33,13 @@ Run it: ``bentoml serve service:ModelService`` from the repository root (configu
 """
 
 import asyncio
-import contextvars
-import functools
-import json
 import logging
-import os
 import random
 import re
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import bentoml
@@ -58,16 +52,16 @@ from starlette.responses import Response
 from core.errors import InvalidArgument, NotFound, PayloadTooLarge, ToolkitError, Unavailable
 from core.repository import Repository
 from core.tasks import TEXT_TASKS
+from serving.lifecycle import die_with_parent
+from serving.observability import REQUEST_ID, configure_logging, metrics
 from serving.preprocess import ImagePipeline, TextPipeline
 from serving.settings import Limits, ModelSettings, ServiceSettings, load_settings
 from serving.triton_client import Coalescer, TritonGateway
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"serving.{__name__}")  # until the request path moves into serving/
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-# The request id of the request being served, for log lines and error bodies.
-REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
 # ---- the model registry: what the repository holds for each configured model ---------------------
@@ -185,86 +179,6 @@ def _version_entry(
         if num > 0:
             entry.labels = tuple(str(i) for i in range(num))
     return entry
-
-
-# ---- metrics and logs -----------------------------------------------------------------------------
-
-
-@functools.cache
-def _metrics() -> dict[str, Any]:
-    """Prometheus series served on BentoML's /metrics (created once per process, on first use).
-    prometheus_client is imported here, not at module import: BentoML's worker sets
-    PROMETHEUS_MULTIPROC_DIR after importing this module, and the client reads it when first imported."""
-    import prometheus_client
-
-    labels = ["model", "version", "endpoint"]
-    return {
-        "requests": prometheus_client.Counter(
-            name="modelpack_requests_total",
-            documentation="Requests answered, by model, version, endpoint and HTTP status",
-            labelnames=[*labels, "status"],
-        ),
-        "errors": prometheus_client.Counter(
-            name="modelpack_errors_total",
-            documentation="Requests answered with an error (4xx/5xx), by model, version, endpoint and status",
-            labelnames=[*labels, "status"],
-        ),
-        "latency": prometheus_client.Histogram(
-            name="modelpack_request_duration_seconds",
-            documentation="Time from parsed request to response body, by model, version and endpoint",
-            labelnames=labels,
-            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
-        ),
-        "batch": prometheus_client.Histogram(
-            name="modelpack_triton_batch_rows",
-            documentation="Rows per Triton call after merging concurrent requests",
-            labelnames=["model", "version"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-        ),
-    }
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the request id of the request being served."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        data = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": REQUEST_ID.get(),
-        }
-        data.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
-
-
-def configure_logging() -> None:
-    """JSON lines on stderr for this module's logger; called when the service starts (its entry point)."""
-    if any(isinstance(h.formatter, JsonFormatter) for h in log.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
-
-def die_with_parent() -> None:
-    """Have Linux SIGTERM this worker when the process that started it dies. BentoML runs its workers
-    in sessions of their own, so killing ``bentoml serve`` (its whole process group, SIGKILL) would
-    otherwise leave the worker behind, holding the port and the Triton channel."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-    if os.getppid() == 1:  # the parent was already gone before the call
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class RequestContextMiddleware:
@@ -482,7 +396,7 @@ class ModelService:
         self.triton = TritonGateway(self.settings.triton)
         self.rng = random.Random()
         self.coalescers: dict[tuple[str, int], Coalescer] = {}
-        self.metrics = _metrics()
+        self.metrics = metrics()
         self._last_ready_reason: str | None = "not checked yet"
         log.info(
             "serving %s from %s via Triton at %s",

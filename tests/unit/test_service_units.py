@@ -17,6 +17,7 @@ import yaml
 import service
 from converters.sentences import SENTENCES
 from core.errors import InvalidArgument, NotFound, PayloadTooLarge, Unavailable
+from serving.observability import REQUEST_ID, metrics
 from serving.preprocess import ImagePipeline, TextPipeline
 from serving.settings import ServiceSettings, read_settings
 from serving.triton_client import Coalescer, merge_rows
@@ -324,17 +325,17 @@ def test_unexpected_error_is_answered_500_with_the_request_id(model_repo):
     instance.settings = settings_for(model_repo, MINIMAL["models"])
     instance.models = service.load_models(instance.settings)
     instance.rng = random.Random(0)
-    instance.metrics = service._metrics()
+    instance.metrics = metrics()
 
     async def broken(entry, chosen):
         raise RuntimeError("a bug")
 
     async def scenario():
-        token = service.REQUEST_ID.set("req-1")
+        token = REQUEST_ID.set("req-1")
         try:
             return await instance._serve("/embed", "feature-extraction", None, None, broken)
         finally:
-            service.REQUEST_ID.reset(token)
+            REQUEST_ID.reset(token)
 
     response = asyncio.run(scenario())
     body = json.loads(response.body)
