@@ -37,7 +37,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated
 
 import bentoml
@@ -47,133 +46,14 @@ from pydantic import Field
 from starlette.responses import Response
 
 from core.errors import InvalidArgument, NotFound, ToolkitError, Unavailable
-from core.repository import Repository
-from core.tasks import TEXT_TASKS
 from serving.http import RequestContextMiddleware, check_items, check_texts, error_response, json_response
 from serving.lifecycle import die_with_parent
+from serving.models import ModelEntry, VersionEntry, load_models
 from serving.observability import configure_logging, metrics
-from serving.preprocess import ImagePipeline, TextPipeline
-from serving.settings import Limits, ModelSettings, ServiceSettings, load_settings
+from serving.settings import load_settings
 from serving.triton_client import Coalescer, TritonGateway
 
 log = logging.getLogger(f"serving.{__name__}")  # until the request path moves into serving/
-
-
-# ---- the model registry: what the repository holds for each configured model ---------------------
-
-
-@dataclass
-class VersionEntry:
-    version: int
-    manifest: dict
-    input_names: tuple[str, ...]
-    output_name: str
-    labels: tuple[str, ...]
-    text: TextPipeline | None = None
-    image: ImagePipeline | None = None
-
-
-@dataclass
-class ModelEntry:
-    name: str
-    task: str
-    top_k: int
-    max_batch_size: int  # Triton's, from config.pbtxt
-    versions: dict[int, VersionEntry]
-    split: dict[int, float]  # routable versions -> weight
-
-    def choose(self, pinned: int | None, rng: random.Random) -> VersionEntry:
-        if pinned is not None:
-            if pinned not in self.versions:
-                served = ", ".join(map(str, sorted(self.versions)))
-                raise NotFound(
-                    f"version: {self.name} has no served version {pinned}; served versions: {served} "
-                    "(leave `version` out to use the configured split)",
-                    field="version",
-                )
-            return self.versions[pinned]
-        if len(self.split) == 1:
-            return self.versions[next(iter(self.split))]
-        return self.versions[rng.choices(list(self.split), weights=list(self.split.values()))[0]]
-
-
-def load_models(settings: ServiceSettings) -> dict[str, ModelEntry]:
-    """Read every configured model's served versions from the repository; errors name the setting."""
-    repo = Repository(settings.repository)
-    models = {}
-    for index, spec in enumerate(settings.models):
-        where = f"models.{index} ({spec.name})"
-        if spec.name not in repo.models():
-            known = ", ".join(repo.models()) or "none"
-            raise NotFound(
-                f"{where}: {spec.name!r} is not in the repository {repo.root} (models there: {known}); "
-                "publish it with `python -m converters` or fix `repository`/`name`",
-                field=f"models.{index}.name",
-            )
-        config = repo.config(spec.name)
-        served = repo.served_versions(spec.name)
-        if not served:
-            raise NotFound(
-                f"{where}: {repo.model_dir(spec.name)} has no served version", field=f"models.{index}"
-            )
-        versions = {v: _version_entry(repo, spec, v, settings.limits, where) for v in served}
-        split = dict(spec.versions) if spec.versions else {served[-1]: 1.0}
-        missing = sorted(set(split) - set(versions))
-        if missing:
-            raise NotFound(
-                f"{where}: versions {missing} of the split are not served (served: {served}); publish them "
-                "or change `versions`",
-                field=f"models.{index}.versions",
-            )
-        split = {v: w for v, w in split.items() if w > 0}
-        models[spec.name] = ModelEntry(
-            name=spec.name,
-            task=spec.task,
-            top_k=spec.top_k,
-            max_batch_size=max(1, int(config.max_batch_size)),
-            versions=versions,
-            split=split,
-        )
-    return models
-
-
-def _version_entry(
-    repo: Repository, spec: ModelSettings, version: int, limits: Limits, where: str
-) -> VersionEntry:
-    manifest = repo.manifest(spec.name, version)
-    where = f"{where} version {version}"
-    if manifest.get("task") != spec.task:
-        raise InvalidArgument(
-            f"{where}: the manifest says task {manifest.get('task')!r} but service.yaml says {spec.task!r}; "
-            "make `task` match the entry",
-            field="task",
-        )
-    try:
-        input_names = tuple(t["name"] for t in manifest["inputs"])
-        output_name = manifest["outputs"][0]["name"]
-    except (KeyError, IndexError, TypeError):
-        raise InvalidArgument(
-            f"{where}: the manifest lacks inputs/outputs; re-publish the entry", field="manifest"
-        ) from None
-    pre = manifest.get("preprocessing") or {}
-    entry = VersionEntry(version, manifest, input_names, output_name, tuple(manifest.get("labels") or ()))
-    if spec.task in TEXT_TASKS:
-        declared = int(pre.get("max_length") or 512)
-        if spec.max_length is not None and spec.max_length > declared:
-            raise InvalidArgument(
-                f"{where}: max_length {spec.max_length} exceeds the entry's {declared}; "
-                f"use at most {declared}",
-                field="max_length",
-            )
-        tokenizer_dir = repo.version_dir(spec.name, version) / pre.get("tokenizer", "tokenizer")
-        entry.text = TextPipeline(tokenizer_dir, spec.max_length or declared)
-    else:
-        entry.image = ImagePipeline.from_manifest(pre, limits.max_image_pixels, where)
-    if spec.task != "feature-extraction" and not entry.labels:
-        num = (manifest["outputs"][0].get("shape") or [-1, -1])[-1]
-        if num > 0:
-            entry.labels = tuple(str(i) for i in range(num))
-    return entry
 
 
 def check_top_k(top_k: int | None, entry: VersionEntry, default: int) -> int:

@@ -232,7 +232,7 @@ def _config_map_settings(objects, overlay: str, tmp_path: Path, repository: Path
 
 
 def test_bento_config_loads_the_models_of_a_real_repository(objects, model_repo, tmp_path):
-    from service import load_models
+    from serving.models import load_models
 
     for overlay in ("cpu", "gpu"):
         models = load_models(_config_map_settings(objects, overlay, tmp_path, model_repo))
@@ -248,7 +248,7 @@ def test_canary_split_loads_once_the_repository_serves_both_versions(objects, wr
 
     from core.errors import NotFound as RepositoryNotFound
     from core.repository import Repository
-    from service import load_models
+    from serving.models import load_models
 
     settings = _config_map_settings(objects, "canary", tmp_path, writable_model_repo)
     with pytest.raises(RepositoryNotFound, match=r"versions \[2\] of the split are not served"):

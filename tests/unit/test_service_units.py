@@ -17,6 +17,7 @@ import yaml
 import service
 from converters.sentences import SENTENCES
 from core.errors import InvalidArgument, NotFound, PayloadTooLarge, Unavailable
+from serving.models import load_models
 from serving.observability import REQUEST_ID, metrics
 from serving.preprocess import ImagePipeline, TextPipeline
 from serving.settings import ServiceSettings, read_settings
@@ -117,7 +118,7 @@ def settings_for(repo: Path, models: list[dict]) -> ServiceSettings:
 
 
 def test_load_models_reads_manifests_tokenizers_and_labels(model_repo):
-    models = service.load_models(
+    models = load_models(
         settings_for(
             model_repo,
             [
@@ -136,31 +137,31 @@ def test_load_models_reads_manifests_tokenizers_and_labels(model_repo):
 
 def test_load_models_refuses_what_the_repository_does_not_have(model_repo, tmp_path):
     with pytest.raises(NotFound, match=r"models\.0 \(bert\).*models there: image_classifier, minilm"):
-        service.load_models(settings_for(model_repo, [{"name": "bert", "task": "feature-extraction"}]))
+        load_models(settings_for(model_repo, [{"name": "bert", "task": "feature-extraction"}]))
     with pytest.raises(
         NotFound, match=r"versions \[2\] of the split are not served \(served: \[1\]\)"
     ) as caught:
-        service.load_models(
+        load_models(
             settings_for(
                 model_repo, [{"name": "minilm", "task": "feature-extraction", "versions": {1: 9, 2: 1}}]
             )
         )
     assert caught.value.field == "models.0.versions"
     with pytest.raises(InvalidArgument, match="manifest says task 'feature-extraction'"):
-        service.load_models(settings_for(model_repo, [{"name": "minilm", "task": "text-classification"}]))
+        load_models(settings_for(model_repo, [{"name": "minilm", "task": "text-classification"}]))
     with pytest.raises(InvalidArgument, match="max_length 9999 exceeds the entry's 256"):
-        service.load_models(
+        load_models(
             settings_for(model_repo, [{"name": "minilm", "task": "feature-extraction", "max_length": 9999}])
         )
     broken = tmp_path / "repo"
     shutil.copytree(model_repo / "minilm", broken / "minilm")
     (broken / "minilm" / "1" / "tokenizer" / "tokenizer.json").unlink()
     with pytest.raises(NotFound, match="no fast tokenizer file"):
-        service.load_models(settings_for(broken, [{"name": "minilm", "task": "feature-extraction"}]))
+        load_models(settings_for(broken, [{"name": "minilm", "task": "feature-extraction"}]))
 
 
 def test_version_choice_pins_and_splits(model_repo):
-    entry = service.load_models(settings_for(model_repo, [{"name": "minilm", "task": "feature-extraction"}]))[
+    entry = load_models(settings_for(model_repo, [{"name": "minilm", "task": "feature-extraction"}]))[
         "minilm"
     ]
     rng = None  # a pinned version draws nothing
@@ -323,7 +324,7 @@ def test_unexpected_error_is_answered_500_with_the_request_id(model_repo):
 
     instance = service.ModelService.inner.__new__(service.ModelService.inner)
     instance.settings = settings_for(model_repo, MINIMAL["models"])
-    instance.models = service.load_models(instance.settings)
+    instance.models = load_models(instance.settings)
     instance.rng = random.Random(0)
     instance.metrics = metrics()
 
