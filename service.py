@@ -46,6 +46,7 @@ from pydantic import Field
 from starlette.responses import Response
 
 from core.errors import InvalidArgument, NotFound, ToolkitError, Unavailable
+from core.tasks import TASK_SPECS
 from serving.http import RequestContextMiddleware, check_items, check_texts, error_response, json_response
 from serving.lifecycle import die_with_parent
 from serving.models import ModelEntry, VersionEntry, load_models
@@ -161,11 +162,7 @@ class ModelService:
             names = ", ".join(m.name for m in self.models.values() if m.task == task) or "none"
             raise NotFound(f"model: {name!r} is not served here; {task} models: {names}", field="model")
         if entry.task != task:
-            other = {
-                "feature-extraction": "/embed",
-                "text-classification": "/classify",
-                "image-classification": "/predict",
-            }[entry.task]
+            other = TASK_SPECS[entry.task].routes[0].path
             raise InvalidArgument(
                 f"model: {name!r} serves {entry.task} and {endpoint} needs {task}; "
                 f"call {other} with it instead",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from core.errors import InvalidArgument, NotFound
 from core.repository import Repository
-from core.tasks import TEXT_TASKS
+from core.tasks import TASK_SPECS
 from serving.preprocess import ImagePipeline, TextPipeline
 from serving.settings import Limits, ModelSettings, ServiceSettings
 
@@ -107,7 +107,8 @@ def _version_entry(
         ) from None
     pre = manifest.get("preprocessing") or {}
     entry = VersionEntry(version, manifest, input_names, output_name, tuple(manifest.get("labels") or ()))
-    if spec.task in TEXT_TASKS:
+    task = TASK_SPECS[spec.task]
+    if task.input_kind == "text":
         declared = int(pre.get("max_length") or 512)
         if spec.max_length is not None and spec.max_length > declared:
             raise InvalidArgument(
@@ -117,9 +118,9 @@ def _version_entry(
             )
         tokenizer_dir = repo.version_dir(spec.name, version) / pre.get("tokenizer", "tokenizer")
         entry.text = TextPipeline(tokenizer_dir, spec.max_length or declared)
-    else:
+    elif task.input_kind == "image":
         entry.image = ImagePipeline.from_manifest(pre, limits.max_image_pixels, where)
-    if spec.task != "feature-extraction" and not entry.labels:
+    if task.postprocess == "labels" and not entry.labels:
         num = (manifest["outputs"][0].get("shape") or [-1, -1])[-1]
         if num > 0:
             entry.labels = tuple(str(i) for i in range(num))

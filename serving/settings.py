@@ -13,12 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.errors import InvalidArgument, NotFound
 from core.repository import validate_name
+from core.tasks import TASK_SPECS
 
 CONFIG_ENV = "MODELPACK_SERVICE_CONFIG"
 TRITON_URL_ENV = "MODELPACK_TRITON_URL"
 REPOSITORY_ENV = "MODELPACK_REPOSITORY"
 # The bento ships service.yaml beside service.py, one folder above this package.
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "service.yaml"
+# The tasks of the registry: pydantic refuses any other, listing these.
+TaskName = Literal[tuple(TASK_SPECS)]
 
 
 class _Strict(BaseModel):
@@ -61,7 +64,7 @@ class Batching(_Strict):
 
 class ModelSettings(_Strict):
     name: str
-    task: Literal["feature-extraction", "text-classification", "image-classification"]
+    task: TaskName
     versions: dict[int, float] | None = Field(
         None, description="canary split, version -> weight (e.g. {1: 90, 2: 10}); default: the latest version"
     )

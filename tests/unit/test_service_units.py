@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import yaml
 import service
 from converters.sentences import SENTENCES
 from core.errors import InvalidArgument, NotFound, PayloadTooLarge, Unavailable
+from core.tasks import ROUTES, TASK_SPECS, TEXT_TASKS
 from serving.models import load_models
 from serving.observability import REQUEST_ID, metrics
 from serving.preprocess import ImagePipeline, TextPipeline
@@ -108,6 +110,33 @@ def test_unreadable_config_files(tmp_path):
         read_settings(write(tmp_path / "a.yaml", "models: [unclosed"), environ={})
     with pytest.raises(InvalidArgument, match="expected a mapping"):
         read_settings(write(tmp_path / "b.yaml", "- just a list"), environ={})
+
+
+# ---- the task registry: the one table the settings, the service and the docs read -----------------
+
+
+def test_every_route_belongs_to_one_task():
+    paths = [route.path for spec in TASK_SPECS.values() for route in spec.routes]
+    assert len(paths) == len(set(paths)) == len(ROUTES), paths
+    assert all(spec.routes for spec in TASK_SPECS.values())
+    assert TEXT_TASKS == ("feature-extraction", "text-classification")
+
+
+def test_settings_accept_exactly_the_registry_tasks():
+    schema = ServiceSettings.model_json_schema()["$defs"]["ModelSettings"]["properties"]["task"]
+    assert schema["enum"] == list(TASK_SPECS)
+
+
+def test_readme_route_table_is_the_registry():
+    """README's table of POST routes names each registry route under its task, and no other."""
+    readme = (Path(service.__file__).parent / "README.md").read_text(encoding="utf-8")
+    documented = {}
+    for line in readme.splitlines():
+        if line.startswith("| `POST "):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            for path in re.findall(r"`(?:POST )?(/[^`]*)`", cells[0]):
+                documented[path] = cells[1]
+    assert documented == {path: spec.task for path, (spec, _) in ROUTES.items()}
 
 
 # ---- the model registry against a real repository ------------------------------------------------
