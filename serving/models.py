@@ -125,3 +125,61 @@ def _version_entry(
         if num > 0:
             entry.labels = tuple(str(i) for i in range(num))
     return entry
+
+
+def find_model(models: dict[str, ModelEntry], name: str | None, task: str, endpoint: str) -> ModelEntry:
+    """The model a request names, or the one configured model with the endpoint's task."""
+    if name is None:
+        candidates = [m for m in models.values() if m.task == task]
+        if len(candidates) == 1:
+            return candidates[0]
+        names = ", ".join(m.name for m in candidates) or "none"
+        raise InvalidArgument(
+            f"model: {endpoint} needs a {task} model and {'several are' if candidates else 'none is'} "
+            f"configured ({names}); name one in `model`",
+            field="model",
+        )
+    entry = models.get(name)
+    if entry is None:
+        names = ", ".join(m.name for m in models.values() if m.task == task) or "none"
+        raise NotFound(f"model: {name!r} is not served here; {task} models: {names}", field="model")
+    if entry.task != task:
+        other = TASK_SPECS[entry.task].routes[0].path
+        raise InvalidArgument(
+            f"model: {name!r} serves {entry.task} and {endpoint} needs {task}; call {other} with it instead",
+            field="model",
+        )
+    return entry
+
+
+def describe(models: dict[str, ModelEntry]) -> dict:
+    """GET /models: every configured model, its task and split, and per served version its tensors,
+    parity and size, from the manifests."""
+    described = []
+    for entry in models.values():
+        versions = []
+        for number, version in sorted(entry.versions.items()):
+            manifest = version.manifest
+            versions.append(
+                {
+                    "version": number,
+                    "weight": entry.split.get(number, 0.0) / sum(entry.split.values()),
+                    "inputs": manifest.get("inputs"),
+                    "outputs": manifest.get("outputs"),
+                    "parity": manifest.get("parity"),
+                    "precision": manifest.get("precision"),
+                    "preprocessing": manifest.get("preprocessing"),
+                    "labels": list(version.labels) or None,
+                    "created_at": manifest.get("created_at"),
+                    "size_bytes": manifest.get("size_bytes"),
+                }
+            )
+        described.append(
+            {
+                "name": entry.name,
+                "task": entry.task,
+                "max_batch_size": entry.max_batch_size,
+                "versions": versions,
+            }
+        )
+    return {"models": described}

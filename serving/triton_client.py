@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ToolkitError, Unavailable
-from serving.settings import TritonSettings
+from serving.settings import Batching, TritonSettings
 
 # gRPC status codes that mean "Triton is down, restarting or too slow": answered with 503.
 _UNAVAILABLE_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED")
@@ -178,3 +178,52 @@ class Coalescer:
         finally:
             self._in_flight -= 1
             self._dispatch()
+
+
+class TritonCalls:
+    """How rows reach Triton for every model version: merged with concurrent requests for the same
+    version (one Coalescer each; with ``batching.coalesce`` off, one call per request), split into
+    calls of at most Triton's ``max_batch_size`` rows, answered within ``triton.timeout_s`` or 503."""
+
+    def __init__(self, gateway: TritonGateway, batching: Batching, batch_rows: Any) -> None:
+        self.gateway = gateway
+        self.batching = batching
+        self.batch_rows = batch_rows  # the Histogram of rows per Triton call (model, version)
+        self._coalescers: dict[tuple[str, int], Coalescer] = {}
+
+    async def run(
+        self, model: str, version: int, output: str, max_batch_size: int, inputs: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, int]:
+        """Triton's ``output`` for these rows, and the version that served them."""
+        key = (model, version)
+        coalescer = self._coalescers.get(key)
+        if coalescer is None:
+            batching = self.batching
+            max_rows = min(batching.max_batch_size, max_batch_size) if batching.coalesce else 1
+
+            async def infer(rows: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
+                return await self._infer_chunked(model, version, output, max_batch_size, rows)
+
+            in_flight = batching.max_in_flight if batching.coalesce else 1_000_000
+            coalescer = self._coalescers[key] = Coalescer(infer, max_rows, in_flight)
+        settings = self.gateway.settings
+        try:
+            async with asyncio.timeout(settings.timeout_s):
+                return await coalescer.submit(inputs)
+        except TimeoutError:
+            raise Unavailable(
+                f"Triton at {settings.url} did not answer for {model} version {version} within "
+                f"{settings.timeout_s:g} s (triton.timeout_s); retry later",
+                retry_after_s=settings.retry_after_s,
+            ) from None
+
+    async def _infer_chunked(
+        self, model: str, version: int, output: str, step: int, rows: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, int]:
+        count = len(next(iter(rows.values())))
+        self.batch_rows.labels(model=model, version=str(version)).observe(count)
+        if count <= step:
+            return await self.gateway.infer(model, version, rows, output)
+        chunks = [{k: v[i : i + step] for k, v in rows.items()} for i in range(0, count, step)]
+        results = await asyncio.gather(*(self.gateway.infer(model, version, c, output) for c in chunks))
+        return np.concatenate([r[0] for r in results]), results[0][1]

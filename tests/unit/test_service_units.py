@@ -20,9 +20,11 @@ from converters.sentences import SENTENCES
 from core.errors import InvalidArgument, NotFound, PayloadTooLarge, Unavailable
 from core.tasks import ROUTES, TASK_SPECS, TEXT_TASKS
 from serving.models import load_models
-from serving.observability import REQUEST_ID, metrics
+from serving.observability import REQUEST_ID
 from serving.preprocess import ImagePipeline, TextPipeline
+from serving.requests import RequestPath
 from serving.settings import ServiceSettings, read_settings
+from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Images
 from serving.triton_client import Coalescer, merge_rows
 
 
@@ -137,6 +139,15 @@ def test_readme_route_table_is_the_registry():
             for path in re.findall(r"`(?:POST )?(/[^`]*)`", cells[0]):
                 documented[path] = cells[1]
     assert documented == {path: spec.task for path, (spec, _) in ROUTES.items()}
+
+
+def test_service_endpoints_are_the_registry_routes():
+    """The service has an endpoint for every registry route and no other; every name a task entry
+    gives has its function in serving/tasks.py."""
+    assert sorted(api.route for api in service.ModelService.apis.values()) == sorted(ROUTES)
+    for spec in TASK_SPECS.values():
+        assert spec.input_kind in PREPROCESS and spec.postprocess in POSTPROCESS, spec.task
+        assert all(route.reply in REPLIES for route in spec.routes), spec.task
 
 
 # ---- the model registry against a real repository ------------------------------------------------
@@ -348,22 +359,18 @@ def test_coalescer_failure_reaches_every_waiting_request():
 
 def test_unexpected_error_is_answered_500_with_the_request_id(model_repo):
     """A bug inside an endpoint becomes a counted 500 naming the request id, never a lost request.
-    (The service object is assembled by hand: its __init__ would set up logging for this process.)"""
-    import random
+    The bug here: an endpoint handing /embed image inputs. (The shared request path alone: the
+    service's __init__ would set up logging for this process.)"""
+    import prometheus_client
 
-    instance = service.ModelService.inner.__new__(service.ModelService.inner)
-    instance.settings = settings_for(model_repo, MINIMAL["models"])
-    instance.models = load_models(instance.settings)
-    instance.rng = random.Random(0)
-    instance.metrics = metrics()
-
-    async def broken(entry, chosen):
-        raise RuntimeError("a bug")
+    path = RequestPath(settings_for(model_repo, MINIMAL["models"]))
+    counted = {"model": "minilm", "version": "1", "endpoint": "/embed", "status": "500"}
+    before = prometheus_client.REGISTRY.get_sample_value("modelpack_requests_total", counted) or 0.0
 
     async def scenario():
         token = REQUEST_ID.set("req-1")
         try:
-            return await instance._serve("/embed", "feature-extraction", None, None, broken)
+            return await path.serve("/embed", None, None, Images.one(None, [[[0, 0, 0]]]))
         finally:
             REQUEST_ID.reset(token)
 
@@ -371,3 +378,4 @@ def test_unexpected_error_is_answered_500_with_the_request_id(model_repo):
     body = json.loads(response.body)
     assert response.status_code == 500
     assert body["request_id"] == "req-1" and "internal error" in body["error"]
+    assert prometheus_client.REGISTRY.get_sample_value("modelpack_requests_total", counted) == before + 1
