@@ -40,6 +40,7 @@ def workload_data() -> dict:
     from benchmarks.workloads import WORKLOADS, load_inputs
     from core.errors import InvalidArgument
     from core.repository import Repository
+    from core.tasks import TASK_SPECS
 
     name = os.environ.get("MODELPACK_WORKLOAD", "minilm-short")
     if name not in WORKLOADS:
@@ -53,11 +54,7 @@ def workload_data() -> dict:
     manifest = repository.manifest(workload.model, version)
     inputs = load_inputs(workload, repository)
     output = manifest["outputs"][0]
-    bento_route = {
-        "feature-extraction": "/embed",
-        "text-classification": "/classify",
-        "image-classification": "/predict",
-    }[manifest["task"]]
+    bento_route = TASK_SPECS[manifest["task"]].routes[0].path  # the task's one-item route
     bodies = inputs.http_bodies()
     if version is not None:
         bodies = [{**body, "version": version} for body in bodies]

@@ -1,13 +1,19 @@
-"""Export specs per task, as data: tensor names, Triton datatypes, dynamic axes.
+"""The tasks, as data: one registry (``TASK_SPECS``) is the only place that knows them.
 
-One registry (``TASK_SPECS``) says, for each task the converters support, which inputs the ONNX
-graph takes and which outputs it gives. The exporters, the parity check, the Triton config and the
-manifest all read it, so the tensor names of the contract live in one place.
+For each task it says which inputs the ONNX graph takes and which outputs it gives (tensor names,
+Triton datatypes, dynamic axes), how the int8 variant is judged, what a request carries (text or an
+image), how the output rows become results, and the service's routes. The exporters, the parity
+check, the Triton config, the manifest, the service's settings, version routing and endpoints, and the
+docs (checked by tests) all read it. Adding a task is adding an entry here plus its pre- and
+post-processing functions in ``serving/tasks.py`` (and the endpoints' signatures in ``service.py``).
+
+Data only: the bento ships this package, so nothing heavier than the standard library is imported.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from core.errors import InvalidArgument
 
@@ -36,6 +42,23 @@ class TensorSpec:
         )
 
 
+# What a request of the task carries, and so which preprocessing makes its tensors: "text" goes
+# through the entry's own tokenizer, "image" is decoded and normalised as the manifest declares.
+InputKind = Literal["text", "image"]
+# What a row of the task's output is, and so how it becomes a result: "embeddings" are vectors, given
+# as they are; "labels" are logits, one per label, given as the top-k labels with probabilities.
+Postprocess = Literal["embeddings", "labels"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One POST endpoint of the service for a task (``service.py`` declares its request fields)."""
+
+    path: str
+    # How the results become the answer's fields: a name in serving.tasks.REPLIES.
+    reply: str
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     task: str
@@ -43,6 +66,10 @@ class TaskSpec:
     outputs: tuple[TensorSpec, ...]
     # How the int8 variant is judged against fp32: "cosine" (embeddings) or "top1" (classifiers).
     quantization_gate: str
+    input_kind: InputKind
+    postprocess: Postprocess
+    # The service's endpoints for the task; the first is the one an error points a client to.
+    routes: tuple[Route, ...]
 
 
 def _token_input(name: str) -> TensorSpec:
@@ -55,22 +82,41 @@ TASK_SPECS: dict[str, TaskSpec] = {
         inputs=(_token_input("input_ids"), _token_input("attention_mask")),
         outputs=(TensorSpec("embeddings", "FP32", (-1, -1), {0: "batch"}),),
         quantization_gate="cosine",
+        input_kind="text",
+        postprocess="embeddings",
+        routes=(
+            Route("/embed", reply="embedding"),
+            Route("/embed/batch", reply="embeddings"),
+            Route("/similarity", reply="similarity"),
+        ),
     ),
     "text-classification": TaskSpec(
         task="text-classification",
         inputs=(_token_input("input_ids"), _token_input("attention_mask")),
         outputs=(TensorSpec("logits", "FP32", (-1, -1), {0: "batch"}),),
         quantization_gate="top1",
+        input_kind="text",
+        postprocess="labels",
+        routes=(Route("/classify", reply="predictions"), Route("/classify/batch", reply="results")),
     ),
     "image-classification": TaskSpec(
         task="image-classification",
         inputs=(TensorSpec("input", "FP32", (-1, -1, -1, -1), {0: "batch"}),),
         outputs=(TensorSpec("logits", "FP32", (-1, -1), {0: "batch"}),),
         quantization_gate="top1",
+        input_kind="image",
+        postprocess="labels",
+        routes=(Route("/predict", reply="predictions"), Route("/predict/batch", reply="results")),
     ),
 }
 
-TEXT_TASKS = ("feature-extraction", "text-classification")
+# The tasks whose requests are texts (the Hugging Face exporter's, and the tokenizer's in validate).
+TEXT_TASKS = tuple(name for name, spec in TASK_SPECS.items() if spec.input_kind == "text")
+
+# Every route of the service -> the task it serves and the route (tests check no path is listed twice).
+ROUTES: dict[str, tuple[TaskSpec, Route]] = {
+    route.path: (spec, route) for spec in TASK_SPECS.values() for route in spec.routes
+}
 
 
 def task_spec(task: str, *, allowed: tuple[str, ...] | None = None) -> TaskSpec:

@@ -1,2 +1,13 @@
-"""The BentoML service's machinery: settings, tasks, preprocessing, version routing, the Triton client,
-HTTP glue and observability. ``service.py`` at the root is the service class and its endpoints."""
+"""The BentoML service's machinery; ``service.py`` at the root is the service class and its endpoints.
+
+- ``requests``: the one request path every endpoint calls (model, version, pre, Triton, post, answer)
+- ``tasks``: pre-processing per input kind, post-processing per task, replies per route, by the names
+  the task registry (``core/tasks.py``) gives
+- ``settings``: ``service.yaml`` (unknown keys refused); ``models``: the configured models' served
+  versions and the version choice (canary split); ``preprocess``: tokenizer and image pipelines
+- ``triton_client``: the async gRPC client, request merging and chunking; ``http``: request ids, body
+  limit, error shapes and request checks; ``observability``: metrics and JSON logs; ``lifecycle``
+
+Only ``core/`` and the packages of requirements-service.txt are imported here: the bento ships this
+package and ``core/``, nothing else of the repository.
+"""

@@ -158,8 +158,8 @@ def test_bento_reaches_triton_through_its_service(objects, overlay):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_bento_config_map_is_a_valid_service_configuration(objects, overlay, tmp_path):
-    """The mounted service.yaml parses with service.py's own reader, with the Deployment's env."""
-    from service import read_settings
+    """The mounted service.yaml parses with the service's own reader, with the Deployment's env."""
+    from serving.settings import read_settings
 
     pod = _pod(objects, overlay, "bento")
     bento = _container(pod, "bento")
@@ -220,8 +220,8 @@ def test_triton_command_is_the_same_in_the_image_kubernetes_and_ecs(objects):
 
 
 def _config_map_settings(objects, overlay: str, tmp_path: Path, repository: Path):
-    """The overlay's service.yaml read by service.py, with the repository override pointed at a real one."""
-    from service import read_settings
+    """The overlay's service.yaml through read_settings, the repository override pointed at a real one."""
+    from serving.settings import read_settings
 
     pod = _pod(objects, overlay, "bento")
     env = {e["name"]: e["value"] for e in _container(pod, "bento")["env"]}
@@ -232,7 +232,7 @@ def _config_map_settings(objects, overlay: str, tmp_path: Path, repository: Path
 
 
 def test_bento_config_loads_the_models_of_a_real_repository(objects, model_repo, tmp_path):
-    from service import load_models
+    from serving.models import load_models
 
     for overlay in ("cpu", "gpu"):
         models = load_models(_config_map_settings(objects, overlay, tmp_path, model_repo))
@@ -248,7 +248,7 @@ def test_canary_split_loads_once_the_repository_serves_both_versions(objects, wr
 
     from core.errors import NotFound as RepositoryNotFound
     from core.repository import Repository
-    from service import load_models
+    from serving.models import load_models
 
     settings = _config_map_settings(objects, "canary", tmp_path, writable_model_repo)
     with pytest.raises(RepositoryNotFound, match=r"versions \[2\] of the split are not served"):

@@ -142,9 +142,10 @@ def test_bento_carries_what_the_service_needs(built_bento):
 
     # The bento's own source imports with nothing from the checkout, and its configuration is valid.
     check = (
-        "import service, core; "
+        "import service, core, serving.settings; "
         f"assert core.__file__.startswith({str(src)!r}), core.__file__; "
-        "print(service.read_settings('service.yaml').models[0].name)"
+        f"assert serving.settings.__file__.startswith({str(src)!r}), serving.settings.__file__; "
+        "print(serving.settings.read_settings('service.yaml').models[0].name)"
     )
     done = subprocess.run(
         [sys.executable, "-c", check],

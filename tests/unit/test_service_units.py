@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,15 @@ import yaml
 
 import service
 from converters.sentences import SENTENCES
-from core.errors import InvalidArgument, NotFound, PayloadTooLarge
+from core.errors import InvalidArgument, NotFound, PayloadTooLarge, Unavailable
+from core.tasks import ROUTES, TASK_SPECS, TEXT_TASKS
+from serving.models import load_models
+from serving.observability import REQUEST_ID
+from serving.preprocess import ImagePipeline, TextPipeline
+from serving.requests import RequestPath
+from serving.settings import ServiceSettings, read_settings
+from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Images
+from serving.triton_client import Coalescer, merge_rows
 
 
 def write(path: Path, data) -> Path:
@@ -31,7 +40,7 @@ MINIMAL = {"models": [{"name": "minilm", "task": "feature-extraction"}]}
 
 
 def test_shipped_service_yaml_is_valid():
-    settings = service.read_settings(Path(service.__file__).parent / "service.yaml", environ={})
+    settings = read_settings(Path(service.__file__).parent / "service.yaml", environ={})
     assert [m.name for m in settings.models] == ["minilm", "image_classifier"]
     assert settings.repository == Path(service.__file__).parent / "model_repository"
     assert settings.limits.max_items == 64 and settings.batching.coalesce is True
@@ -40,10 +49,10 @@ def test_shipped_service_yaml_is_valid():
 def test_defaults_relative_repository_and_environment_overrides(tmp_path):
     (tmp_path / "conf").mkdir()
     path = write(tmp_path / "conf" / "service.yaml", {**MINIMAL, "repository": "../repo"})
-    settings = service.read_settings(path, environ={})
+    settings = read_settings(path, environ={})
     assert settings.repository == (tmp_path / "repo").resolve()
     assert settings.triton.url == "127.0.0.1:8001" and settings.triton.timeout_s == 10.0
-    overridden = service.read_settings(
+    overridden = read_settings(
         path, environ={"MODELPACK_TRITON_URL": "triton:9001", "MODELPACK_REPOSITORY": "/models"}
     )
     assert overridden.triton.url == "triton:9001" and overridden.repository == Path("/models")
@@ -89,7 +98,7 @@ def test_defaults_relative_repository_and_environment_overrides(tmp_path):
 )
 def test_bad_settings_are_refused_naming_the_field(tmp_path, data, names):
     with pytest.raises(InvalidArgument) as caught:
-        service.read_settings(write(tmp_path / "service.yaml", data), environ={})
+        read_settings(write(tmp_path / "service.yaml", data), environ={})
     message = str(caught.value)
     assert str(tmp_path / "service.yaml") in message
     for name in names:
@@ -98,22 +107,58 @@ def test_bad_settings_are_refused_naming_the_field(tmp_path, data, names):
 
 def test_unreadable_config_files(tmp_path):
     with pytest.raises(NotFound, match="MODELPACK_SERVICE_CONFIG"):
-        service.read_settings(tmp_path / "missing.yaml", environ={})
+        read_settings(tmp_path / "missing.yaml", environ={})
     with pytest.raises(InvalidArgument, match="not valid YAML"):
-        service.read_settings(write(tmp_path / "a.yaml", "models: [unclosed"), environ={})
+        read_settings(write(tmp_path / "a.yaml", "models: [unclosed"), environ={})
     with pytest.raises(InvalidArgument, match="expected a mapping"):
-        service.read_settings(write(tmp_path / "b.yaml", "- just a list"), environ={})
+        read_settings(write(tmp_path / "b.yaml", "- just a list"), environ={})
+
+
+# ---- the task registry: the one table the settings, the service and the docs read -----------------
+
+
+def test_every_route_belongs_to_one_task():
+    paths = [route.path for spec in TASK_SPECS.values() for route in spec.routes]
+    assert len(paths) == len(set(paths)) == len(ROUTES), paths
+    assert all(spec.routes for spec in TASK_SPECS.values())
+    assert TEXT_TASKS == ("feature-extraction", "text-classification")
+
+
+def test_settings_accept_exactly_the_registry_tasks():
+    schema = ServiceSettings.model_json_schema()["$defs"]["ModelSettings"]["properties"]["task"]
+    assert schema["enum"] == list(TASK_SPECS)
+
+
+def test_readme_route_table_is_the_registry():
+    """README's table of POST routes names each registry route under its task, and no other."""
+    readme = (Path(service.__file__).parent / "README.md").read_text(encoding="utf-8")
+    documented = {}
+    for line in readme.splitlines():
+        if line.startswith("| `POST "):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            for path in re.findall(r"`(?:POST )?(/[^`]*)`", cells[0]):
+                documented[path] = cells[1]
+    assert documented == {path: spec.task for path, (spec, _) in ROUTES.items()}
+
+
+def test_service_endpoints_are_the_registry_routes():
+    """The service has an endpoint for every registry route and no other; every name a task entry
+    gives has its function in serving/tasks.py."""
+    assert sorted(api.route for api in service.ModelService.apis.values()) == sorted(ROUTES)
+    for spec in TASK_SPECS.values():
+        assert spec.input_kind in PREPROCESS and spec.postprocess in POSTPROCESS, spec.task
+        assert all(route.reply in REPLIES for route in spec.routes), spec.task
 
 
 # ---- the model registry against a real repository ------------------------------------------------
 
 
-def settings_for(repo: Path, models: list[dict]) -> service.ServiceSettings:
-    return service.ServiceSettings.model_validate({"repository": str(repo), "models": models})
+def settings_for(repo: Path, models: list[dict]) -> ServiceSettings:
+    return ServiceSettings.model_validate({"repository": str(repo), "models": models})
 
 
 def test_load_models_reads_manifests_tokenizers_and_labels(model_repo):
-    models = service.load_models(
+    models = load_models(
         settings_for(
             model_repo,
             [
@@ -132,31 +177,31 @@ def test_load_models_reads_manifests_tokenizers_and_labels(model_repo):
 
 def test_load_models_refuses_what_the_repository_does_not_have(model_repo, tmp_path):
     with pytest.raises(NotFound, match=r"models\.0 \(bert\).*models there: image_classifier, minilm"):
-        service.load_models(settings_for(model_repo, [{"name": "bert", "task": "feature-extraction"}]))
+        load_models(settings_for(model_repo, [{"name": "bert", "task": "feature-extraction"}]))
     with pytest.raises(
         NotFound, match=r"versions \[2\] of the split are not served \(served: \[1\]\)"
     ) as caught:
-        service.load_models(
+        load_models(
             settings_for(
                 model_repo, [{"name": "minilm", "task": "feature-extraction", "versions": {1: 9, 2: 1}}]
             )
         )
     assert caught.value.field == "models.0.versions"
     with pytest.raises(InvalidArgument, match="manifest says task 'feature-extraction'"):
-        service.load_models(settings_for(model_repo, [{"name": "minilm", "task": "text-classification"}]))
+        load_models(settings_for(model_repo, [{"name": "minilm", "task": "text-classification"}]))
     with pytest.raises(InvalidArgument, match="max_length 9999 exceeds the entry's 256"):
-        service.load_models(
+        load_models(
             settings_for(model_repo, [{"name": "minilm", "task": "feature-extraction", "max_length": 9999}])
         )
     broken = tmp_path / "repo"
     shutil.copytree(model_repo / "minilm", broken / "minilm")
     (broken / "minilm" / "1" / "tokenizer" / "tokenizer.json").unlink()
     with pytest.raises(NotFound, match="no fast tokenizer file"):
-        service.load_models(settings_for(broken, [{"name": "minilm", "task": "feature-extraction"}]))
+        load_models(settings_for(broken, [{"name": "minilm", "task": "feature-extraction"}]))
 
 
 def test_version_choice_pins_and_splits(model_repo):
-    entry = service.load_models(settings_for(model_repo, [{"name": "minilm", "task": "feature-extraction"}]))[
+    entry = load_models(settings_for(model_repo, [{"name": "minilm", "task": "feature-extraction"}]))[
         "minilm"
     ]
     rng = None  # a pinned version draws nothing
@@ -183,22 +228,22 @@ def test_tokenizer_matches_transformers(model_repo):
 
     folder = model_repo / "minilm" / "1" / "tokenizer"
     texts = [*SENTENCES, "word " * 400]  # the last one is truncated
-    ours = service.TextPipeline(folder, max_length=32).encode(texts)
+    ours = TextPipeline(folder, max_length=32).encode(texts)
     reference = AutoTokenizer.from_pretrained(folder)(
         texts, padding=True, truncation=True, max_length=32, return_tensors="np"
     )
     np.testing.assert_array_equal(ours["input_ids"], reference["input_ids"])
     np.testing.assert_array_equal(ours["attention_mask"], reference["attention_mask"])
     assert ours["input_ids"].dtype == np.int64 and ours["input_ids"].shape[1] == 32
-    single = service.TextPipeline(folder, max_length=32).encode([SENTENCES[1]])
+    single = TextPipeline(folder, max_length=32).encode([SENTENCES[1]])
     np.testing.assert_array_equal(
         single["input_ids"][0], reference["input_ids"][1][: single["input_ids"].shape[1]]
     )
 
 
-def image_pipeline(model_repo: Path, max_pixels: int = 4096 * 4096) -> service.ImagePipeline:
+def image_pipeline(model_repo: Path, max_pixels: int = 4096 * 4096) -> ImagePipeline:
     manifest = json.loads((model_repo / "image_classifier" / "1" / "manifest.json").read_text())
-    return service.ImagePipeline.from_manifest(manifest["preprocessing"], max_pixels, "test")
+    return ImagePipeline.from_manifest(manifest["preprocessing"], max_pixels, "test")
 
 
 def png(pixels: np.ndarray, fmt: str = "PNG") -> str:
@@ -256,9 +301,9 @@ def test_image_pixel_limit(model_repo):
 
 def test_bad_preprocessing_block_is_refused():
     with pytest.raises(InvalidArgument, match="preprocessing needs channels"):
-        service.ImagePipeline.from_manifest({"channels": 3}, 100, "image_classifier version 1")
+        ImagePipeline.from_manifest({"channels": 3}, 100, "image_classifier version 1")
     with pytest.raises(InvalidArgument, match="one non-zero std"):
-        service.ImagePipeline.from_manifest(
+        ImagePipeline.from_manifest(
             {"channels": 3, "height": 2, "width": 2, "mean": [0, 0, 0], "std": [1, 0, 1]}, 100, "x"
         )
 
@@ -269,7 +314,7 @@ def test_bad_preprocessing_block_is_refused():
 def test_merge_rows_pads_token_inputs():
     a = {"input_ids": np.array([[101, 7, 102]]), "attention_mask": np.array([[1, 1, 1]])}
     b = {"input_ids": np.array([[101, 102], [101, 102]]), "attention_mask": np.array([[1, 1], [1, 1]])}
-    merged = service.merge_rows([a, b])
+    merged = merge_rows([a, b])
     np.testing.assert_array_equal(merged["input_ids"], [[101, 7, 102], [101, 102, 0], [101, 102, 0]])
     np.testing.assert_array_equal(merged["attention_mask"], [[1, 1, 1], [1, 1, 0], [1, 1, 0]])
 
@@ -284,7 +329,7 @@ def test_coalescer_merges_concurrent_requests_and_splits_results():
         return rows["x"].sum(axis=1, keepdims=True) * 2 + 1, 7
 
     async def scenario():
-        coalescer = service.Coalescer(infer, max_batch_size=8, max_in_flight=1)
+        coalescer = Coalescer(infer, max_batch_size=8, max_in_flight=1)
         requests = [{"x": np.full((1 + i % 3, 2 + i % 2), i)} for i in range(12)]
         results = await asyncio.gather(*(coalescer.submit(r) for r in requests))
         return requests, results
@@ -300,40 +345,37 @@ def test_coalescer_merges_concurrent_requests_and_splits_results():
 def test_coalescer_failure_reaches_every_waiting_request():
     async def infer(rows):
         await asyncio.sleep(0.01)
-        raise service.Unavailable("Triton is down", retry_after_s=2)
+        raise Unavailable("Triton is down", retry_after_s=2)
 
     async def scenario():
-        coalescer = service.Coalescer(infer, max_batch_size=4, max_in_flight=1)
+        coalescer = Coalescer(infer, max_batch_size=4, max_in_flight=1)
         return await asyncio.gather(
             *(coalescer.submit({"x": np.ones((1, 1))}) for _ in range(5)), return_exceptions=True
         )
 
     outcomes = asyncio.run(scenario())
-    assert all(isinstance(o, service.Unavailable) and o.retry_after_s == 2 for o in outcomes)
+    assert all(isinstance(o, Unavailable) and o.retry_after_s == 2 for o in outcomes)
 
 
 def test_unexpected_error_is_answered_500_with_the_request_id(model_repo):
     """A bug inside an endpoint becomes a counted 500 naming the request id, never a lost request.
-    (The service object is assembled by hand: its __init__ would set up logging for this process.)"""
-    import random
+    The bug here: an endpoint handing /embed image inputs. (The shared request path alone: the
+    service's __init__ would set up logging for this process.)"""
+    import prometheus_client
 
-    instance = service.ModelService.inner.__new__(service.ModelService.inner)
-    instance.settings = settings_for(model_repo, MINIMAL["models"])
-    instance.models = service.load_models(instance.settings)
-    instance.rng = random.Random(0)
-    instance.metrics = service._metrics()
-
-    async def broken(entry, chosen):
-        raise RuntimeError("a bug")
+    path = RequestPath(settings_for(model_repo, MINIMAL["models"]))
+    counted = {"model": "minilm", "version": "1", "endpoint": "/embed", "status": "500"}
+    before = prometheus_client.REGISTRY.get_sample_value("modelpack_requests_total", counted) or 0.0
 
     async def scenario():
-        token = service.REQUEST_ID.set("req-1")
+        token = REQUEST_ID.set("req-1")
         try:
-            return await instance._serve("/embed", "feature-extraction", None, None, broken)
+            return await path.serve("/embed", None, None, Images.one(None, [[[0, 0, 0]]]))
         finally:
-            service.REQUEST_ID.reset(token)
+            REQUEST_ID.reset(token)
 
     response = asyncio.run(scenario())
     body = json.loads(response.body)
     assert response.status_code == 500
     assert body["request_id"] == "req-1" and "internal error" in body["error"]
+    assert prometheus_client.REGISTRY.get_sample_value("modelpack_requests_total", counted) == before + 1

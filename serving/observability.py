@@ -1,0 +1,79 @@
+"""What the service tells its operators: Prometheus series (``modelpack_*`` on BentoML's /metrics),
+JSON log lines carrying the request id of the request being served."""
+
+import contextvars
+import functools
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+# The parent of every logger of this package: configure_logging gives it the JSON handler.
+LOGGER = "serving"
+# The request id of the request being served, for log lines and error bodies.
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+@functools.cache
+def metrics() -> dict[str, Any]:
+    """Prometheus series served on BentoML's /metrics (created once per process, on first use).
+    prometheus_client is imported here, not at module import: BentoML's worker sets
+    PROMETHEUS_MULTIPROC_DIR after importing this module, and the client reads it when first imported."""
+    import prometheus_client
+
+    labels = ["model", "version", "endpoint"]
+    return {
+        "requests": prometheus_client.Counter(
+            name="modelpack_requests_total",
+            documentation="Requests answered, by model, version, endpoint and HTTP status",
+            labelnames=[*labels, "status"],
+        ),
+        "errors": prometheus_client.Counter(
+            name="modelpack_errors_total",
+            documentation="Requests answered with an error (4xx/5xx), by model, version, endpoint and status",
+            labelnames=[*labels, "status"],
+        ),
+        "latency": prometheus_client.Histogram(
+            name="modelpack_request_duration_seconds",
+            documentation="Time from parsed request to response body, by model, version and endpoint",
+            labelnames=labels,
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+        ),
+        "batch": prometheus_client.Histogram(
+            name="modelpack_triton_batch_rows",
+            documentation="Rows per Triton call after merging concurrent requests",
+            labelnames=["model", "version"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        ),
+    }
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the request id of the request being served."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": REQUEST_ID.get(),
+        }
+        data.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def configure_logging() -> None:
+    """JSON lines on stderr for the loggers of this package (``serving.*``); called when the service
+    starts (its entry point), never at import."""
+    log = logging.getLogger(LOGGER)
+    if any(isinstance(h.formatter, JsonFormatter) for h in log.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False

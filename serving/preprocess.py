@@ -1,0 +1,181 @@
+"""Requests into the tensors a model version takes, as its repository entry declares them: texts through
+the entry's own fast tokenizer, images decoded, resized and normalised by the manifest's
+``preprocessing`` block. Every bad input is an error naming its field."""
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import InvalidArgument, NotFound, PayloadTooLarge
+
+
+class TextPipeline:
+    """An entry's own fast tokenizer: batched, truncated to ``max_length``, padded to the longest text."""
+
+    def __init__(self, tokenizer_dir: Path, max_length: int) -> None:
+        from tokenizers import Tokenizer
+
+        path = tokenizer_dir / "tokenizer.json"
+        if not path.is_file():
+            raise NotFound(
+                f"{path}: the entry has no fast tokenizer file; re-publish it with the converters",
+                field="tokenizer",
+            )
+        self.tokenizer = Tokenizer.from_file(str(path))
+        self.max_length = max_length
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_length)
+        pad_token, pad_id = _pad_token(tokenizer_dir, self.tokenizer)
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if len(texts) == 1:
+            encodings = [self.tokenizer.encode(texts[0])]
+        else:
+            encodings = self.tokenizer.encode_batch(texts)
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+
+
+def _pad_token(tokenizer_dir: Path, tokenizer: Any) -> tuple[str, int]:
+    """The pad token named in tokenizer_config.json (or [PAD]/<pad>), and its id."""
+    names = []
+    config = tokenizer_dir / "tokenizer_config.json"
+    if config.is_file():
+        pad = json.loads(config.read_text(encoding="utf-8")).get("pad_token")
+        names.append(pad.get("content") if isinstance(pad, dict) else pad)
+    for name in [*names, "[PAD]", "<pad>"]:
+        if isinstance(name, str) and tokenizer.token_to_id(name) is not None:
+            return name, tokenizer.token_to_id(name)
+    return "[PAD]", 0  # padded positions are masked out, so the id only has to be a valid one
+
+
+@dataclass(frozen=True)
+class ImagePipeline:
+    """Decode, resize and normalise as the manifest's ``preprocessing`` block declares."""
+
+    channels: int
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float
+    max_pixels: int
+
+    @classmethod
+    def from_manifest(cls, pre: dict, max_pixels: int, where: str) -> "ImagePipeline":
+        try:
+            channels, height, width = int(pre["channels"]), int(pre["height"]), int(pre["width"])
+            mean = tuple(float(v) for v in pre.get("mean", [0.0] * channels))
+            std = tuple(float(v) for v in pre.get("std", [1.0] * channels))
+            scale = float(pre.get("scale", 1 / 255))
+        except (KeyError, TypeError, ValueError) as err:
+            raise InvalidArgument(
+                f"{where}: preprocessing needs channels, height, width (and mean, std, scale): {err}",
+                field="preprocessing",
+            ) from None
+        if channels not in (1, 3) or len(mean) != channels or len(std) != channels or 0 in std:
+            raise InvalidArgument(
+                f"{where}: preprocessing has channels={channels}, mean={list(mean)}, std={list(std)}; "
+                "channels must be 1 or 3 with one non-zero std and one mean per channel",
+                field="preprocessing",
+            )
+        return cls(channels, height, width, mean, std, scale, max_pixels)
+
+    def decode(self, data: str, field_name: str) -> np.ndarray:
+        """A base64 image (PNG, JPEG, ...; a data: URL prefix is accepted) -> the model's CHW input."""
+        from PIL import Image, UnidentifiedImageError
+
+        if data.startswith("data:"):
+            data = data.partition(",")[2]
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidArgument(
+                f"{field_name}: not valid base64 (standard alphabet, padded); send the image file's bytes "
+                "base64-encoded, e.g. base64.b64encode(open('cat.png','rb').read()).decode()",
+                field=field_name,
+            ) from None
+        try:
+            with Image.open(io.BytesIO(raw)) as image:
+                if image.width * image.height > self.max_pixels:
+                    raise PayloadTooLarge(
+                        f"{field_name}: the image is {image.width}x{image.height} pixels; the limit is "
+                        f"{self.max_pixels} pixels (limits.max_image_pixels); send a smaller image",
+                        field=field_name,
+                    )
+                image.load()
+                return self._normalise(image)
+        except UnidentifiedImageError:
+            raise InvalidArgument(
+                f"{field_name}: the {len(raw)} decoded bytes are not in an image format Pillow knows; "
+                "send a PNG or JPEG file",
+                field=field_name,
+            ) from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise InvalidArgument(
+                f"{field_name}: the image is damaged or truncated ({err}); send a complete PNG or JPEG file",
+                field=field_name,
+            ) from None
+
+    def from_array(self, values: Any, field_name: str) -> np.ndarray:
+        """Pixels as nested lists, HxWxC (or HxW for one channel), values 0..255 -> the model's CHW input."""
+        from PIL import Image
+
+        try:
+            array = np.asarray(values, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise InvalidArgument(
+                f"{field_name}: not a rectangular array of numbers; "
+                f"send H x W x {self.channels} pixel values",
+                field=field_name,
+            ) from None
+        if array.ndim == 2 and self.channels == 1:
+            array = array[:, :, None]
+        if array.ndim != 3 or array.shape[2] != self.channels or 0 in array.shape:
+            raise InvalidArgument(
+                f"{field_name}: shape {list(array.shape)}; expected height x width x {self.channels} "
+                f"(e.g. {self.height} x {self.width} x {self.channels}) pixel values 0..255",
+                field=field_name,
+            )
+        if array.shape[0] * array.shape[1] > self.max_pixels:
+            raise PayloadTooLarge(
+                f"{field_name}: {array.shape[0]}x{array.shape[1]} pixels; the limit is {self.max_pixels}",
+                field=field_name,
+            )
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+            raise InvalidArgument(
+                f"{field_name}: values must be finite pixel values in 0..255 (got min {array.min()}, "
+                f"max {array.max()})",
+                field=field_name,
+            )
+        if array.shape[:2] != (self.height, self.width):
+            pixels = array.round().astype(np.uint8)
+            mode = "L" if self.channels == 1 else "RGB"
+            image = Image.fromarray(pixels[:, :, 0] if self.channels == 1 else pixels, mode=mode)
+            return self._normalise(image)
+        return self._scale(array)
+
+    def _normalise(self, image: Any) -> np.ndarray:
+        from PIL import Image
+
+        image = image.convert("L" if self.channels == 1 else "RGB")
+        if image.size != (self.width, self.height):
+            image = image.resize((self.width, self.height), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.float32)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return self._scale(array)
+
+    def _scale(self, hwc: np.ndarray) -> np.ndarray:
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(((hwc * np.float32(self.scale) - mean) / std).transpose(2, 0, 1))

@@ -1,0 +1,164 @@
+"""The service's configuration: ``service.yaml`` (or the file ``$MODELPACK_SERVICE_CONFIG`` names), read
+into frozen pydantic models. Unknown keys are refused and one error lists every bad field, so a typo
+never passes as a silently ignored line."""
+
+import functools
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.errors import InvalidArgument, NotFound
+from core.repository import validate_name
+from core.tasks import TASK_SPECS
+
+CONFIG_ENV = "MODELPACK_SERVICE_CONFIG"
+TRITON_URL_ENV = "MODELPACK_TRITON_URL"
+REPOSITORY_ENV = "MODELPACK_REPOSITORY"
+# The bento ships service.yaml beside service.py, one folder above this package.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "service.yaml"
+# The tasks of the registry: pydantic refuses any other, listing these.
+TaskName = Literal[tuple(TASK_SPECS)]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are refused: a typo in service.yaml is an error, not a silently ignored line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TritonSettings(_Strict):
+    url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint, host:port")
+    timeout_s: float = Field(10.0, gt=0, le=300, description="longest wait for Triton per request, then 503")
+    retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a 503")
+    ready_timeout_s: float = Field(2.0, gt=0, le=60, description="per readiness probe call")
+
+    @field_validator("url")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port; write Triton's gRPC address, e.g. 127.0.0.1:8001")
+        return value
+
+
+class Limits(_Strict):
+    max_items: int = Field(64, ge=1, le=4096, description="texts, candidates or images per request")
+    max_text_chars: int = Field(10_000, ge=1, description="characters per text, before tokenizing")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body size, else 413")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="decoded width*height per image")
+
+
+class Batching(_Strict):
+    """Merge concurrent requests for one model version into one Triton call (see README's figures)."""
+
+    coalesce: bool = True
+    max_batch_size: int = Field(
+        64, ge=1, le=4096, description="rows per merged call (also capped by Triton's)"
+    )
+    max_in_flight: int = Field(2, ge=1, le=64, description="Triton calls in flight per model version")
+
+
+class ModelSettings(_Strict):
+    name: str
+    task: TaskName
+    versions: dict[int, float] | None = Field(
+        None, description="canary split, version -> weight (e.g. {1: 90, 2: 10}); default: the latest version"
+    )
+    max_length: int | None = Field(None, ge=1, description="tokens after truncation; at most the manifest's")
+    top_k: int = Field(5, ge=1, description="default number of labels returned by classifiers")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        try:
+            return validate_name(value)
+        except InvalidArgument as err:
+            raise ValueError(str(err).removeprefix("--name: ")) from None
+
+    @field_validator("versions")
+    @classmethod
+    def _split(cls, value: dict[int, float] | None) -> dict[int, float] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("an empty split; leave `versions` out to serve the latest version")
+        for version, weight in value.items():
+            if version < 1:
+                raise ValueError(f"version {version} is not a positive integer")
+            if not weight >= 0 or math.isinf(weight):
+                raise ValueError(f"weight {weight} of version {version} must be a finite number >= 0")
+        if sum(value.values()) <= 0:
+            raise ValueError(f"the weights {dict(value)} add up to 0; give at least one version a weight > 0")
+        return value
+
+
+class ServiceSettings(_Strict):
+    repository: Path = Field(Path("model_repository"), description="relative paths: to this file's folder")
+    triton: TritonSettings = TritonSettings()
+    limits: Limits = Limits()
+    batching: Batching = Batching()
+    log_requests: bool = Field(True, description="one JSON log line per request")
+    models: list[ModelSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ServiceSettings":
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"models: {', '.join(duplicates)} listed more than once; list each model once")
+        return self
+
+
+def read_settings(path: str | os.PathLike, *, environ: dict[str, str] | None = None) -> ServiceSettings:
+    """Parse and validate a service configuration file; one error listing every bad field.
+
+    ``$MODELPACK_TRITON_URL`` and ``$MODELPACK_REPOSITORY`` (from ``environ``, default ``os.environ``)
+    override ``triton.url`` and ``repository``, for containers that get them from their deployment.
+    """
+    environ = os.environ if environ is None else environ
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(
+            f"{path}: no service configuration there; write one (see service.yaml) "
+            f"or point ${CONFIG_ENV} at it",
+            field="config",
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise InvalidArgument(f"{path}: not valid YAML: {err}", field="config") from err
+    if not isinstance(data, dict):
+        raise InvalidArgument(
+            f"{path}: expected a mapping with a `models` list, got {type(data).__name__}", field="config"
+        )
+    if environ.get(TRITON_URL_ENV):
+        data.setdefault("triton", {})
+        if isinstance(data["triton"], dict):
+            data["triton"]["url"] = environ[TRITON_URL_ENV]
+    if environ.get(REPOSITORY_ENV):
+        data["repository"] = environ[REPOSITORY_ENV]
+    try:
+        settings = ServiceSettings.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for problem in err.errors(include_url=False):
+            where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+            given = f" (given: {problem['input']!r})" if problem["type"] != "missing" else ""
+            lines.append(f"- {where}: {problem['msg']}{given}")
+        first = str(err.errors()[0]["loc"][0]) if err.errors() and err.errors()[0]["loc"] else "config"
+        raise InvalidArgument(
+            f"{path}: {err.error_count()} invalid setting(s):\n" + "\n".join(lines), field=first
+        ) from None
+    if not settings.repository.is_absolute():
+        settings = settings.model_copy(update={"repository": (path.parent / settings.repository).resolve()})
+    return settings
+
+
+@functools.lru_cache(maxsize=1)
+def load_settings() -> ServiceSettings:
+    """The settings of this process: ``$MODELPACK_SERVICE_CONFIG`` or the service.yaml beside service.py."""
+    return read_settings(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
