@@ -746,15 +746,9 @@ def die_with_parent() -> None:
     """Have Linux SIGTERM this worker when the process that started it dies. BentoML runs its workers
     in sessions of their own, so killing ``bentoml serve`` (its whole process group, SIGKILL) would
     otherwise leave the worker behind, holding the port and the Triton channel."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
+    from core import processes
 
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-    if os.getppid() == 1:  # the parent was already gone before the call
-        os.kill(os.getpid(), signal.SIGTERM)
+    processes.die_with_parent()
 
 
 class RequestContextMiddleware:
