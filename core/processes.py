@@ -192,8 +192,6 @@ class HttpProbe:
     """A readiness probe: does ``GET url`` answer 200 within ``timeout_s``? ``last`` says what the latest
     try got, for the error when the deadline passes. No proxy: the servers probed are local."""
 
-    _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
     def __init__(self, url: str, timeout_s: float = 2.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
@@ -201,7 +199,7 @@ class HttpProbe:
 
     def __call__(self) -> bool:
         try:
-            with self._opener.open(self.url, timeout=self.timeout_s) as reply:
+            with _direct_opener().open(self.url, timeout=self.timeout_s) as reply:
                 self.last = f"GET {self.url}: HTTP {reply.status}"
                 return reply.status == 200
         except urllib.error.HTTPError as err:
@@ -209,6 +207,12 @@ class HttpProbe:
         except (urllib.error.URLError, OSError) as err:
             self.last = f"GET {self.url}: {getattr(err, 'reason', None) or err}"
         return False
+
+
+@functools.cache
+def _direct_opener() -> urllib.request.OpenerDirector:
+    """urllib without the proxies the environment may name."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def exit_status(returncode: int | None) -> str:
