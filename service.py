@@ -18,9 +18,9 @@ import bentoml
 from fastapi import FastAPI
 from pydantic import Field
 
+from core.processes import die_with_parent
 from core.tasks import ROUTES
 from serving.http import RequestContextMiddleware
-from serving.lifecycle import die_with_parent
 from serving.models import describe
 from serving.observability import configure_logging
 from serving.requests import RequestPath

@@ -34,11 +34,11 @@ from benchmarks import report
 from benchmarks.ceiling import measure_ceiling
 from benchmarks.loadgen import LocustRun, log_tail, perf_sweep, run_locust, run_logged
 from benchmarks.plans import Plan
-from benchmarks.procs import ProcessSet, wait_http_ok
+from benchmarks.procs import ProcessSet
 from benchmarks.workloads import Inputs, Workload, load_inputs, write_perf_analyzer_data
 from core.errors import CheckFailed, NotFound
+from core.processes import free_port
 from core.repository import Repository, default_repository
-from local_triton.server import free_port
 
 log = logging.getLogger(__name__)
 
@@ -323,29 +323,14 @@ class Run:
         return path
 
     def bento(self, procs: ProcessSet, triton_server, repo: Repository, models: list[str]) -> str:
-        port = free_port()
-        # The run's own service.yaml says where Triton and the repository are: no override from outside.
-        inherited = {
-            k: v for k, v in os.environ.items() if k not in ("MODELPACK_TRITON_URL", "MODELPACK_REPOSITORY")
-        }
-        env = {
-            **inherited,
-            "MODELPACK_SERVICE_CONFIG": str(self.bento_config(triton_server, repo, models)),
-            "BENTOML_HOME": str(self.out / "bentoml_home"),
-            "BENTOML_DO_NOT_TRACK": "true",
-        }
-        bentoml = Path(sys.executable).parent / "bentoml"
-        proc = procs.start(
-            "bento",
-            [str(bentoml), "serve", "service:ModelService", "--host", "127.0.0.1", "--port", str(port)],
-            log_path=self.out / "logs" / "bento.log",
-            env=env,
-            cwd=ROOT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        waited = wait_http_ok(f"{url}/readyz", proc=proc, timeout_s=60)
-        log.info("bento ready at %s after %.1f s", url, waited)
-        return url
+        from serving.launcher import BentoServer
+
+        # The run's own service.yaml says where Triton and the repository are (the launcher drops any
+        # override from the environment).
+        config = self.bento_config(triton_server, repo, models)
+        server = BentoServer(config, self.out / "bentoml_home", self.out / "logs" / "bento.log")
+        procs.enter(server.start(timeout=60), name="bento")  # a failed start leaves nothing running
+        return server.url
 
     def baseline(self, procs: ProcessSet, repo: Repository, models: list[str]) -> str:
         argv = [sys.executable, "-m", "benchmarks.baseline_fastapi"]
@@ -375,7 +360,7 @@ class Run:
             cwd=ROOT,
         )
         url = f"http://127.0.0.1:{port}"
-        waited = wait_http_ok(f"{url}/healthz", proc=proc, timeout_s=90)
+        waited = proc.wait_ready(f"{url}/healthz", timeout_s=90)
         log.info("fastapi-eager baseline ready at %s after %.1f s", url, waited)
         return url
 

@@ -10,36 +10,32 @@ NVIDIA's Triton image serves in production loads here unchanged.
         client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
 
 The server runs in its own process group (the python backend's stub processes included): ``stop()``
-ends the whole group and waits until none of it is left. ``stop()`` then ``start()`` restarts it on the
-same ports, and ``kill()`` simulates a crash, for tests of clients that must survive one.
+ends the whole group and waits until none of it is left (``core.processes`` does that work). ``stop()``
+then ``start()`` restarts it on the same ports, and ``kill()`` simulates a crash, for tests of clients
+that must survive one.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import json
 import logging
 import os
 import re
-import signal
-import socket
-import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import InvalidArgument, MissingDependency, NotFound, Unavailable
+from core import processes
+from core.errors import MissingDependency, NotFound, Unavailable
+from core.processes import HOST, check_port_free, free_port
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 SETUP_HINT = "run `make setup` (it runs local_triton/setup.sh)"
 
 
@@ -111,35 +107,6 @@ class Installation:
         return str(libdir) if any(libdir.glob("libpython3*.so*")) else None
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def check_port_free(port: int, field: str) -> int:
-    """Raise InvalidArgument naming the flag when 127.0.0.1:port is taken or not a port."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise InvalidArgument(
-            f"{field}: {port!r} is not a TCP port; give 1-65535, or 0 for a free one", field=field
-        )
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise InvalidArgument(
-                    f"{field}: {HOST}:{port} is already in use; pick another port (0 picks a free one) "
-                    "or stop what listens there",
-                    field=field,
-                ) from None
-            raise InvalidArgument(
-                f"{field}: cannot bind {HOST}:{port}: {err.strerror}", field=field
-            ) from None
-    return port
-
-
 # Lines of Triton's log that say why it did not come up, most specific first.
 _FAILURE_PATTERNS = (
     re.compile(r"failed to load '([^']+)' version (\d+): (.+?)\"?$"),
@@ -168,41 +135,6 @@ def failure_reason(log_text: str) -> str | None:
 def _first_line(message: str) -> str:
     """Triton quotes multi-line errors with literal ``\\n``: keep the first line (no traceback)."""
     return message.split("\\n", 1)[0].strip()
-
-
-def proc_stat(pid: int | str) -> list[str] | None:
-    """The fields of ``/proc/PID/stat`` after the command (state, ppid, pgrp, ...), or None when the
-    process is gone. The command may hold spaces and parentheses: the fields start after the last ')'."""
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def group_members(pgid: int) -> list[int]:
-    """The live processes (zombies excepted) of process group ``pgid``, read from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        fields = proc_stat(entry.name) if entry.name.isdigit() else None
-        if fields and int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far (0 if it is gone)."""
-    fields = proc_stat(pid)
-    if fields is None:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: SIGTERM it when the process that started it dies
-    (PR_SET_PDEATHSIG), so `serve` killed with SIGKILL does not leave the server running."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 class TritonServer:
@@ -242,9 +174,8 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self._requested = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
         self.http_port = self.grpc_port = self.metrics_port = None
-        self._process: subprocess.Popen | None = None
-        self._log_file = None
-        self._log_offset = 0
+        self._child: processes.Child | None = None
+        self._log_offset = 0  # where the latest start's output begins in the (appended) log
 
     # ---- addresses ----------------------------------------------------------------------------------
 
@@ -263,21 +194,21 @@ class TritonServer:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        return self._child.pid if self._child else None
 
     @property
     def returncode(self) -> int | None:
-        return self._process.poll() if self._process else None
+        return self._child.returncode if self._child else None
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._child is not None and self._child.alive()
 
     def cpu_times(self) -> dict[int, float]:
         """CPU seconds (user + system) used so far by each process of the server (tritonserver and its
         stubs), by pid. Over a load test, ``cpu_delta(before)`` divided by the items served is what
         serving costs per item."""
-        return {pid: _cpu_seconds(pid) for pid in group_members(self.pid)} if self.running else {}
+        return self._child.cpu_times() if self.running else {}
 
     def cpu_delta(self, before: dict[int, float]) -> float:
         """CPU seconds the server used since ``before = cpu_times()``; a stub started since then (a
@@ -337,6 +268,9 @@ class TritonServer:
                     self.http_port = self.grpc_port = self.metrics_port = None
                     continue
                 raise
+            except BaseException:  # Ctrl-C or SIGTERM while waiting: no half-started server is left
+                self.stop()
+                raise
         raise AssertionError("unreachable")
 
     def _assign_ports(self) -> None:
@@ -352,9 +286,6 @@ class TritonServer:
             fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._log_offset = self._log_file.tell()
         log.info(
             "starting tritonserver: http %s, grpc %s, metrics %s, repository %s, log %s",
             self.http_port,
@@ -363,46 +294,30 @@ class TritonServer:
             self.repository,
             self.log_path,
         )
-        try:
-            self._process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                env=self.install.environment(),
-                cwd=self.repository,
-                # Its own process group: stop() signals the server and every stub it spawned at once.
-                start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
-            )
-        except OSError as err:  # e.g. the binary is there but not executable
-            self._close_log()
-            binary = self.install.binary
-            raise MissingDependency(f"cannot run {binary}: {err.strerror}; {SETUP_HINT}") from err
+        # A session of its own: stop() ends the server and every stub it spawned (MissingDependency
+        # when the binary cannot be run, e.g. it is there but not executable).
+        self._child = processes.start(
+            "tritonserver",
+            self.command(),
+            log_path=self.log_path,
+            env=self.install.environment(),
+            cwd=self.repository,
+            die_with_parent=self.die_with_parent,
+            hint=SETUP_HINT,
+        )
+        self._log_offset = self._child.log_offset
         atexit.register(self.stop)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Block until /v2/health/ready answers 200 and every model asked for is ready."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.running:
-                raise Unavailable(self.explain(f"exited with status {self._process.returncode}"))
-            if self._ready():
-                return
-            if time.monotonic() > deadline:
-                raise Unavailable(self.explain(f"was not ready after {timeout:.0f}s"))
-            time.sleep(0.1)
+        """Block until /v2/health/ready answers 200 and every model asked for is ready; Unavailable
+        with the log line that says why when the server exits first or ``timeout`` passes."""
+        if self._child is None:
+            raise Unavailable("the Triton server has not been started; call start()")
+        self._child.wait_ready(self._ready, timeout, explain=self.explain)
 
     def _ready(self) -> bool:
         paths = ["health/ready", *(f"models/{name}/ready" for name in self.models or [])]
-        for path in paths:
-            try:
-                with urllib.request.urlopen(f"http://{self.http_url}/v2/{path}", timeout=2) as reply:
-                    if reply.status != 200:
-                        return False
-            except (urllib.error.URLError, OSError):
-                return False
-        return True
+        return all(processes.HttpProbe(f"http://{self.http_url}/v2/{path}")() for path in paths)
 
     def explain(self, what: str) -> str:
         """``tritonserver <what>: <the log line that says why> (log: PATH)``."""
@@ -419,55 +334,23 @@ class TritonServer:
             return handle.read().decode("utf-8", "replace")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the process group, SIGKILL it after ``timeout``; return once none of it is left."""
+        """SIGTERM the process group, SIGKILL what is left of it after ``timeout``; return once none of
+        it is left."""
         atexit.unregister(self.stop)
-        process, self._process = self._process, None
-        if process is not None:
-            pgid = process.pid
-            self._signal_group(pgid, signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("tritonserver %s did not stop in %.0fs; killing it", pgid, timeout)
-            self._end_group(pgid, min(timeout, 10.0))
-        self._close_log()
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop(grace_s=timeout)
 
     def kill(self) -> None:
         """SIGKILL the server and its stubs at once, as a crash would (ports are kept for start())."""
         atexit.unregister(self.stop)
-        process, self._process = self._process, None
-        if process is not None:
-            self._signal_group(process.pid, signal.SIGKILL)
-            process.wait()
-            self._end_group(process.pid, 10.0)
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        child, self._child = self._child, None
+        if child is not None:
+            child.kill()
 
     def restart(self, timeout: float = 120.0) -> TritonServer:
         self.stop()
         return self.start(timeout)
-
-    @staticmethod
-    def _signal_group(pgid: int, sig: int) -> None:
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            pass
-
-    @staticmethod
-    def _end_group(pgid: int, grace_s: float) -> None:
-        """Wait for the stubs the server leaves behind, then SIGKILL whatever is still there."""
-        deadline = time.monotonic() + grace_s
-        while group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if group_members(pgid):
-            TritonServer._signal_group(pgid, signal.SIGKILL)
-            while group_members(pgid):
-                time.sleep(0.05)
 
     def __enter__(self) -> TritonServer:
         return self.start()

@@ -6,7 +6,8 @@
 - ``settings``: ``service.yaml`` (unknown keys refused); ``models``: the configured models' served
   versions and the version choice (canary split); ``preprocess``: tokenizer and image pipelines
 - ``triton_client``: the async gRPC client, request merging and chunking; ``http``: request ids, body
-  limit, error shapes and request checks; ``observability``: metrics and JSON logs; ``lifecycle``
+  limit, error shapes and request checks; ``observability``: metrics and JSON logs
+- ``launcher``: ``bentoml serve`` as a child process, ready when it returns (tests, benchmarks)
 
 Only ``core/`` and the packages of requirements-service.txt are imported here: the bento ships this
 package and ``core/``, nothing else of the repository.

@@ -6,6 +6,8 @@
 - ``model_repo``: a session-wide temporary model repository holding ``minilm`` (feature-extraction,
   version 1) and ``image_classifier`` (version 1), built by the real converters. Treat it as read-only;
   a test that changes a repository takes ``writable_model_repo`` (a fresh copy) instead.
+- ``triton_server`` and ``bento_server``: the real servers over ``model_repo``, started once per
+  session; ``service_config`` writes a service.yaml for a Bento of a test's own.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from local_triton.server import free_port, proc_stat
 
 
 @pytest.fixture(scope="session")
@@ -71,136 +71,9 @@ def triton_server(model_repo, tmp_path_factory):
     server.stop()
 
 
-class BentoServer:
-    """``bentoml serve service:ModelService`` as a subprocess in its own process group, on a free
-    127.0.0.1 port, configured by a service.yaml (``service.py``'s ServiceSettings)."""
-
-    def __init__(self, config: Path, home: Path, log_path: Path) -> None:
-        self.config, self.home, self.log_path = config, home, log_path
-        self.port: int | None = None
-        self._process = None
-        self._client = None
-
-    @property
-    def client(self):
-        """A pooled ``httpx.Client`` (thread-safe) for requests to the server: a new client per request
-        costs ~80 ms here."""
-        import httpx
-
-        if self._client is None:
-            self._client = httpx.Client(base_url=self.url, timeout=30)
-        return self._client
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90.0, *, ready: bool = True) -> BentoServer:
-        import os
-        import subprocess
-        import sys
-        import time
-
-        import httpx
-
-        self.port = free_port()
-        root = Path(__file__).resolve().parent.parent
-        env = {
-            **os.environ,
-            "MODELPACK_SERVICE_CONFIG": str(self.config),
-            "BENTOML_HOME": str(self.home),
-            "BENTOML_DO_NOT_TRACK": "True",
-        }
-        env.pop("MODELPACK_TRITON_URL", None)
-        env.pop("MODELPACK_REPOSITORY", None)
-        argv = [
-            str(Path(sys.executable).parent / "bentoml"),
-            "serve",
-            "service:ModelService",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--working-dir",
-            str(root),
-        ]
-        with open(self.log_path, "ab") as log_file:
-            self._process = subprocess.Popen(
-                argv, cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        probe_path = "/readyz" if ready else "/healthz"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                break
-            try:
-                if httpx.get(self.url + probe_path, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        tail = self.log_path.read_text(errors="replace")[-3000:]
-        self.stop()
-        raise RuntimeError(f"bentoml serve did not answer 200 on {probe_path} in {timeout:.0f} s:\n{tail}")
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the server, SIGKILL it after ``timeout``. BentoML's workers run in sessions of their
-        own, so every descendant is collected first and killed if still there once the server is gone."""
-        import os
-        import signal
-        import subprocess
-        import time
-
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        process, self._process = self._process, None
-        if process is None:
-            return
-        family = [process.pid, *_descendants(process.pid)]
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_alive(pid) for pid in family):
-            time.sleep(0.1)
-        for pid in family:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc's parent links)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        fields = proc_stat(entry.name) if entry.name.isdigit() else None
-        if fields:
-            parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, pending = [], [pid]
-    while pending:
-        for child in parents.get(pending.pop(), []):
-            found.append(child)
-            pending.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for its parent)."""
-    fields = proc_stat(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def write_service_config(
+def _write_service_config(
     path: Path, repository: Path, triton_grpc_url: str, models: list[dict], **extra
 ) -> Path:
-    """A service.yaml for tests (see service.py's ServiceSettings for the keys)."""
     import yaml
 
     data = {
@@ -214,12 +87,21 @@ def write_service_config(
 
 
 @pytest.fixture(scope="session")
-def bento_server(model_repo, triton_server, tmp_path_factory):
-    """The BentoML service (``bentoml serve``, real HTTP on a free port) in front of ``triton_server``,
-    serving ``minilm`` (/embed, /similarity) and ``image_classifier`` (/predict); ``.url`` is its base
-    URL. Ready (Triton and both models) when the fixture returns."""
+def service_config():
+    """Writes a service.yaml for a test: ``service_config(path, repository, triton_grpc_url, models,
+    **extra)`` (see service.py's ServiceSettings for the keys; ``extra`` replaces whole sections)."""
+    return _write_service_config
+
+
+@pytest.fixture(scope="session")
+def bento_server(model_repo, triton_server, service_config, tmp_path_factory):
+    """The BentoML service (``serving.launcher.BentoServer``: ``bentoml serve``, real HTTP on a free
+    port) in front of ``triton_server``, serving ``minilm`` (/embed, /similarity) and ``image_classifier``
+    (/predict); ``.url`` is its base URL. Ready (Triton and both models) when the fixture returns."""
+    from serving.launcher import BentoServer
+
     folder = tmp_path_factory.mktemp("bento")
-    config = write_service_config(
+    config = service_config(
         folder / "service.yaml",
         model_repo,
         triton_server.grpc_url,

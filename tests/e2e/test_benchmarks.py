@@ -165,7 +165,7 @@ def test_locust_parser_refuses_a_history_file_as_stats(locust_run):
 
 def test_process_set_stops_whole_groups_on_error(tmp_path):
     from benchmarks.procs import ProcessSet
-    from local_triton.server import group_members
+    from core.processes import group_members
 
     with pytest.raises(RuntimeError, match="boom"):
         with ProcessSet() as procs:
@@ -295,7 +295,7 @@ def quick_run_argv(out: Path, repository: Path, *extra: str) -> list[str]:
 def test_quick_run_writes_a_report_with_positive_figures(model_repo, tmp_path):
     """``python -m benchmarks --quick`` end to end on the MiniLM short workload, every stack, durations
     shrunk to a fifth (the image workload takes the same code path; the reference runs cover it)."""
-    from local_triton.server import group_members
+    from core.processes import group_members
 
     out = tmp_path / "run"
     env = {**os.environ, "MODELPACK_BENCH_TIME_SCALE": "0.2"}
@@ -502,7 +502,7 @@ def _tree(root: Path) -> list[tuple]:
 def test_sigterm_mid_run_stops_every_process_and_keeps_what_was_measured(model_repo, tmp_path):
     import signal
 
-    from local_triton.server import group_members
+    from core.processes import group_members
 
     out = tmp_path / "run"
     proc = subprocess.Popen(

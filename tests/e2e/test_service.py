@@ -263,16 +263,15 @@ def test_malformed_and_oversized_bodies(bento_server):
 
 
 @pytest.fixture(scope="module")
-def canary(model_repo, minilm_path, tmp_path_factory):
+def canary(model_repo, minilm_path, service_config, tmp_path_factory):
     """minilm versions 1 and 2 (v2 published by the converters), split 90/10, on a Triton and a Bento
     of this module's own."""
     import shutil
 
-    from conftest import BentoServer, write_service_config
-
     from converters.hf2onnx import convert_hf
     from core.repository import Repository
     from local_triton.server import TritonServer
+    from serving.launcher import BentoServer
 
     folder = tmp_path_factory.mktemp("canary")
     repo = folder / "repository"
@@ -284,7 +283,7 @@ def canary(model_repo, minilm_path, tmp_path_factory):
 
     triton = TritonServer(repo, log_path=folder / "tritonserver.log").start()
     try:  # Triton stops even when the Bento fails to start
-        config = write_service_config(
+        config = service_config(
             folder / "service.yaml",
             repo,
             triton.grpc_url,
@@ -416,17 +415,17 @@ def test_frozen_triton_gives_503_within_the_timeout(canary):
 def test_worker_dies_with_a_killed_server(canary):
     """Last of the canary tests: SIGKILL to ``bentoml serve``'s process group leaves no worker behind
     (BentoML's workers run in sessions of their own; the service asks Linux to end them with it)."""
-    from conftest import _alive, _descendants
+    from core.processes import alive, descendants
 
     bento, _ = canary
-    arbiter = bento._process.pid
-    workers = _descendants(arbiter)
+    arbiter = bento.pid
+    workers = descendants(arbiter)
     assert workers, "bentoml serve has no worker process"
     os.killpg(arbiter, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in workers if _alive(pid)]
+    assert not [pid for pid in workers if alive(pid)]
 
 
 # ---- the Locust users the benchmarks drive ---------------------------------------------------------

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_PACKAGES = ("core", "serving")
 BIN = Path(sys.executable).parent
 
-# What service.py imports at run time (the closure of these is what the bento installs).
+# What service.py and the packages it ships import at run time (the closure of these is what the bento
+# installs).
 SERVICE_ROOTS = (
     "bentoml",
     "fastapi",
@@ -27,6 +28,7 @@ SERVICE_ROOTS = (
     "pillow",
     "prometheus-client",
     "protobuf",
+    "psutil",  # core.processes (die_with_parent)
     "pydantic",
     "pyyaml",
     "tokenizers",

@@ -16,13 +16,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from converters.inputs import seeded_images
 from converters.runtime import ort_session, run
 from core.errors import InvalidArgument, MissingDependency, NotFound, Unavailable
+from core.processes import alive, free_port, group_members
 from core.repository import Repository
-from local_triton.server import TritonServer, failure_reason, free_port, group_members, proc_stat
+from local_triton.server import TritonServer, failure_reason
 
 pytestmark = pytest.mark.triton
 
@@ -80,7 +82,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def _alive(pids: list[int]) -> list[int]:
-    return [pid for pid in pids if (fields := proc_stat(pid)) is not None and fields[0] != "Z"]
+    return [pid for pid in pids if alive(pid)]
 
 
 def test_new_version_goes_live_without_restart(classifier_repo):
@@ -246,12 +248,7 @@ def test_serve_runs_until_sigterm_and_leaves_nothing(classifier_repo, tmp_path):
 
 
 def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        fields = proc_stat(entry.name) if entry.name.isdigit() else None
-        if fields and int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
+    return [child.pid for child in psutil.Process(pid).children()]
 
 
 def test_serve_reports_a_model_that_fails_to_load(classifier_repo, tmp_path):
