@@ -4,7 +4,7 @@ Each endpoint declares its request fields and is one call into the shared reques
 (``serving/requests.py``). Which task serves a route, how its inputs become tensors and how Triton's
 output becomes its answer, is the task registry's (``core/tasks.py``); the machinery is in ``serving/``
 (settings, preprocessing, models and version routing, the Triton client, HTTP glue, observability).
-README's "BentoML service" gives each route's body and answer. Besides the POST routes below:
+docs/service.md gives each route's body and answer. Besides the POST routes below:
 ``GET /models``, and BentoML's ``/healthz``, ``/readyz`` (Triton and every routable model version
 ready) and ``/metrics``.
 

@@ -53,7 +53,7 @@ class Limits(_Strict):
 
 
 class Batching(_Strict):
-    """Merge concurrent requests for one model version into one Triton call (see README's figures)."""
+    """Merge concurrent requests for one model version into one Triton call (see docs/figures.md)."""
 
     coalesce: bool = True
     max_batch_size: int = Field(

@@ -1,7 +1,7 @@
 # Production Triton image: NVIDIA's Triton 2.51 container (release 24.10) with a model repository baked
 # in at /models, served by the native ONNX Runtime backend (and its TensorRT accelerator on a GPU).
 #
-# Bake an export made for this image (README "Deploy"), not the local repository as it is:
+# Bake an export made for this image (docs/deploy.md), not the local repository as it is:
 #   .venv/bin/python -m deploy.release export model_repository runs/release-cpu --target cpu
 #   DOCKER_BUILDKIT=1 docker build -f deploy/docker/triton.Dockerfile -t modelpack-triton:0.1.0 .
 # (--build-arg MODEL_REPOSITORY=runs/release-gpu for a GPU export). BuildKit reads

@@ -17,7 +17,7 @@ that is exactly ``${NAME}`` takes the comma-separated items of its value), valid
 ``--dry-run`` prints the plan and changes nothing (it still reads the current state); ``--validate-only``
 renders and validates without calling AWS. A service whose deployment controller is CODE_DEPLOY
 (blue/green) cannot be updated here: ECS refuses the call, so the script says to start a CodeDeploy
-deployment instead (README "Deploy").
+deployment instead (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -290,7 +290,7 @@ def plan(ecs, definitions: Definitions) -> Plan:
             raise InvalidArgument(
                 f"service {name!r} uses blue/green deployments (deploymentController CODE_DEPLOY), which "
                 "ECS does not let UpdateService roll; register the task definition with --register-only and "
-                "start a CodeDeploy deployment with an AppSpec naming it (README: Deploy, blue/green)",
+                "start a CodeDeploy deployment with an AppSpec naming it (docs/deploy.md, blue/green)",
                 field="deploymentController",
             )
         action = "update" if changes else "none"

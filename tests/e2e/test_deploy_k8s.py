@@ -243,7 +243,7 @@ def test_bento_config_loads_the_models_of_a_real_repository(objects, model_repo,
 
 
 def test_canary_split_loads_once_the_repository_serves_both_versions(objects, writable_model_repo, tmp_path):
-    """README's canary step: a second minilm version, version_policy [1, 2]; the split then loads."""
+    """docs/deploy.md's canary step: a second minilm version, version_policy [1, 2]; the split then loads."""
     import shutil
 
     from core.errors import NotFound as RepositoryNotFound

@@ -129,9 +129,9 @@ def test_settings_accept_exactly_the_registry_tasks():
     assert schema["enum"] == list(TASK_SPECS)
 
 
-def test_readme_route_table_is_the_registry():
-    """README's table of POST routes names each registry route under its task, and no other."""
-    readme = (Path(service.__file__).parent / "README.md").read_text(encoding="utf-8")
+def test_docs_route_table_is_the_registry():
+    """docs/service.md's table of POST routes names each registry route under its task, and no other."""
+    readme = (Path(service.__file__).parent / "docs" / "service.md").read_text(encoding="utf-8")
     documented = {}
     for line in readme.splitlines():
         if line.startswith("| `POST "):
