@@ -308,20 +308,19 @@ def test_service_page_has_examples():
 
 
 @pytest.fixture(scope="module")
-def classifier_server(minilm_path, tmp_path_factory):
+def classifier_server(minilm_path, service_config, tmp_path_factory):
     """A text classifier (MiniLM with a seeded, untrained two-label head, published by the converters
     as ``classifier``) on a Triton and a Bento of this module's own: the session's stack has none."""
-    from conftest import BentoServer, write_service_config
-
     from converters.hf2onnx import convert_hf
     from local_triton.server import TritonServer
+    from serving.launcher import BentoServer
 
     folder = tmp_path_factory.mktemp("docs_classifier")
     repo = folder / "repository"
     convert_hf(minilm_path, "classifier", task="text-classification", repository=repo)
     triton = TritonServer(repo, log_path=folder / "tritonserver.log").start()
     try:  # Triton stops even when the Bento fails to start
-        config = write_service_config(
+        config = service_config(
             folder / "service.yaml",
             repo,
             triton.grpc_url,
