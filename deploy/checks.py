@@ -4,7 +4,9 @@
 
 1. ``kubectl kustomize`` renders each overlay of ``deploy/k8s/overlays`` (cpu, gpu, canary);
 2. every rendered object is validated against the Kubernetes ``KUBERNETES_VERSION`` schemas, strictly
-   (unknown fields are errors), by kubernetes-validate;
+   (unknown fields are errors), by kubernetes-validate; KEDA's ScaledObjects, which it has no schema
+   for, against the structural schema and checks of ``deploy/crds.py``, and each must scale a
+   Deployment of the same file;
 3. checkov scans the rendered manifests and every Dockerfile under ``deploy/`` in one run; a failed
    check fails, and a skipped one must carry its reason in the file (checkov skip annotation/comment);
 4. hadolint lints every Dockerfile under ``deploy/``.
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import CheckFailed, MissingDependency, NotFound
+from deploy import crds
 
 log = logging.getLogger(__name__)
 
@@ -125,21 +128,33 @@ def load_documents(path: Path) -> list[dict]:
 
 
 def validate_manifests(path: Path, version: str = KUBERNETES_VERSION) -> CheckResult:
-    """kubernetes-validate, strict, on every object of a rendered file."""
+    """kubernetes-validate, strict, on every object of a rendered file (KEDA's: deploy/crds.py)."""
     import kubernetes_validate
 
     start = time.perf_counter()
     problems, kinds = [], []
-    for doc in load_documents(path):
+    docs = load_documents(path)
+    deployments = {d["metadata"]["name"] for d in docs if d.get("kind") == "Deployment"}
+    for doc in docs:
         name = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
         kinds.append(name)
+        if crds.is_scaled_object(doc):
+            found = crds.scaled_object_problems(doc, version)
+            target = ((doc.get("spec") or {}).get("scaleTargetRef") or {}).get("name")
+            if not found and target not in deployments:
+                found.append(f"spec.scaleTargetRef.name: {target!r} is not a Deployment of this file")
+            problems.extend(f"{path.name}: {name}: {p}" for p in found)
+            continue
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as err:
             where = ".".join(str(p) for p in err.path) or "(top level)"
             problems.append(f"{path.name}: {name}: {where}: {err.message}")
-        except kubernetes_validate.SchemaNotFoundError as err:
-            problems.append(f"{path.name}: {name}: {err}")
+        except kubernetes_validate.SchemaNotFoundError:
+            problems.append(
+                f"{path.name}: {name}: no schema for {doc.get('apiVersion')} {doc.get('kind')} in Kubernetes "
+                f"{version}; a custom resource needs its check in deploy/crds.py"
+            )
     return CheckResult(
         name=f"kubernetes-validate --strict -k {version} {path.name}",
         passed=not problems,

@@ -68,6 +68,9 @@ def load_models(settings: ServiceSettings) -> dict[str, ModelEntry]:
             )
         versions = {v: _version_entry(repo, spec, v, settings.limits, where) for v in served}
         split = dict(spec.versions) if spec.versions else {served[-1]: 1.0}
+        # A zero weight routes nothing, so that version need not be served: after a promotion
+        # ({1: 0, 2: 100}) the next release may drop version 1 before the split is edited.
+        split = {v: w for v, w in split.items() if w > 0}
         missing = sorted(set(split) - set(versions))
         if missing:
             raise NotFound(
@@ -75,7 +78,6 @@ def load_models(settings: ServiceSettings) -> dict[str, ModelEntry]:
                 "or change `versions`",
                 field=f"models.{index}.versions",
             )
-        split = {v: w for v, w in split.items() if w > 0}
         models[spec.name] = ModelEntry(
             name=spec.name,
             task=spec.task,

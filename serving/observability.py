@@ -46,6 +46,20 @@ def metrics() -> dict[str, Any]:
             labelnames=["model", "version"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         ),
+        # What the Bento's autoscaler reads (deploy/k8s/base/autoscaling.yaml): requests that wait in
+        # this service for one of a model version's ``batching.max_in_flight`` Triton call slots.
+        "queue_wait": prometheus_client.Histogram(
+            name="modelpack_triton_queue_wait_seconds",
+            documentation="Time a request waited in the service for a Triton call slot of its model version",
+            labelnames=["model", "version"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        ),
+        "waiting": prometheus_client.Gauge(
+            name="modelpack_triton_waiting_requests",
+            documentation="Requests waiting in the service for a Triton call slot, by model and version",
+            labelnames=["model", "version"],
+            multiprocess_mode="livesum",
+        ),
     }
 
 

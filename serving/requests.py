@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from core.errors import ToolkitError
 from core.tasks import ROUTES
+from serving.health import TritonHealth
 from serving.http import error_response, json_response
 from serving.models import find_model, load_models
 from serving.observability import metrics
@@ -39,8 +40,15 @@ class RequestPath:
         self.triton = TritonGateway(settings.triton)
         self.rng = random.Random()
         self.metrics = metrics()
-        self.calls = TritonCalls(self.triton, settings.batching, self.metrics["batch"])
-        self._last_ready_reason: str | None = "not checked yet"
+        self.calls = TritonCalls(
+            self.triton,
+            settings.batching,
+            self.metrics["batch"],
+            queue_wait=self.metrics["queue_wait"],
+            waiting=self.metrics["waiting"],
+        )
+        # Triton checked in the background: /readyz reads it, requests fail fast while Triton is down.
+        self.health = TritonHealth(self.triton, self._routable, settings.triton)
         log.info(
             "serving %s from %s via Triton at %s",
             ", ".join(f"{m.name} ({m.task}, split {m.split})" for m in self.models.values()),
@@ -70,6 +78,7 @@ class RequestPath:
             if inputs.kind != task.input_kind:
                 raise TypeError(f"{route} takes {task.input_kind} inputs, the endpoint gave {inputs.kind}")
             tensors = PREPROCESS[task.input_kind](inputs, chosen, self.settings.limits)
+            self.health.raise_if_down()
             output, served = await self.calls.run(
                 entry.name, chosen.version, chosen.output_name, entry.max_batch_size, tensors
             )
@@ -121,14 +130,14 @@ class RequestPath:
                 },
             )
 
+    def _routable(self) -> list[tuple[str, int]]:
+        return [(m.name, v) for m in self.models.values() for v in m.split]
+
     async def ready(self) -> bool:
-        """Triton and every routable model version ready; a change of the answer is logged once."""
-        routable = [(m.name, v) for m in self.models.values() for v in m.split]
-        reason = await self.triton.readiness(routable)
-        if reason != self._last_ready_reason:
-            log.log(logging.WARNING if reason else logging.INFO, "readiness: %s", reason or "ready")
-            self._last_ready_reason = reason
-        return reason is None
+        """Triton and every routable model version ready, as the background check last found them
+        (serving/health.py); a change of the answer is logged once."""
+        return await self.health.ready()
 
     async def close(self) -> None:
+        await self.health.close()
         await self.triton.close()

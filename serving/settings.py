@@ -24,6 +24,59 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "service.yaml"
 TaskName = Literal[tuple(TASK_SPECS)]
 
 
+TARGET_FORMS = "host:port, dns:///name:port or ipv4:10.0.0.1:8001,10.0.0.2:8001"
+
+
+def triton_addresses(url: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a gRPC target as ``triton.url`` takes it, or ValueError naming the form.
+
+    ``host:port`` (one address; the name is resolved as gRPC does), ``dns:///name:port`` (every address
+    the name resolves to, re-resolved when a channel is opened: a Kubernetes headless Service) and
+    ``ipv4:h1:p1,h2:p2`` (a fixed list). The channel spreads calls over the addresses round-robin."""
+    import ipaddress
+
+    def host_port(part: str, scheme: str) -> tuple[str, int]:
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"{url!r}: {part!r} is not host:port; write Triton's gRPC address, e.g. 127.0.0.1:8001 "
+                f"(forms: {TARGET_FORMS})"
+            )
+        if scheme == "ipv4":
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(
+                    f"{url!r}: {host!r} is not an IPv4 address; ipv4: takes a list of addresses "
+                    "(ipv4:10.0.0.1:8001,10.0.0.2:8001); for a name use dns:///name:port"
+                ) from None
+        elif any(c in host for c in "/, ") or (host.startswith("[") != host.endswith("]")):
+            raise ValueError(f"{url!r}: {host!r} is not a host name; forms: {TARGET_FORMS}")
+        return host, int(port)
+
+    if "://" in url and not url.startswith("dns:///"):
+        scheme = url.split("://", 1)[0]
+        hint = (
+            "dns: takes no authority: write dns:///name:port (three slashes)"
+            if scheme == "dns"
+            else "triton.url is Triton's gRPC address, not a URL"
+        )
+        raise ValueError(f"{url!r}: {hint}; forms: {TARGET_FORMS}")
+    if url.startswith("dns:///"):
+        return [host_port(url.removeprefix("dns:///"), "dns")]
+    if url.startswith("ipv4:"):
+        parts = url.removeprefix("ipv4:").split(",")
+        if not all(p.strip() for p in parts):
+            raise ValueError(f"{url!r}: an empty address in the list; write ipv4:10.0.0.1:8001,10.0.0.2:8001")
+        return [host_port(p.strip(), "ipv4") for p in parts]
+    if "," in url:
+        raise ValueError(
+            f"{url!r}: a list of addresses needs the ipv4: scheme (ipv4:10.0.0.1:8001,10.0.0.2:8001); for a "
+            "name that resolves to several addresses write dns:///name:port"
+        )
+    return [host_port(url, "")]
+
+
 class _Strict(BaseModel):
     """Unknown keys are refused: a typo in service.yaml is an error, not a silently ignored line."""
 
@@ -31,17 +84,29 @@ class _Strict(BaseModel):
 
 
 class TritonSettings(_Strict):
-    url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint, host:port")
+    url: str = Field(
+        "127.0.0.1:8001",
+        description="Triton's gRPC endpoint: host:port, dns:///name:port (every address the name resolves "
+        "to, e.g. a headless Service) or ipv4:host:port,host:port; calls are spread round-robin",
+    )
     timeout_s: float = Field(10.0, gt=0, le=300, description="longest wait for Triton per request, then 503")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a 503")
     ready_timeout_s: float = Field(2.0, gt=0, le=60, description="per readiness probe call")
+    ready_interval_s: float = Field(
+        1.0, gt=0, le=60, description="how often Triton is checked in the background; /readyz answers from it"
+    )
+    max_connection_age_s: float = Field(
+        0.0,
+        ge=0,
+        le=86_400,
+        description="open a new gRPC channel after this many seconds (so a dns:/// name is resolved again "
+        "and Triton pods added since get calls); 0: keep one channel",
+    )
 
     @field_validator("url")
     @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not host:port; write Triton's gRPC address, e.g. 127.0.0.1:8001")
+    def _target(cls, value: str) -> str:
+        triton_addresses(value)
         return value
 
 

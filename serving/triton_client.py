@@ -1,8 +1,15 @@
 """Triton, as the service calls it: one reused async gRPC channel (``TritonGateway``), and the merging
 of concurrent requests for one model version into one call (``Coalescer``). gRPC failures that mean
-"down, restarting or too slow" become ``Unavailable`` (503 with Retry-After)."""
+"down, restarting or too slow" become ``Unavailable`` (503 with Retry-After).
+
+The channel spreads calls over every address of ``triton.url`` round-robin, per call (gRPC's
+``round_robin`` policy): with ``dns:///name:port`` of a headless Service, every Triton pod gets calls,
+not only the one a connection happened to reach. A channel resolves its name once; with
+``triton.max_connection_age_s`` the gateway opens a new channel that often (resolving again, so pods
+added since get calls) and closes the old one once the calls on it are done."""
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,8 +30,15 @@ class TritonGateway:
     def __init__(self, settings: TritonSettings) -> None:
         self.settings = settings
         self._client: Any = None
+        self._opened_at = 0.0
+        self.channels_opened = 0  # channels opened so far (one more every max_connection_age_s)
+        self._retiring: dict[asyncio.Task, Any] = {}  # old channels, closed once their calls are done
 
     def client(self) -> Any:
+        age = self.settings.max_connection_age_s
+        if self._client is not None and age and time.monotonic() - self._opened_at >= age:
+            self._retire(self._client)
+            self._client = None
         if self._client is None:
             from tritonclient.grpc import aio as grpcclient
 
@@ -33,6 +47,9 @@ class TritonGateway:
                 channel_args=[
                     ("grpc.max_send_message_length", 256 * 1024 * 1024),
                     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                    # Every address of the target gets calls in turn (pick_first, gRPC's default, would
+                    # send them all to the first one that answers).
+                    ("grpc.lb_policy_name", "round_robin"),
                     # Reconnect quickly once a restarted Triton listens again.
                     ("grpc.initial_reconnect_backoff_ms", 100),
                     ("grpc.min_reconnect_backoff_ms", 100),
@@ -40,9 +57,27 @@ class TritonGateway:
                     ("grpc.keepalive_time_ms", 30_000),
                 ],
             )
+            self._opened_at = time.monotonic()
+            self.channels_opened += 1
         return self._client
 
+    def _retire(self, client: Any) -> None:
+        """Close ``client`` once no call on it can still be running (each is bounded by timeout_s)."""
+        grace = max(self.settings.timeout_s, self.settings.ready_timeout_s)
+
+        async def close_later() -> None:
+            await asyncio.sleep(grace)
+            await client.close()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._retiring[task] = client
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
+
     async def close(self) -> None:
+        for task, client in list(self._retiring.items()):
+            task.cancel()
+            await client.close()
+        self._retiring.clear()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -118,6 +153,7 @@ class _Pending:
     inputs: dict[str, np.ndarray]
     rows: int
     future: asyncio.Future
+    queued_at: float = 0.0
 
 
 InferFn = Callable[[dict[str, np.ndarray]], Awaitable[tuple[np.ndarray, int]]]
@@ -131,27 +167,49 @@ class Coalescer:
     this adds no delay; under load it turns many small gRPC calls into a few batched ones.
     """
 
-    def __init__(self, infer: InferFn, max_batch_size: int, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        infer: InferFn,
+        max_batch_size: int,
+        max_in_flight: int,
+        *,
+        on_wait: Callable[[float], None] | None = None,
+        waiting: Any = None,
+    ) -> None:
         self._infer = infer
         self.max_batch_size = max_batch_size
         self.max_in_flight = max_in_flight
         self._queue: deque[_Pending] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task] = set()
+        # What the autoscaler of the Bento reads: how long requests wait here for a call slot, and how
+        # many wait now (a Prometheus Histogram's observe and a Gauge, for this model version).
+        self._on_wait = on_wait
+        self._waiting = waiting
 
     async def submit(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
         rows = len(next(iter(inputs.values())))
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(inputs, rows, future))
+        self._queue.append(_Pending(inputs, rows, future, time.perf_counter()))
+        if self._waiting is not None:
+            self._waiting.inc()
         self._dispatch()
         return await future
 
+    def _pop(self) -> _Pending:
+        item = self._queue.popleft()
+        if self._waiting is not None:
+            self._waiting.dec()
+        if self._on_wait is not None and not item.future.done():
+            self._on_wait(time.perf_counter() - item.queued_at)
+        return item
+
     def _dispatch(self) -> None:
         while self._queue and self._in_flight < self.max_in_flight:
-            batch = [self._queue.popleft()]
+            batch = [self._pop()]
             rows = batch[0].rows
             while self._queue and rows + self._queue[0].rows <= self.max_batch_size:
-                item = self._queue.popleft()
+                item = self._pop()
                 batch.append(item)
                 rows += item.rows
             batch = [item for item in batch if not item.future.done()]  # callers that gave up
@@ -185,10 +243,20 @@ class TritonCalls:
     version (one Coalescer each; with ``batching.coalesce`` off, one call per request), split into
     calls of at most Triton's ``max_batch_size`` rows, answered within ``triton.timeout_s`` or 503."""
 
-    def __init__(self, gateway: TritonGateway, batching: Batching, batch_rows: Any) -> None:
+    def __init__(
+        self,
+        gateway: TritonGateway,
+        batching: Batching,
+        batch_rows: Any,
+        *,
+        queue_wait: Any = None,
+        waiting: Any = None,
+    ) -> None:
         self.gateway = gateway
         self.batching = batching
         self.batch_rows = batch_rows  # the Histogram of rows per Triton call (model, version)
+        self.queue_wait = queue_wait  # the Histogram of seconds waited for a call slot (model, version)
+        self.waiting = waiting  # the Gauge of requests waiting for a call slot (model, version)
         self._coalescers: dict[tuple[str, int], Coalescer] = {}
 
     async def run(
@@ -205,7 +273,14 @@ class TritonCalls:
                 return await self._infer_chunked(model, version, output, max_batch_size, rows)
 
             in_flight = batching.max_in_flight if batching.coalesce else 1_000_000
-            coalescer = self._coalescers[key] = Coalescer(infer, max_rows, in_flight)
+            labels = {"model": model, "version": str(version)}
+            coalescer = self._coalescers[key] = Coalescer(
+                infer,
+                max_rows,
+                in_flight,
+                on_wait=self.queue_wait.labels(**labels).observe if self.queue_wait is not None else None,
+                waiting=self.waiting.labels(**labels) if self.waiting is not None else None,
+            )
         settings = self.gateway.settings
         try:
             async with asyncio.timeout(settings.timeout_s):

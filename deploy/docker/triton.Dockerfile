@@ -1,27 +1,20 @@
-# Production Triton image: NVIDIA's Triton 2.51 container (release 24.10) with a model repository baked
-# in at /models, served by the native ONNX Runtime backend (and its TensorRT accelerator on a GPU).
+# Production Triton image: NVIDIA's Triton 2.51 container (release 24.10), serving the model repository
+# at /models with the native ONNX Runtime backend (and its TensorRT accelerator on a GPU).
 #
-# Bake an export made for this image (docs/deploy.md), not the local repository as it is:
-#   .venv/bin/python -m deploy.release export model_repository runs/release-cpu --target cpu
+# No model is baked in: models take one path, the release (docs/deploy.md, step 1). Kubernetes and ECS
+# download the release their configuration names into /models before Triton starts, so one image serves
+# every release, and a release changes without a new image. Build (nothing of the repository is sent:
+# deploy/docker/triton.Dockerfile.dockerignore excludes everything):
 #   DOCKER_BUILDKIT=1 docker build -f deploy/docker/triton.Dockerfile -t modelpack-triton:0.1.0 .
-# (--build-arg MODEL_REPOSITORY=runs/release-gpu for a GPU export). BuildKit reads
-# deploy/docker/triton.Dockerfile.dockerignore, so only the exported repositories are sent.
 # To pin the base by digest as well as by tag, look it up once and replace the FROM line with
 #   FROM nvcr.io/nvidia/tritonserver:24.10-py3@sha256:<digest from `docker buildx imagetools inspect`>
-#
-# Kubernetes and ECS do not rely on the baked copy: they fill /models from S3 before Triton starts and
-# mount it over this path, so one image serves any published repository.
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
 LABEL org.opencontainers.image.title="modelpack-triton" \
       org.opencontainers.image.description="Triton 2.51 serving the modelpack model repository"
 
-# The exported repository to bake in (a folder of the build context).
-ARG MODEL_REPOSITORY=runs/release-cpu
-
-# The base image ships the unprivileged user triton-server with uid and gid 1000.
-COPY --chown=1000:1000 ${MODEL_REPOSITORY}/ /models/
-
+# The base image ships the unprivileged user triton-server with uid and gid 1000; /models is where the
+# release is mounted.
 USER 1000:1000
 WORKDIR /models
 
@@ -33,5 +26,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["curl", "--fail", "--silent", "--show-error", "--max-time", "4", "http://127.0.0.1:8000/v2/health/ready"]
 
 ENTRYPOINT ["tritonserver"]
+# --exit-timeout-secs: on SIGTERM, how long the calls in flight may take (the deployments' grace periods
+# are sized on it).
 CMD ["--model-repository=/models", "--model-control-mode=explicit", "--load-model=*", \
-     "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--exit-on-error=true"]
+     "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--exit-on-error=true", \
+     "--exit-timeout-secs=30"]

@@ -5,13 +5,18 @@ value and the fix; ``check_definitions`` raises one ``InvalidArgument`` listing 
 checked: images pinned (a tag other than ``latest``, or a digest), ports valid and unique in the task,
 health checks on every essential container with values ECS accepts, awslogs on every container,
 cpu/memory pairs that Fargate allows and container sums within the task, essential containers that
-run as a non-root user, and ``dependsOn`` that names real containers, conditions they can meet, and
-no cycles. For services: launch type against the task's compatibilities, rolling-update percentages
-that keep full capacity, awsvpc networking, and load balancers that point at a real container port.
+run as a non-root user, ``dependsOn`` that names real containers, conditions they can meet, and no
+cycles, a ``stopTimeout`` longer than Triton's ``--exit-timeout-secs`` (so calls in flight finish before
+ECS kills it), and ONNX Runtime's thread count equal to the container's vCPUs. For services: launch
+type against the task's compatibilities, rolling-update percentages that keep full capacity, a way to
+detect a failed deployment and roll it back (the circuit breaker for ROLLING; alarms and the load
+balancer's second target group for ECS's own CANARY/LINEAR/BLUE_GREEN), awsvpc networking, and load
+balancers that point at a real container port.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 
@@ -36,6 +41,10 @@ FAMILY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 ROOT_USERS = {"root", "0"}
+STRATEGIES = ("ROLLING", "BLUE_GREEN", "LINEAR", "CANARY")
+# Fargate's longest stopTimeout (seconds); ECS's default is 30.
+FARGATE_MAX_STOP_TIMEOUT = 120
+THREADS_FLAG = re.compile(r"^--backend-config=onnxruntime,intra_op_thread_count=(.+)$")
 
 
 def image_problem(image: object) -> str | None:
@@ -178,6 +187,7 @@ def _container_problems(
         if container.get("privileged"):
             problems.append(f"{where}.privileged: must be false")
 
+        problems.extend(_drain_problems(where, container, fargate))
         problems.extend(_port_problems(where, container, network_mode, seen_ports))
         problems.extend(_health_check_problems(where, container, essential))
         problems.extend(_log_problems(where, container, fargate))
@@ -218,6 +228,38 @@ def _container_problems(
             f"containerDefinitions: their memory adds up to {memory_sum} MiB, above the task's {task_memory}"
         )
     problems.extend(_depends_on_problems(containers, by_name))
+    return problems
+
+
+def _drain_problems(where: str, container: dict, fargate: bool) -> list[str]:
+    """Triton's stop and threads: stopTimeout past --exit-timeout-secs, ONNX Runtime's threads = vCPUs."""
+    problems = []
+    command = [str(c) for c in container.get("command") or []]
+    stop = container.get("stopTimeout")
+    if fargate and stop is not None and not (isinstance(stop, int) and 2 <= stop <= FARGATE_MAX_STOP_TIMEOUT):
+        problems.append(
+            f"{where}.stopTimeout: {stop!r} must be from 2 to {FARGATE_MAX_STOP_TIMEOUT} s on Fargate"
+        )
+    exit_timeout = next((c.split("=", 1)[1] for c in command if c.startswith("--exit-timeout-secs=")), None)
+    if exit_timeout is not None:
+        if not exit_timeout.isdigit():
+            problems.append(f"{where}.command: --exit-timeout-secs={exit_timeout} is not a whole number")
+        elif not isinstance(stop, int) or stop <= int(exit_timeout):
+            problems.append(
+                f"{where}.stopTimeout: {stop!r} must be above --exit-timeout-secs={exit_timeout}, or ECS "
+                "kills Triton before the calls in flight finish; e.g. exit timeout + 15"
+            )
+    for flag in command:
+        match = THREADS_FLAG.match(flag)
+        if match is None:
+            continue
+        cpu = container.get("cpu", 0)
+        want = max(1, math.ceil(cpu / 1024)) if isinstance(cpu, int) else None
+        if want is not None and match.group(1) != str(want):
+            problems.append(
+                f"{where}.command: intra_op_thread_count={match.group(1)} but the container has {cpu} cpu "
+                f"units ({want} vCPU); set it to {want} so ONNX Runtime does not oversubscribe the task"
+            )
     return problems
 
 
@@ -367,6 +409,7 @@ def service_problems(service: dict, task: dict) -> list[str]:
     controller = (service.get("deploymentController") or {}).get("type", "ECS")
     deployment = service.get("deploymentConfiguration") or {}
     if controller == "ECS":
+        problems.extend(_strategy_problems(service, deployment))
         low, high = deployment.get("minimumHealthyPercent", 100), deployment.get("maximumPercent", 200)
         if low != 100:
             problems.append(
@@ -404,6 +447,59 @@ def service_problems(service: dict, task: dict) -> list[str]:
         if not containers[target].get("essential", True):
             problems.append(
                 f"{at}.containerName: {target!r} is not essential; balance onto a serving container"
+            )
+    return problems
+
+
+def _strategy_problems(service: dict, deployment: dict) -> list[str]:
+    """How ECS finds out that a deployment failed, and can move traffic, for the chosen strategy."""
+    strategy = deployment.get("strategy", "ROLLING")
+    at = "deploymentConfiguration"
+    if strategy not in STRATEGIES:
+        return [f"{at}.strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}"]
+    problems = []
+    if strategy == "ROLLING":
+        breaker = deployment.get("deploymentCircuitBreaker") or {}
+        if not (breaker.get("enable") and breaker.get("rollback")):
+            problems.append(
+                f"{at}.deploymentCircuitBreaker: {breaker or None!r}; enable it with rollback, or a rolling "
+                'update whose tasks never get healthy goes on forever: {"enable": true, "rollback": true}'
+            )
+        return problems
+    alarms = deployment.get("alarms") or {}
+    if not (alarms.get("enable") and alarms.get("rollback") and alarms.get("alarmNames")):
+        problems.append(
+            f"{at}.alarms: {alarms or None!r}; a {strategy} deployment needs CloudWatch alarms with rollback "
+            "to judge the new revision (e.g. the Bento's 5xx count and p99 latency)"
+        )
+    if strategy == "CANARY":
+        canary = deployment.get("canaryConfiguration") or {}
+        percent, bake = canary.get("canaryPercent"), canary.get("canaryBakeTimeInMinutes")
+        if (
+            not isinstance(percent, (int, float))
+            or not 0.1 <= percent <= 100
+            or round(percent * 10) != percent * 10
+        ):
+            problems.append(
+                f"{at}.canaryConfiguration.canaryPercent: {percent!r} must be 0.1 to 100 in steps of 0.1"
+            )
+        if not isinstance(bake, int) or not 0 <= bake <= 1440:
+            problems.append(f"{at}.canaryConfiguration.canaryBakeTimeInMinutes: {bake!r} must be 0 to 1440")
+    balancers = service.get("loadBalancers") or []
+    if not balancers:
+        problems.append(
+            f"loadBalancers: a {strategy} deployment moves traffic through a load balancer; give one"
+        )
+    for index, balancer in enumerate(balancers):
+        advanced = balancer.get("advancedConfiguration") or {}
+        missing = [
+            k for k in ("alternateTargetGroupArn", "productionListenerRule", "roleArn") if not advanced.get(k)
+        ]
+        if missing:
+            problems.append(
+                f"loadBalancers[{index}].advancedConfiguration: {', '.join(missing)} missing; a {strategy} "
+                "deployment runs the new revision in the alternate target group and moves the production "
+                "listener rule's traffic to it with that role"
             )
     return problems
 

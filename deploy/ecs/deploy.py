@@ -1,23 +1,33 @@
-"""Register the modelpack task definition on ECS and roll the service onto it (boto3), idempotently.
+"""Register the modelpack task definition on ECS, roll the service onto it (boto3) and wait until that
+deployment is done, idempotently.
 
     python -m deploy.ecs.deploy --var TRITON_IMAGE=... --var BENTO_IMAGE=... [--variant gpu] [--dry-run]
 
-Steps: read ``task-definition.json`` and ``service.json`` beside this file, apply a variant
-(``variants/<name>.json``: top-level keys replace, ``null`` removes, ``containers`` patches containers
-by name), fill in the ``${NAME}`` variables (``--var NAME=VALUE`` or the environment; an array item
-that is exactly ``${NAME}`` takes the comma-separated items of its value), validate both definitions
-(``deploy.ecs.checks``) before any AWS call, then plan:
+Steps: read ``task-definition.json`` and ``service.json`` beside this file, apply variants
+(``variants/<name>.json``, in the order given: top-level keys replace, ``null`` removes, ``containers``
+patches containers by name), fill in the ``${NAME}`` variables (``--var NAME=VALUE`` or the
+environment; an array item that is exactly ``${NAME}`` takes the comma-separated items of its value),
+validate both definitions (``deploy.ecs.checks``) before any AWS call, then plan:
 
 - the task definition: the latest ACTIVE revision of the family carries the sha256 of the rendered
   definition in its tag ``modelpack:definition-sha256``; same hash -> no new revision;
-- the service: missing -> create it; on another revision, or with other deployment settings ->
-  update it (a rolling update, ``minimumHealthyPercent`` 100); else nothing. ``desiredCount`` of an
-  existing service is left alone (Application Auto Scaling owns it).
+- the service: missing -> create it; else every key of service.json is compared with what ECS reports:
+  a key UpdateService takes (ECS's API model says which) that differs -> update, sent with the call;
+  a key only CreateService takes (launchType, schedulingStrategy, role) that differs -> an error naming
+  how to change it; ``desiredCount`` is left to Application Auto Scaling. Keys ECS does not report back
+  cannot be compared and are listed in the plan as such.
+
+Then it waits for the deployment it started (``--wait-timeout``, default 30 minutes): the new service
+deployment's own status (DescribeServiceDeployments) where ECS reports one, else the new PRIMARY
+deployment's ``rolloutState``. COMPLETED/SUCCESSFUL is success; FAILED, a rollback (the circuit breaker
+or an alarm) or a stop is an error naming ECS's reason and the revision ECS went back to. ``aws ecs wait
+services-stable`` is no substitute: it reports success once a rollback has made the service stable.
 
 ``--dry-run`` prints the plan and changes nothing (it still reads the current state); ``--validate-only``
 renders and validates without calling AWS. A service whose deployment controller is CODE_DEPLOY
-(blue/green) cannot be updated here: ECS refuses the call, so the script says to start a CodeDeploy
-deployment instead (docs/deploy.md).
+(blue/green through CodeDeploy) cannot be updated here: ECS refuses the call, so the script says to
+start a CodeDeploy deployment instead (docs/deploy.md). ECS's own canary (``--variant canary``:
+deploymentConfiguration strategy CANARY) is an ordinary update and is waited for like a rolling one.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ import logging
 import os
 import re
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +67,21 @@ SERVICE = HERE / "service.json"
 VARIANTS = HERE / "variants"
 HASH_TAG = "modelpack:definition-sha256"
 VARIABLE = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
-# Service settings compared with the running service, and sent with an update.
-UPDATABLE = ("deploymentConfiguration", "healthCheckGracePeriodSeconds")
+# service.json keys that name the service rather than configure it, and the one left to autoscaling.
+IDENTITY = ("serviceName", "cluster")
+AUTOSCALED = ("desiredCount",)
+# How to change what UpdateService cannot.
+RECREATE = {
+    "launchType": "UpdateService cannot change the launch type: delete and create the service again, or "
+    "use a capacityProviderStrategy (which UpdateService can change) instead of launchType",
+    "schedulingStrategy": "UpdateService cannot change the scheduling strategy: create the service again",
+    "role": "UpdateService cannot change the service's IAM role: create the service again",
+    "tags": "tags are not part of a deployment: change them with `aws ecs tag-resource`",
+}
+# A service deployment's statuses (DescribeServiceDeployments) that end a deploy as failed.
+FAILED_STATUSES = ("STOPPED", "STOP_REQUESTED", "ROLLBACK_REQUESTED", "ROLLBACK_IN_PROGRESS")
+FAILED_STATUSES += ("ROLLBACK_SUCCESSFUL", "ROLLBACK_FAILED")
+DEFAULT_WAIT_S = 1800.0
 
 
 @dataclass
@@ -79,6 +104,9 @@ class Plan:
     service_action: str  # "create" | "update" | "none"
     reasons: list[str] = field(default_factory=list)
     dry_run: bool = False
+    not_compared: list[str] = field(default_factory=list)  # keys ECS did not report back
+    updates: list[str] = field(default_factory=list)  # service.json keys sent with UpdateService
+    rollout: dict | None = None  # the deployment waited for: its id/ARN, final state and reason
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,18 +207,27 @@ def render(templates: dict[str, Any], variables: dict[str, str]) -> dict[str, An
 def load_definitions(
     variables: dict[str, str],
     *,
-    variant: str | None = None,
+    variant: str | list[str] | None = None,
     task_path: Path = TASK_DEFINITION,
     service_path: Path = SERVICE,
 ) -> Definitions:
-    """Read, apply the variant, render and validate. No AWS call."""
+    """Read, apply the variants (in order), render and validate. No AWS call."""
     task, service = _read_json(task_path), _read_json(service_path)
-    if variant:
-        variant_path = VARIANTS / f"{variant}.json"
+    variants = [variant] if isinstance(variant, str) else list(variant or [])
+    for name in variants:
+        variant_path = VARIANTS / f"{name}.json"
         if not variant_path.is_file():
             known = sorted(p.stem for p in VARIANTS.glob("*.json"))
-            raise NotFound(f"--variant: no variant {variant!r} (known: {', '.join(known)})", field="variant")
+            raise NotFound(f"--variant: no variant {name!r} (known: {', '.join(known)})", field="variant")
         task, service = apply_variant(task, service, _read_json(variant_path), source=str(variant_path))
+    release = variables.get("MODEL_RELEASE")
+    if release is not None and not re.fullmatch(r"[0-9a-f]{64}", release):
+        raise InvalidArgument(
+            f"MODEL_RELEASE: {release!r} is not a release digest (64 hex digits); "
+            "`python -m deploy.release digest DIR` prints the digest of an exported release",
+            field="MODEL_RELEASE",
+        )
+    variant = ", ".join(variants) or None
     rendered = render({task_path.name: task, service_path.name: service}, variables)
     task, service = rendered[task_path.name], rendered[service_path.name]
     check_definitions(
@@ -232,22 +269,56 @@ def _current_service(ecs, cluster: str, name: str) -> dict | None:
     return None
 
 
-def _differences(current: dict, wanted: dict) -> list[str]:
-    reasons = []
-    for key in UPDATABLE:
-        # ECS reports both settings for every service; a key it leaves out cannot be compared.
-        if key not in wanted or key not in current:
+def _same(have: Any, want: Any) -> bool:
+    """Whether ECS's ``have`` already is what service.json wants: dicts by the keys service.json gives
+    (ECS reports defaults for the others), lists in any order, numbers by value."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(_same(have.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        if not isinstance(have, list) or len(have) != len(want):
+            return False
+        unmatched = list(have)
+        for item in want:
+            match = next((i for i, h in enumerate(unmatched) if _same(h, item)), None)
+            if match is None:
+                return False
+            unmatched.pop(match)
+        return True
+    if isinstance(want, (int, float)) and isinstance(have, (int, float)) and not isinstance(want, bool):
+        return float(have) == float(want)
+    return have == want
+
+
+def _update_keys() -> set[str]:
+    """The keys UpdateService takes, from botocore's model of the ECS API in use."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("ecs")
+    return set(model.operation_model("UpdateService").input_shape.members)
+
+
+def _differences(current: dict, wanted: dict) -> tuple[list[str], list[str], list[str]]:
+    """(changes, keys to send with UpdateService, keys ECS did not report back): every key of the
+    rendered service.json, compared; InvalidArgument for a change UpdateService cannot make."""
+    updatable = _update_keys() - {"cluster", "service", "taskDefinition", "forceNewDeployment"}
+    changes, updates, not_compared = [], [], []
+    for key in sorted(wanted):
+        if key in IDENTITY or key in AUTOSCALED:
             continue
-        have, want = current.get(key), wanted[key]
-        if isinstance(want, dict) and isinstance(have, dict):
-            changed = {k: v for k, v in want.items() if have.get(k) != v}
-            if changed:
-                reasons.append(
-                    f"{key}: {json.dumps({k: have.get(k) for k in changed})} -> {json.dumps(changed)}"
-                )
-        elif have != want:
-            reasons.append(f"{key}: {have!r} -> {want!r}")
-    return reasons
+        want = wanted[key]
+        if key not in current:
+            not_compared.append(key)
+            continue
+        if _same(current[key], want):
+            continue
+        change = f"{key}: {json.dumps(current[key], default=str)} -> {json.dumps(want)}"
+        if key in updatable:
+            changes.append(change)
+            updates.append(key)
+        else:
+            why = RECREATE.get(key, "UpdateService cannot change it: create the service again")
+            raise InvalidArgument(f"service {change}; {why}", field=key)
+    return changes, updates, not_compared
 
 
 def _task_definition_state(ecs, task: dict) -> tuple[str, str | None, bool]:
@@ -280,7 +351,7 @@ def plan(ecs, definitions: Definitions) -> Plan:
             raise Unavailable(
                 f"service {name!r} is DRAINING after a delete; wait until it is INACTIVE, then rerun"
             )
-        changes = _differences(current, service)
+        changes, updates, not_compared = _differences(current, service)
         if register or current.get("taskDefinition") != target_arn:
             changes.insert(
                 0, f"taskDefinition: {current.get('taskDefinition')} -> {target_arn or 'the new revision'}"
@@ -304,6 +375,8 @@ def plan(ecs, definitions: Definitions) -> Plan:
         task_definition_arn=target_arn,
         service_action=action,
         reasons=reasons,
+        not_compared=not_compared if current is not None else [],
+        updates=updates if current is not None else [],
     )
 
 
@@ -315,26 +388,115 @@ def register(ecs, task: dict, digest: str) -> str:
     return arn
 
 
-def apply(ecs, definitions: Definitions, the_plan: Plan) -> Plan:
-    """Carry out ``the_plan``: register if needed, then create or update the service."""
+def apply(ecs, definitions: Definitions, the_plan: Plan) -> tuple[Plan, dict | None]:
+    """Carry out ``the_plan``: register if needed, then create or update the service. Returns the plan
+    with the revision and the service as ECS answered the create/update call (None: no call)."""
     arn = the_plan.task_definition_arn
     if the_plan.register:
         arn = register(ecs, definitions.task, the_plan.definition_sha256)
     service = definitions.service
+    answer = None
     if the_plan.service_action == "create":
-        ecs.create_service(**{**service, "taskDefinition": arn})
+        answer = ecs.create_service(**{**service, "taskDefinition": arn})["service"]
         log.info("created service %s on %s", the_plan.service, arn)
     elif the_plan.service_action == "update":
-        updates = {key: service[key] for key in UPDATABLE if key in service}
-        ecs.update_service(cluster=the_plan.cluster, service=the_plan.service, taskDefinition=arn, **updates)
+        updates = {key: service[key] for key in the_plan.updates}
+        answer = ecs.update_service(
+            cluster=the_plan.cluster, service=the_plan.service, taskDefinition=arn, **updates
+        )["service"]
         log.info("updated service %s to %s", the_plan.service, arn)
     else:
         log.info("service %s left as it is; task definition %s", the_plan.service, arn)
-    return Plan(**{**the_plan.to_dict(), "task_definition_arn": arn})
+    return Plan(**{**the_plan.to_dict(), "task_definition_arn": arn}), answer
 
 
-def deploy(ecs, definitions: Definitions, *, dry_run: bool = False, register_only: bool = False) -> Plan:
-    """Plan, then (unless ``dry_run``) apply; AWS errors become toolkit errors naming the call."""
+def _primary(service: dict) -> dict | None:
+    return next((d for d in service.get("deployments") or [] if d.get("status") == "PRIMARY"), None)
+
+
+def wait_for_rollout(
+    ecs,
+    answer: dict,
+    *,
+    timeout_s: float = DEFAULT_WAIT_S,
+    poll_s: float = 15.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict:
+    """Wait for the deployment that a create/update call (``answer``: the service it returned) started.
+
+    Where ECS names the service deployment (``currentServiceDeployment``), its status decides; else the
+    PRIMARY deployment's ``rolloutState`` (rolling updates). Returns {id, state, reason} once it is done;
+    PublishError when it failed, was rolled back or stopped; Unavailable when ``timeout_s`` passes."""
+    cluster, name = answer["clusterArn"], answer["serviceName"]
+    arn = answer.get("currentServiceDeployment")
+    primary = _primary(answer)
+    if arn is None and primary is None:
+        raise PublishError(f"service {name}: ECS reported no deployment to wait for")
+    deployment_id = arn or primary["id"]
+    deadline = clock() + timeout_s
+    while True:
+        state, reason, done = (
+            _service_deployment_state(ecs, arn) if arn else _rollout_state(ecs, cluster, name, primary)
+        )
+        log.info("deployment %s: %s (%s)", deployment_id, state, reason)
+        if done:
+            return {"id": deployment_id, "state": state, "reason": reason}
+        if clock() >= deadline:
+            raise Unavailable(
+                f"deployment {deployment_id} of service {name} is still {state} after {timeout_s:g} s "
+                f"({reason}); it goes on in ECS: wait with a longer --wait-timeout, or watch the console"
+            )
+        sleep(poll_s)
+
+
+def _service_deployment_state(ecs, arn: str) -> tuple[str, str, bool]:
+    answer = ecs.describe_service_deployments(serviceDeploymentArns=[arn])
+    found = answer.get("serviceDeployments") or []
+    if not found:
+        raise PublishError(f"deployment {arn}: ECS does not know it ({answer.get('failures')})")
+    deployment = found[0]
+    status, reason = deployment.get("status", "?"), deployment.get("statusReason", "")
+    if status in FAILED_STATUSES:
+        back = (deployment.get("rollback") or {}).get("serviceRevisionArn")
+        raise PublishError(
+            f"deployment {arn} ended {status}: {reason or (deployment.get('rollback') or {}).get('reason')}"
+            + (f"; ECS rolled back to {back}" if back else "")
+        )
+    return status, reason, status == "SUCCESSFUL"
+
+
+def _rollout_state(ecs, cluster: str, name: str, started: dict) -> tuple[str, str, bool]:
+    service = _current_service(ecs, cluster, name)
+    deployments = (service or {}).get("deployments") or []
+    ours = next((d for d in deployments if d.get("id") == started["id"]), None)
+    primary = _primary(service or {})
+    if ours is None or (primary is not None and primary.get("id") != started["id"]):
+        # The circuit breaker (or an alarm) replaced it with a deployment of the last good revision.
+        now = primary or {}
+        raise PublishError(
+            f"deployment {started['id']} of {started.get('taskDefinition')} was rolled back: ECS now deploys "
+            f"{now.get('taskDefinition')} ({now.get('rolloutStateReason') or 'no reason given'})"
+        )
+    state, reason = ours.get("rolloutState", "?"), ours.get("rolloutStateReason", "")
+    if state == "FAILED":
+        raise PublishError(f"deployment {started['id']} FAILED: {reason}")
+    return state, reason, state == "COMPLETED"
+
+
+def deploy(
+    ecs,
+    definitions: Definitions,
+    *,
+    dry_run: bool = False,
+    register_only: bool = False,
+    wait: bool = True,
+    wait_timeout_s: float = DEFAULT_WAIT_S,
+    poll_s: float = 15.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Plan:
+    """Plan, then (unless ``dry_run``) apply and wait for the deployment it started; AWS errors become
+    toolkit errors naming the call."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     try:
@@ -354,7 +516,11 @@ def deploy(ecs, definitions: Definitions, *, dry_run: bool = False, register_onl
             the_plan = plan(ecs, definitions)
         if dry_run:
             return Plan(**{**the_plan.to_dict(), "dry_run": True})
-        return apply(ecs, definitions, the_plan)  # register-only: service_action "none"
+        done, answer = apply(ecs, definitions, the_plan)  # register-only: service_action "none"
+        if wait and answer is not None:
+            rollout = wait_for_rollout(ecs, answer, timeout_s=wait_timeout_s, poll_s=poll_s, sleep=sleep)
+            done = Plan(**{**done.to_dict(), "rollout": rollout})
+        return done
     except NoCredentialsError:
         raise MissingDependency(
             "AWS credentials: none found; configure a profile (AWS_PROFILE) or role, or use --validate-only"
@@ -398,7 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a ${NAME} of the definitions (also read from the environment); repeat for each",
     )
     parser.add_argument(
-        "--variant", default=None, help="a file of deploy/ecs/variants/ without .json, e.g. gpu"
+        "--variant",
+        action="append",
+        default=[],
+        help="a file of deploy/ecs/variants/ without .json (gpu, canary); repeat to combine, in order",
     )
     parser.add_argument("--region", default=None, help="AWS region (default: AWS_REGION)")
     parser.add_argument(
@@ -412,6 +581,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--register-only",
         action="store_true",
         help="register the task definition if it changed, leave the service (blue/green via CodeDeploy)",
+    )
+    parser.add_argument(
+        "--no-wait", action="store_true", help="return once ECS took the change, without waiting for it"
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        metavar="SECONDS",
+        help="how long to wait for the deployment (default: %(default)g)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -447,7 +626,18 @@ def main(argv: list[str] | None = None, *, ecs=None, environ: dict[str, str] | N
             return 0
         if ecs is None:
             ecs = _client(args.region or variables.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION"))
-        result = deploy(ecs, definitions, dry_run=args.dry_run, register_only=args.register_only)
+        if args.wait_timeout <= 0:
+            raise InvalidArgument(
+                f"--wait-timeout: {args.wait_timeout:g} must be > 0 (or pass --no-wait)", field="wait-timeout"
+            )
+        result = deploy(
+            ecs,
+            definitions,
+            dry_run=args.dry_run,
+            register_only=args.register_only,
+            wait=not args.no_wait,
+            wait_timeout_s=args.wait_timeout,
+        )
     except ToolkitError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

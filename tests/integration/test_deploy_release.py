@@ -1,10 +1,14 @@
 """deploy.release on a repository built by the real converters (the session's ``model_repo``): the
 check names what NVIDIA's image would not serve as intended, the export fixes it in a new folder and
-leaves the source alone, and the exported repository loads and answers in a real tritonserver."""
+leaves the source alone, and the exported repository loads and answers in a real tritonserver. A
+release is named by its content (SHA256SUMS), checked against it and pinned into an overlay; the
+promotion path of docs/deploy.md starts the service's own start-up code at every step."""
 
 from __future__ import annotations
 
 import hashlib
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -96,3 +100,157 @@ def test_exported_repository_serves_on_a_real_triton(model_repo, tmp_path):
         embeddings = client.infer("minilm", inputs).as_numpy("embeddings")
     assert embeddings.shape == (2, 384)
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4)
+
+
+# ---- releases: content-addressed, checked, pinned --------------------------------------------------
+
+
+def test_export_names_the_release_by_its_content(model_repo, tmp_path):
+    first = release.export(model_repo, tmp_path / "a", "cpu")
+    again = release.export(model_repo, tmp_path / "b", "cpu")
+    assert first.digest == again.digest == release.release_digest(first.destination)
+    sums = (first.destination / "SHA256SUMS").read_text().splitlines()
+    assert "minilm/config.pbtxt" in {line.split("  ", 1)[1] for line in sums}
+    assert all(re.fullmatch(r"[0-9a-f]{64}  \S+", line) for line in sums)
+    # A release exported for other nodes is another release.
+    assert release.export(model_repo, tmp_path / "gpu", "gpu").digest != first.digest
+
+
+def test_release_digest_names_every_file_that_differs(model_repo, tmp_path):
+    out = release.export(model_repo, tmp_path / "release", "cpu").destination
+    (out / "minilm" / "1" / "manifest.json").write_text("{}")
+    (out / "extra.txt").write_text("x")
+    (out / "image_classifier" / "config.pbtxt").unlink()
+    with pytest.raises(CheckFailed) as caught:
+        release.release_digest(out)
+    message = str(caught.value)
+    for line in (
+        "- image_classifier/config.pbtxt: listed but missing",
+        "- extra.txt: not listed",
+        "- minilm/1/manifest.json: content differs from SHA256SUMS",
+    ):
+        assert line in message
+
+
+def test_pin_writes_the_release_into_an_overlay(model_repo, tmp_path, capsys):
+    out = release.export(model_repo, tmp_path / "release", "cpu")
+    env = tmp_path / "release.env"
+    env.write_text("# mine\nAWS_REGION=eu-west-1\nMODEL_RELEASE=old\n")
+    argv = ["pin", str(out.destination), "--releases", "s3://my-bucket/releases", "--env-file", str(env)]
+    assert release.main(argv) == 0
+    assert env.read_text().splitlines() == [
+        "# mine",
+        "AWS_REGION=eu-west-1",
+        "MODEL_RELEASES_S3=s3://my-bucket/releases",
+        f"MODEL_RELEASE={out.digest}",
+    ]
+    printed = capsys.readouterr().out
+    assert f"aws s3 cp --recursive {out.destination}/ s3://my-bucket/releases/{out.digest}/" in printed
+    with pytest.raises(InvalidArgument, match="--releases: 's3://my-bucket/releases/' is not an S3 prefix"):
+        release.pin(out.destination, "s3://my-bucket/releases/", env)
+
+
+def test_gpu_export_caches_tensorrt_engines_per_model_content(writable_model_repo, tmp_path):
+    from core.repository import Repository
+    from core.triton_config import set_accelerator
+
+    repo = Repository(writable_model_repo)
+    repo.update_config("minilm", lambda config: set_accelerator(config, "tensorrt"))
+    problems = release.release_problems(writable_model_repo, "gpu")
+    assert any(p.startswith("minilm: the tensorrt accelerator has no engine cache") for p in problems)
+
+    def cache_path(out: Path) -> dict[str, str]:
+        config = read_config(out / "minilm" / "config.pbtxt")
+        return dict(config.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters)
+
+    first = release.export(writable_model_repo, tmp_path / "a", "gpu")
+    parameters = cache_path(first.destination)
+    assert parameters["trt_engine_cache_enable"] == "1"
+    assert re.fullmatch(
+        re.escape(release.ENGINE_CACHE) + r"/minilm-[0-9a-f]{16}", parameters["trt_engine_cache_path"]
+    )
+    assert release.release_problems(first.destination, "gpu") == []
+    # New weights, new engine folder: ONNX Runtime would otherwise load the stale engine.
+    model = writable_model_repo / "minilm" / "1" / "model.onnx"
+    model.write_bytes(model.read_bytes() + b"\0")
+    second = release.export(writable_model_repo, tmp_path / "b", "gpu")
+    assert cache_path(second.destination)["trt_engine_cache_path"] != parameters["trt_engine_cache_path"]
+
+
+# ---- the promotion path of docs/deploy.md, through the service's start-up code --------------------
+
+
+def _canary_settings(tmp_path: Path, repository: Path, split: dict[int, int] | None):
+    """The canary overlay's service.yaml (deploy/k8s/overlays/canary) with minilm's split set to
+    ``split`` (None: no split), read by the service's own reader, repository pointed at ``repository``."""
+    import yaml
+
+    from serving.settings import read_settings
+
+    source = Path(release.__file__).resolve().parent / "k8s" / "overlays" / "canary" / "canary-service.yaml"
+    data = yaml.safe_load(source.read_text())
+    minilm = next(m for m in data["models"] if m["name"] == "minilm")
+    if split is None:
+        minilm.pop("versions")
+    else:
+        minilm["versions"] = split
+    path = tmp_path / "service.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return read_settings(path, environ={"MODELPACK_REPOSITORY": str(repository)})
+
+
+def _bento_view(out: Path, folder: Path) -> Path:
+    """What the Bento's init container leaves: the release without the model files only Triton loads."""
+    shutil.copytree(out, folder, ignore=shutil.ignore_patterns("*.onnx", "*.plan"))
+    return folder
+
+
+def test_promotion_path_starts_the_service_at_every_step(writable_model_repo, tmp_path):
+    """Release R2 (versions 1 and 2) with the split held on 1, the canary split, promotion, then release
+    R3 that serves version 2 alone while the split still names version 1 with weight 0, then the split
+    dropped; and the rollback. At each step the Bento's start-up (serving.models.load_models) loads
+    the release that step leaves, and routes as the step says."""
+    import json
+
+    from core.repository import Repository
+    from serving.models import load_models
+
+    repo = Repository(writable_model_repo)
+    entry = writable_model_repo / "minilm"
+    shutil.copytree(entry / "1", entry / "2")
+    manifest = json.loads((entry / "2" / "manifest.json").read_text())
+    (entry / "2" / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
+    repo.set_version_policy("minilm", [1, 2])
+    r2 = release.export(writable_model_repo, tmp_path / "r2", "cpu")
+    repo.set_version_policy("minilm", [2])
+    r3 = release.export(writable_model_repo, tmp_path / "r3", "cpu")
+    assert r2.digest != r3.digest
+
+    steps = [
+        ("R2, split held on version 1", r2, {1: 100, 2: 0}, {1: 100.0}),
+        ("R2, canary", r2, {1: 90, 2: 10}, {1: 90.0, 2: 10.0}),
+        ("R2, promoted", r2, {1: 0, 2: 100}, {2: 100.0}),
+        ("R3 without version 1, split unchanged", r3, {1: 0, 2: 100}, {2: 100.0}),
+        ("R3, split dropped", r3, None, {2: 1.0}),
+        ("rollback: R2, split back on version 1", r2, {1: 100, 2: 0}, {1: 100.0}),
+    ]
+    for index, (step, out, split, routed) in enumerate(steps):
+        folder = tmp_path / f"step-{index}"
+        folder.mkdir()
+        view = _bento_view(out.destination, folder / "models")
+        models = load_models(_canary_settings(folder, view, split))
+        assert models["minilm"].split == routed, step
+        served = {1, 2} if out is r2 else {2}
+        assert set(models["minilm"].versions) == served, step  # pinnable: every served version
+
+
+def test_the_split_still_names_what_must_be_served(writable_model_repo, tmp_path):
+    """A version with weight > 0 that the release does not serve stops the service, naming it."""
+    from core.errors import NotFound
+    from serving.models import load_models
+
+    out = release.export(writable_model_repo, tmp_path / "r1", "cpu")
+    view = _bento_view(out.destination, tmp_path / "models")
+    with pytest.raises(NotFound, match=r"versions \[2\] of the split are not served \(served: \[1\]\)"):
+        load_models(_canary_settings(tmp_path, view, {1: 50, 2: 50}))
+    assert load_models(_canary_settings(tmp_path, view, {1: 100, 2: 0}))["minilm"].split == {1: 100.0}

@@ -1,6 +1,10 @@
 """ECS: the shipped task and service definitions pass our own checks (moto would accept worse), each
-check refuses what it should with a message naming the field and the fix, and deploy.py registers and
-rolls out against moto's ECS, idempotently."""
+check refuses what it should with a message naming the field and the fix, and deploy.py registers,
+rolls out against moto's ECS (idempotently, comparing every key of service.json) and waits for the
+deployment it started: done, failed, rolled back or too slow. Where moto does not model what ECS
+reports during a rollout (a circuit-breaker rollback, DescribeServiceDeployments), the test sets moto's
+state, or stubs the call with botocore's Stubber (which checks requests and answers against ECS's API
+model), as ECS documents them."""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ BASE_VARS = {
     "BENTO_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/modelpack-bento:0.1.0",
     "EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/modelpack-execution",
     "TASK_ROLE_ARN": "arn:aws:iam::123456789012:role/modelpack-task",
-    "MODEL_REPOSITORY_S3": "s3://modelpack-models/model_repository",
+    "MODEL_RELEASES_S3": "s3://modelpack-models/releases",
+    "MODEL_RELEASE": "97a0847f7910aa55eec9230390e5998ad20707817cad606022093bee3fcb5839",
     "LOG_GROUP": "/ecs/modelpack",
     "AWS_REGION": REGION,
     "CLUSTER": "modelpack",
@@ -42,6 +47,8 @@ def aws(monkeypatch):
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_SESSION_TOKEN": "testing",
         "AWS_DEFAULT_REGION": REGION,
+        # moto starts a service's tasks at once (as many as desired): its deployment is COMPLETED.
+        "MOTO_ECS_SERVICE_RUNNING": "2",
     }.items():
         monkeypatch.setenv(name, value)
     import boto3
@@ -102,8 +109,67 @@ def test_gpu_variant_runs_on_ec2_with_one_gpu():
 
 
 def test_unknown_variant_lists_the_known_ones():
-    with pytest.raises(InvalidArgument, match=r"no variant 'tpu' \(known: gpu\)"):
+    with pytest.raises(InvalidArgument, match=r"no variant 'tpu' \(known: canary, gpu\)"):
         ecs_deploy.load_definitions(BASE_VARS, variant="tpu")
+
+
+ELB = "arn:aws:elasticloadbalancing:us-east-1:123456789012"
+CANARY_VARS = {
+    **BASE_VARS,
+    "CANARY_ALARMS": "modelpack-bento-5xx,modelpack-bento-p99",
+    "ALTERNATE_TARGET_GROUP_ARN": f"{ELB}:targetgroup/modelpack-b/4567",
+    "PRODUCTION_LISTENER_RULE_ARN": f"{ELB}:listener-rule/app/x/1/2/3",
+    "ECS_INFRASTRUCTURE_ROLE_ARN": "arn:aws:iam::123456789012:role/ecs-infrastructure",
+}
+
+
+@pytest.mark.parametrize("variants", [["canary"], ["gpu", "canary"]])
+def test_canary_variant_is_ecs_own_canary(variants):
+    """ECS's native canary (strategy CANARY, in the ECS API this botocore models): a share of the traffic
+    to the new revision, alarms that roll it back, the target groups and rule it moves traffic with."""
+    definitions = ecs_deploy.load_definitions(CANARY_VARS, variant=variants)
+    deployment = definitions.service["deploymentConfiguration"]
+    assert deployment["strategy"] == "CANARY"
+    assert deployment["canaryConfiguration"] == {"canaryPercent": 10.0, "canaryBakeTimeInMinutes": 15}
+    assert deployment["alarms"] == {
+        "alarmNames": ["modelpack-bento-5xx", "modelpack-bento-p99"],
+        "enable": True,
+        "rollback": True,
+    }
+    advanced = definitions.service["loadBalancers"][0]["advancedConfiguration"]
+    assert advanced["alternateTargetGroupArn"] == CANARY_VARS["ALTERNATE_TARGET_GROUP_ARN"]
+    assert definitions.variant == ", ".join(variants)
+    # What the variant sets is what the ECS API takes (botocore validates the request shape).
+    import botocore.session
+    from botocore.validate import validate_parameters
+
+    model = botocore.session.get_session().get_service_model("ecs")
+    shape = model.operation_model("UpdateService").input_shape
+    update = {"service": "modelpack", "cluster": "modelpack", **definitions.service}
+    for key in ("serviceName", "launchType", "platformVersion"):
+        update.pop(key, None)
+    validate_parameters(update, shape)
+
+
+def test_release_variable_must_be_a_digest():
+    with pytest.raises(InvalidArgument, match="MODEL_RELEASE: 'latest' is not a release digest"):
+        ecs_deploy.load_definitions({**BASE_VARS, "MODEL_RELEASE": "latest"})
+
+
+def test_sync_containers_run_the_kubernetes_init_scripts():
+    """The ECS task downloads and checks the release with the very scripts the Kubernetes pods run."""
+    import yaml
+
+    task = ecs_deploy.load_definitions(BASE_VARS).task
+    containers = _containers(task)
+    for deployment, container in (("triton", "model-sync"), ("bento", "service-model-sync")):
+        manifest = (ecs_deploy.HERE.parent / "k8s" / "base" / f"{deployment}.yaml").read_text()
+        pod = next(d for d in yaml.safe_load_all(manifest) if d["kind"] == "Deployment")["spec"]["template"]
+        script = next(c for c in pod["spec"]["initContainers"] if c["name"] == "model-sync")["args"][0]
+        assert containers[container]["entryPoint"] == ["sh", "-c"]
+        assert containers[container]["command"] == [script]
+        env = {e["name"]: e["value"] for e in containers[container]["environment"]}
+        assert env["MODEL_RELEASE"] == BASE_VARS["MODEL_RELEASE"]
 
 
 def test_every_unset_variable_is_named_with_where_it_is_used():
@@ -228,6 +294,32 @@ MUTATIONS = {
     "no subnets": (
         lambda t, s: s["networkConfiguration"]["awsvpcConfiguration"].update(subnets=[]),
         "service networkConfiguration.awsvpcConfiguration.subnets: awsvpc tasks need subnets",
+    ),
+    "stop before the exit timeout": (
+        lambda t, s: _containers(t)["triton"].update(stopTimeout=30),
+        "(triton).stopTimeout: 30 must be above --exit-timeout-secs=30, or ECS kills Triton",
+    ),
+    "stop timeout on fargate": (
+        lambda t, s: _containers(t)["triton"].update(stopTimeout=300),
+        "(triton).stopTimeout: 300 must be from 2 to 120 s on Fargate",
+    ),
+    "threads above the vcpus": (
+        lambda t, s: _containers(t)["triton"].update(cpu=1024),
+        "intra_op_thread_count=3 but the container has 1024 cpu units (1 vCPU); set it to 1",
+    ),
+    "no circuit breaker": (
+        lambda t, s: s["deploymentConfiguration"].pop("deploymentCircuitBreaker"),
+        "service deploymentConfiguration.deploymentCircuitBreaker: None; enable it with rollback",
+    ),
+    "unknown strategy": (
+        lambda t, s: s["deploymentConfiguration"].update(strategy="GRADUAL"),
+        "deploymentConfiguration.strategy: 'GRADUAL' is not one of ROLLING, BLUE_GREEN, LINEAR, CANARY",
+    ),
+    "canary without alarms or target groups": (
+        lambda t, s: s["deploymentConfiguration"].update(
+            strategy="CANARY", canaryConfiguration={"canaryPercent": 10.0, "canaryBakeTimeInMinutes": 15}
+        ),
+        "a CANARY deployment needs CloudWatch alarms with rollback",
     ),
 }
 
@@ -399,3 +491,200 @@ def test_gpu_variant_registers_and_creates_an_ec2_service(aws):
     assert triton["linuxParameters"]["sharedMemorySize"] == 1024
     service = ecs.describe_services(cluster="modelpack", services=["modelpack"])["services"][0]
     assert service["launchType"] == "EC2"
+
+
+# ---- every key compared --------------------------------------------------------------------------
+
+
+def test_network_and_load_balancer_changes_are_planned_and_sent(aws):
+    ecs, variables = aws
+    ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(variables))
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name=REGION)
+    vpc = ec2.describe_subnets(SubnetIds=[variables["SUBNETS"].split(",")[0]])["Subnets"][0]["VpcId"]
+    other = ec2.create_security_group(GroupName="other", Description="other", VpcId=vpc)["GroupId"]
+    changed = ecs_deploy.load_definitions({**variables, "SECURITY_GROUPS": other})
+    plan = ecs_deploy.deploy(ecs, changed, dry_run=True)
+    assert plan.service_action == "update" and plan.updates == ["networkConfiguration"]
+    assert any(r.startswith("service: networkConfiguration:") and other in r for r in plan.reasons)
+    done = ecs_deploy.deploy(ecs, changed)
+    service = ecs.describe_services(cluster="modelpack", services=["modelpack"])["services"][0]
+    assert service["networkConfiguration"]["awsvpcConfiguration"]["securityGroups"] == [other]
+    assert done.rollout["state"] == "COMPLETED"
+
+    moved = ecs_deploy.load_definitions(variables)
+    moved.service["loadBalancers"][0]["containerPort"] = 3000
+    moved.service["healthCheckGracePeriodSeconds"] = 300
+    assert ecs_deploy.deploy(ecs, moved, dry_run=True).updates == ["networkConfiguration"]  # back to sg-1
+    moved.service["loadBalancers"][0]["targetGroupArn"] = variables["TARGET_GROUP_ARN"] + "x"
+    plan = ecs_deploy.deploy(ecs, moved, dry_run=True)
+    assert plan.updates == ["loadBalancers", "networkConfiguration"]
+
+
+def test_keys_ecs_does_not_report_are_listed_not_ignored(aws):
+    ecs, variables = aws
+    definitions = ecs_deploy.load_definitions(variables)
+    ecs_deploy.deploy(ecs, definitions)
+    plan = ecs_deploy.deploy(ecs, definitions, dry_run=True)
+    # moto reports neither the deployment configuration it was created with nor the grace period.
+    assert plan.service_action == "none"
+    assert (
+        "deploymentConfiguration" in plan.not_compared
+        and "healthCheckGracePeriodSeconds" in plan.not_compared
+    )
+
+
+def test_a_launch_type_change_is_refused_with_the_way_to_make_it(aws):
+    ecs, variables = aws
+    ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(variables))
+    with pytest.raises(InvalidArgument) as caught:
+        ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(variables, variant="gpu"), dry_run=True)
+    message = str(caught.value)
+    assert message.startswith('service launchType: "FARGATE" -> "EC2"; UpdateService cannot change')
+    assert "capacityProviderStrategy" in message
+
+
+# ---- waiting for the deployment ------------------------------------------------------------------
+
+
+def _moto_service():
+    from moto.ecs.models import ecs_backends
+
+    return ecs_backends["123456789012"][REGION].services["modelpack:modelpack"]
+
+
+def test_waits_until_the_new_deployment_completes(aws, monkeypatch):
+    ecs, variables = aws
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "0")  # tasks not started yet: IN_PROGRESS
+    polls = []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        if len(polls) == 2:  # ECS starts the tasks: the deployment completes
+            deployment = _moto_service().deployments[0]
+            deployment.update(rolloutState="COMPLETED", rolloutStateReason="ECS deployment completed.")
+
+    done = ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(variables), poll_s=7, sleep=sleep)
+    assert polls == [7, 7]
+    assert done.rollout["state"] == "COMPLETED" and done.rollout["id"].startswith("ecs-svc/")
+
+
+def test_a_rolled_back_deployment_fails_the_deploy(aws):
+    """The circuit breaker's rollback: ECS marks the new deployment FAILED... or replaces it with a new
+    PRIMARY deployment of the previous revision, which services-stable would report as success."""
+    ecs, variables = aws
+    first = ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(variables))
+    newer = dict(variables, BENTO_IMAGE=variables["BENTO_IMAGE"].replace(":0.1.0", ":0.1.1"))
+
+    def roll_back(seconds):
+        service = _moto_service()
+        ours = service.deployments[0]
+        ours.update(
+            status="ACTIVE", rolloutState="FAILED", rolloutStateReason="circuit breaker: tasks failed"
+        )
+        service.deployments.insert(
+            0,
+            {
+                **ours,
+                "id": "ecs-svc/rollback",
+                "status": "PRIMARY",
+                "taskDefinition": first.task_definition_arn,
+                "rolloutState": "IN_PROGRESS",
+                "rolloutStateReason": "ECS deployment circuit breaker: rolling back to the last good one.",
+            },
+        )
+
+    _moto_service().deployments[0].update(rolloutState="IN_PROGRESS")  # the update's deployment, going
+    with pytest.raises(ecs_deploy.PublishError) as caught:
+        ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(newer), sleep=roll_back)
+    message = str(caught.value)
+    assert (
+        "was rolled back: ECS now deploys arn:aws:ecs:us-east-1:123456789012:task-definition/modelpack:1"
+        in message
+    )
+    assert "circuit breaker" in message
+
+
+def test_a_failed_deployment_fails_the_deploy(aws, monkeypatch):
+    ecs, variables = aws
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "0")
+
+    def fail(seconds):
+        _moto_service().deployments[0].update(
+            rolloutState="FAILED", rolloutStateReason="tasks failed to start"
+        )
+
+    with pytest.raises(
+        ecs_deploy.PublishError, match=r"deployment ecs-svc/\d+ FAILED: tasks failed to start"
+    ):
+        ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(variables), sleep=fail)
+
+
+def test_a_slow_deployment_times_out_naming_its_state(aws, monkeypatch):
+    ecs, variables = aws
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "0")
+    with pytest.raises(ecs_deploy.Unavailable, match=r"is still IN_PROGRESS after 0 s .*--wait-timeout"):
+        ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(variables), wait_timeout_s=0, sleep=lambda s: None)
+    plan = ecs_deploy.deploy(ecs, ecs_deploy.load_definitions(variables), wait=False)
+    assert plan.rollout is None and plan.service_action == "none"
+
+
+def _stubbed_ecs(statuses: list[dict]):
+    """A real botocore ECS client whose DescribeServiceDeployments answers come from ``statuses`` (moto
+    does not implement the call); Stubber checks each request and answer against ECS's API model."""
+    import boto3
+    from botocore.stub import Stubber
+
+    ecs = boto3.client("ecs", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    stubber = Stubber(ecs)
+    for status in statuses:
+        stubber.add_response(
+            "describe_service_deployments",
+            {"serviceDeployments": [{"serviceDeploymentArn": ARN, **status}], "failures": []},
+            {"serviceDeploymentArns": [ARN]},
+        )
+    stubber.activate()
+    return ecs, stubber
+
+
+ARN = "arn:aws:ecs:us-east-1:123456789012:service-deployment/modelpack/modelpack/abc"
+ANSWER = {
+    "clusterArn": "arn:aws:ecs:us-east-1:123456789012:cluster/modelpack",
+    "serviceName": "modelpack",
+    "currentServiceDeployment": ARN,
+}
+
+
+def test_service_deployment_status_decides_where_ecs_reports_one():
+    """ECS's own canary (and any deployment ECS names in currentServiceDeployment): its status."""
+    ecs, stubber = _stubbed_ecs(
+        [
+            {"status": "IN_PROGRESS", "statusReason": "canary 10 %"},
+            {"status": "SUCCESSFUL", "statusReason": "done"},
+        ]
+    )
+    done = ecs_deploy.wait_for_rollout(ecs, ANSWER, sleep=lambda s: None)
+    assert done == {"id": ARN, "state": "SUCCESSFUL", "reason": "done"}
+    stubber.assert_no_pending_responses()
+
+
+def test_service_deployment_rollback_fails_naming_the_revision():
+    rollback = {
+        "reason": "alarm modelpack-bento-5xx in ALARM",
+        "serviceRevisionArn": "arn:aws:ecs:us-east-1:123456789012:service-revision/modelpack/modelpack/1",
+    }
+    ecs, _ = _stubbed_ecs([{"status": "ROLLBACK_SUCCESSFUL", "rollback": rollback}])
+    with pytest.raises(ecs_deploy.PublishError) as caught:
+        ecs_deploy.wait_for_rollout(ecs, ANSWER, sleep=lambda s: None)
+    assert "ended ROLLBACK_SUCCESSFUL: alarm modelpack-bento-5xx in ALARM" in str(caught.value)
+    assert (
+        "ECS rolled back to arn:aws:ecs:us-east-1:123456789012:service-revision/modelpack/modelpack/1"
+        in str(caught.value)
+    )
+
+
+def test_cli_refuses_a_wait_timeout_of_zero(capsys):
+    argv = [f"--var={k}={v}" for k, v in BASE_VARS.items()] + ["--wait-timeout", "0"]
+    assert ecs_deploy.main(argv, environ={}) == 2
+    assert "--wait-timeout: 0 must be > 0 (or pass --no-wait)" in capsys.readouterr().err

@@ -106,9 +106,7 @@ def test_triton_image_is_pinned_non_root_and_health_checked():
     assert "FROM nvcr.io/nvidia/tritonserver:24.10-py3" in text
     assert "\nUSER 1000:1000\n" in text
     assert "HEALTHCHECK" in text and "/v2/health/ready" in text
+    # One path for models: the release downloaded where the image runs; nothing is baked in.
     ignore = (checks.DEPLOY / "docker" / "triton.Dockerfile.dockerignore").read_text(encoding="utf-8")
-    assert ignore.splitlines()[-2:] == ["*", "!runs/release-*/"]
-    assert (
-        "ARG MODEL_REPOSITORY=runs/release-cpu" in text
-        and "COPY --chown=1000:1000 ${MODEL_REPOSITORY}/ /models/" in text
-    )
+    assert [line for line in ignore.splitlines() if not line.startswith("#")] == ["*"]
+    assert not [line for line in text.splitlines() if line.startswith(("COPY", "ADD"))]

@@ -105,6 +105,48 @@ def test_bad_settings_are_refused_naming_the_field(tmp_path, data, names):
         assert name in message, message
 
 
+@pytest.mark.parametrize(
+    ("url", "addresses"),
+    [
+        ("127.0.0.1:8001", [("127.0.0.1", 8001)]),
+        ("triton.modelpack.svc.cluster.local:8001", [("triton.modelpack.svc.cluster.local", 8001)]),
+        (
+            "dns:///triton-grpc.modelpack.svc.cluster.local:8001",
+            [("triton-grpc.modelpack.svc.cluster.local", 8001)],
+        ),
+        ("ipv4:127.0.0.1:8001,127.0.0.1:9001", [("127.0.0.1", 8001), ("127.0.0.1", 9001)]),
+        ("[::1]:8001", [("[::1]", 8001)]),
+    ],
+)
+def test_triton_url_forms(tmp_path, url, addresses):
+    """triton.url takes one address, a name resolving to several (dns:///) or a list (ipv4:)."""
+    from serving.settings import triton_addresses
+
+    path = write(tmp_path / "service.yaml", {**MINIMAL, "triton": {"url": url}})
+    assert read_settings(path, environ={}).triton.url == url
+    assert triton_addresses(url) == addresses
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("dns://triton:8001", "write dns:///name:port (three slashes)"),
+        ("http://triton:8001", "Triton's gRPC address, not a URL"),
+        ("10.0.0.1:8001,10.0.0.2:8001", "a list of addresses needs the ipv4: scheme"),
+        ("ipv4:triton:8001", "'triton' is not an IPv4 address"),
+        ("ipv4:10.0.0.1:8001,", "an empty address in the list"),
+        ("ipv4:10.0.0.1:80000", "'10.0.0.1:80000' is not host:port"),
+        ("dns:///triton", "'triton' is not host:port"),
+    ],
+)
+def test_bad_triton_urls_say_which_form_to_use(tmp_path, url, says):
+    path = write(tmp_path / "service.yaml", {**MINIMAL, "triton": {"url": url}})
+    with pytest.raises(InvalidArgument) as caught:
+        read_settings(path, environ={})
+    message = str(caught.value)
+    assert "triton.url" in message and repr(url) in message and says in message, message
+
+
 def test_unreadable_config_files(tmp_path):
     with pytest.raises(NotFound, match="MODELPACK_SERVICE_CONFIG"):
         read_settings(tmp_path / "missing.yaml", environ={})
@@ -379,3 +421,42 @@ def test_unexpected_error_is_answered_500_with_the_request_id(model_repo):
     assert response.status_code == 500
     assert body["request_id"] == "req-1" and "internal error" in body["error"]
     assert prometheus_client.REGISTRY.get_sample_value("modelpack_requests_total", counted) == before + 1
+
+
+def test_coalescer_reports_queue_wait_and_waiting_requests():
+    """What the Bento's autoscaler reads: every request's wait for a call slot, and how many wait."""
+    import prometheus_client
+
+    registry = prometheus_client.CollectorRegistry()
+    waits = prometheus_client.Histogram("test_wait_seconds", "w", ["model"], registry=registry)
+    waiting = prometheus_client.Gauge("test_waiting", "n", ["model"], registry=registry)
+    waited: list[float] = []
+    release = asyncio.Event()
+
+    async def infer(rows):
+        await release.wait()
+        return rows["x"], 1
+
+    async def scenario():
+        wait = waits.labels(model="m")
+        coalescer = Coalescer(
+            infer,
+            max_batch_size=2,
+            max_in_flight=1,
+            on_wait=lambda seconds: (wait.observe(seconds), waited.append(seconds)),
+            waiting=waiting.labels(model="m"),
+        )
+        tasks = [asyncio.create_task(coalescer.submit({"x": np.ones((1, 1))})) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        queued = registry.get_sample_value("test_waiting", {"model": "m"})
+        release.set()
+        await asyncio.gather(*tasks)
+        return queued
+
+    queued = asyncio.run(scenario())
+    # The first request left at once; four waited behind its call (slot 1 of 1), then left two by two.
+    assert queued == 4
+    assert registry.get_sample_value("test_waiting", {"model": "m"}) == 0
+    assert registry.get_sample_value("test_wait_seconds_count", {"model": "m"}) == 5
+    # The first left at once; the four queued behind it waited while its call held the slot.
+    assert len(waited) == 5 and sorted(waited)[1] >= 0.05
