@@ -745,15 +745,19 @@ def configure_logging() -> None:
 def die_with_parent() -> None:
     """Have Linux SIGTERM this worker when the process that started it dies. BentoML runs its workers
     in sessions of their own, so killing ``bentoml serve`` (its whole process group, SIGKILL) would
-    otherwise leave the worker behind, holding the port and the Triton channel."""
+    otherwise leave the worker behind, holding the port and the Triton channel.
+
+    A parent gone before the call is seen as a parent pid that changed during it. Not as a parent pid
+    of 1: in a container ``bentoml serve`` is the entrypoint, PID 1, the worker's living parent."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
     import signal
 
+    parent = os.getppid()
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-    if os.getppid() == 1:  # the parent was already gone before the call
+    if os.getppid() != parent:  # the parent died before the call took effect: no signal will come
         os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -337,3 +337,33 @@ def test_unexpected_error_is_answered_500_with_the_request_id(model_repo):
     body = json.loads(response.body)
     assert response.status_code == 500
     assert body["request_id"] == "req-1" and "internal error" in body["error"]
+
+
+def test_worker_whose_parent_is_pid_1_keeps_running():
+    """In a container `bentoml serve` is PID 1, the workers' living parent: die_with_parent must not
+    take a parent pid of 1 for a dead parent (it SIGTERMed every worker of the Bento image at start).
+    A PID namespace (unshare) makes a shell PID 1 with the worker's Python as its child."""
+    import os
+    import subprocess
+    import sys
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed: no PID namespace to run the worker in")
+    root = Path(service.__file__).resolve().parent
+    worker = (
+        f"import os, sys; sys.path.insert(0, {str(root)!r}); from service import die_with_parent; "
+        "die_with_parent(); print('alive, parent', os.getppid())"
+    )
+    namespace = (
+        ["--pid", "--fork", "--mount-proc"]
+        if os.geteuid() == 0
+        else ["--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
+    )
+    script = f'echo "pid $$"; {sys.executable} -c "{worker}"; echo "exit $?"'
+    done = subprocess.run(
+        [unshare, *namespace, "sh", "-c", script], capture_output=True, text=True, timeout=120
+    )
+    if "pid 1" not in done.stdout:
+        pytest.skip(f"no PID namespace here (unshare: {done.stderr.strip()[-200:]})")
+    assert "alive, parent 1" in done.stdout and "exit 0" in done.stdout, done.stdout + done.stderr
