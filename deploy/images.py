@@ -1,0 +1,1111 @@
+"""The container images, built and run with podman: the Bento image and the CPU Triton image.
+
+    python -m deploy.images build [--base auto|standard|local] [--ca-bundle PATH|none] [--mirror URL]
+    python -m deploy.images test [--repository DIR] [--timeout S]
+    python -m deploy.images sizes
+
+``build`` (``make images``) builds, each only when its inputs changed (the sha256 of the inputs is a
+label of the image, so a second run with nothing changed builds nothing):
+
+- the **CPU Triton image** (``deploy/docker/triton-cpu.Dockerfile``): ``local_triton/setup.sh`` run
+  inside the build on the pinned nvidia-pytriton wheel, so the image holds the very tritonserver,
+  python-based onnxruntime backend and numpy<2 venv of the local set-up;
+- the **Bento image**: ``bentoml containerize --backend podman`` of the bento ``make bento`` built,
+  BentoML's own Dockerfile template (extended with a health check by ``bentofile.yaml``).
+
+Both start from a base that can be pulled (``python:3.11-slim-bookworm`` for Triton, BentoML's
+``python:3.11-slim`` for the Bento) or, where no registry is reachable, from a Debian bookworm base
+built here with debootstrap (``localhost/modelpack-base:bookworm``). The Bento then goes through
+BentoML's supported option for that, ``docker.base_image``: a copy of ``bentofile.yaml`` with that one
+key set builds a second bento in a store of its own (``.containers/bentoml``), so ``modelpack:latest`` in
+``bentos/`` stays the bento of ``make bento``. ``--base auto`` (the default) takes the standard bases
+when they are present or can be pulled, else the local one.
+
+``--ca-bundle`` (default: the system bundle, ``/etc/ssl/certs/ca-certificates.crt``) is mounted
+read-only over the image's bundle during every build step, so pip, uv and apt reach the package
+registries through a TLS-inspecting proxy; nothing of it stays in the images.
+
+``test`` (``make container-test``) runs both images in one podman pod, the way the Kubernetes pods run
+them (read-only root filesystem, every capability dropped, no privilege escalation, the model
+repository mounted read-only at /models, the Bento's service.yaml mounted as the ConfigMap is), with
+the pod's ports published on 127.0.0.1 only; waits for readiness with a deadline on every wait; checks
+both images' HEALTHCHECKs; sends ``/embed`` to the Bento and a ``tritonclient`` gRPC request to Triton
+and compares the embeddings with sentence-transformers (cosine >= 0.9999); then removes the pod and
+everything in it, also when a step fails. It prints one line: the result, the time from ``podman run``
+to ready, the first requests' latencies.
+
+podman runs with ``deploy/containers.conf`` (``CONTAINERS_CONF``): runc and explicit ulimits, which
+this kind of machine needs. Builds write their log to ``runs/images/<image>.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from core.errors import CheckFailed, InvalidArgument, MissingDependency, NotFound, ToolkitError, Unavailable
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+CONTAINERS_CONF = DEPLOY / "containers.conf"
+TRITON_DOCKERFILE = DEPLOY / "docker" / "triton-cpu.Dockerfile"
+BENTO_DOCKERFILE = DEPLOY / "docker" / "bento.Dockerfile"
+SETUP_SCRIPT = ROOT / "local_triton" / "setup.sh"
+WORK = ROOT / ".containers"  # the derived bento store; temporary build contexts live in /tmp
+LOGS = ROOT / "runs" / "images"
+SETUP_HINT = "run `make images` (it installs podman, runc and debootstrap with apt)"
+
+# The tritonserver the pinned nvidia-pytriton 0.7.0 wheel (local_triton/setup.sh) ships.
+TRITON_VERSION = "2.51.0"
+TRITON_CPU_STANDARD_BASE = "docker.io/library/python:3.11-slim-bookworm"
+LOCAL_BASE = "localhost/modelpack-base:bookworm"
+DEBIAN_SUITE = "bookworm"
+# python3.11 with venv and pip, the CA store, and the shared libpython the python backend stub links.
+DEBIAN_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates", "libpython3.11")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+CA_BUNDLE_IN_IMAGE = "/etc/ssl/certs/ca-certificates.crt"
+# What the local base image says about itself: a Python image like python:3.11-slim, whose Python
+# pip may install into (the image is the environment, so Debian's EXTERNALLY-MANAGED marker is
+# removed), and whose TLS clients (pip, uv, requests) use the Debian CA store.
+LOCAL_BASE_CHANGES = (
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    f"ENV SSL_CERT_FILE={CA_BUNDLE_IN_IMAGE}",
+    'CMD ["python3"]',
+)
+# Bumped when what the base recipe does changes without its inputs changing.
+LOCAL_BASE_RECIPE = "1"
+
+INPUTS_LABEL = "io.modelpack.inputs-sha256"
+BENTO_NAME = "modelpack"
+BENTO_PORT = 3000
+TRITON_PORTS = {"http": 8000, "grpc": 8001}
+# The texts the container test embeds: a short, a longer, and a non-ASCII one.
+TEST_TEXTS = (
+    "A container runs the model.",
+    "Triton serves the ONNX export of MiniLM while the Bento tokenizes, validates and routes the "
+    "request; both run from images built on this machine.",
+    "Déjà vu: les conteneurs démarrent en quelques secondes.",
+)
+MIN_COSINE = 0.9999
+
+
+def project_version() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+
+
+def image_names(version: str | None = None) -> dict[str, str]:
+    """The images this module builds, by role."""
+    version = version or project_version()
+    return {
+        "triton-cpu": f"localhost/modelpack-triton-cpu:{version}",
+        "bento": f"localhost/modelpack-bento:{version}",
+    }
+
+
+# ---- podman -----------------------------------------------------------------------------------------
+
+
+def podman_env() -> dict[str, str]:
+    """The environment podman (and bentoml containerize, which calls it) runs with: this project's
+    containers.conf unless the caller chose another, and the docker image format, since OCI images
+    drop HEALTHCHECK."""
+    env = dict(os.environ)
+    env.setdefault("CONTAINERS_CONF", str(CONTAINERS_CONF))
+    env.setdefault("BUILDAH_FORMAT", "docker")
+    return env
+
+
+def podman_binary() -> str:
+    found = shutil.which("podman")
+    if found is None:
+        raise MissingDependency(f"podman: not found on PATH; {SETUP_HINT}")
+    return found
+
+
+def podman(*args: str, timeout: float = 120, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``podman ARGS``; a failure raises CheckFailed with the command and podman's own words."""
+    command = [podman_binary(), *args]
+    kwargs.setdefault("capture_output", True)
+    try:
+        done = subprocess.run(command, text=True, timeout=timeout, env=podman_env(), **kwargs)
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"podman {' '.join(args[:2])}: no answer within {timeout:.0f} s") from None
+    if check and done.returncode != 0:
+        said = (done.stderr or "").strip().splitlines()
+        raise CheckFailed(f"podman {' '.join(args[:3])}: exit {done.returncode}: {said[-1] if said else ''}")
+    return done
+
+
+def image_labels(image: str) -> dict[str, str] | None:
+    """The labels of a local image, or None when there is no such image."""
+    done = podman("image", "inspect", "--format", "{{json .Labels}}", image, check=False)
+    if done.returncode != 0:
+        return None
+    return json.loads(done.stdout or "null") or {}
+
+
+def image_inspect(image: str) -> dict:
+    return json.loads(podman("image", "inspect", image).stdout)[0]
+
+
+def image_id(image: str) -> str:
+    return podman("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+
+
+def image_size(image: str) -> int:
+    return int(podman("image", "inspect", "--format", "{{.Size}}", image).stdout.strip())
+
+
+def up_to_date(image: str, inputs: str) -> bool:
+    labels = image_labels(image)
+    return labels is not None and labels.get(INPUTS_LABEL) == inputs
+
+
+# ---- inputs, labels ---------------------------------------------------------------------------------
+
+
+def digest(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def tree_digest(root: Path, exclude: tuple[str, ...] = ()) -> str:
+    """sha256 over every file's relative path and bytes under ``root`` (sorted; links by target)."""
+    parts: list[bytes | str] = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if rel in exclude or "__pycache__" in path.parts:
+            continue
+        if path.is_symlink():
+            parts += [rel, "->" + os.readlink(path)]
+        elif path.is_file():
+            parts += [rel, path.read_bytes()]
+    return digest(*parts)
+
+
+def git_revision() -> str | None:
+    """HEAD of the checkout (``-dirty`` with uncommitted changes to tracked files), or None."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def common_labels(inputs: str, base: str) -> dict[str, str]:
+    labels = {
+        "org.opencontainers.image.version": project_version(),
+        "org.opencontainers.image.created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "org.opencontainers.image.base.name": base,
+        INPUTS_LABEL: inputs,
+    }
+    revision = git_revision()
+    if revision:
+        labels["org.opencontainers.image.revision"] = revision
+    return labels
+
+
+@dataclass
+class ImageResult:
+    """One image of ``build``: whether it was built or already up to date, how long, how big."""
+
+    role: str
+    image: str
+    built: bool
+    seconds: float
+    size_bytes: int
+    base: str
+
+    def line(self) -> str:
+        what = f"built in {self.seconds:.0f} s" if self.built else "up to date"
+        return f"{self.role}: {self.image} {what}, {self.size_bytes / 1e6:.0f} MB, base {self.base}"
+
+
+# ---- the local Debian base --------------------------------------------------------------------------
+
+
+def apt_mirror(
+    sources: tuple[Path, ...] = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d")),
+) -> str:
+    """The Debian mirror apt uses here (the first ``deb``/``URIs:`` entry whose path ends in
+    ``/debian``), else deb.debian.org."""
+    files: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            files += sorted(p for p in source.iterdir() if p.suffix in (".list", ".sources"))
+        elif source.is_file():
+            files.append(source)
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = line.split("#", 1)[0].split()
+            urls = words[1:] if words[:1] == ["URIs:"] else [w for w in words[1:] if "://" in w][:1]
+            if words[:1] in (["deb"], ["URIs:"]):
+                for url in urls:
+                    if url.rstrip("/").endswith("/debian"):
+                        return url.rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def build_local_base(mirror: str | None = None, log_dir: Path = LOGS) -> ImageResult:
+    """``debootstrap --variant=minbase`` of Debian bookworm with Python 3.11, imported as LOCAL_BASE."""
+    inputs = digest(LOCAL_BASE_RECIPE, DEBIAN_SUITE, *DEBIAN_PACKAGES, *LOCAL_BASE_CHANGES)
+    if up_to_date(LOCAL_BASE, inputs):
+        return ImageResult("base", LOCAL_BASE, False, 0.0, image_size(LOCAL_BASE), f"debian {DEBIAN_SUITE}")
+    debootstrap = shutil.which("debootstrap")
+    if debootstrap is None:
+        raise MissingDependency(f"debootstrap: not found on PATH; {SETUP_HINT}")
+    if os.geteuid() != 0:
+        raise MissingDependency(
+            "the local base image needs root (debootstrap, rootful podman): run as root, or use "
+            "--base standard where python:3.11-slim can be pulled"
+        )
+    mirror = mirror or apt_mirror()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "base.log"
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="modelpack-base-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        command = [
+            debootstrap,
+            "--variant=minbase",
+            f"--include={','.join(DEBIAN_PACKAGES)}",
+            DEBIAN_SUITE,
+            str(rootfs),
+            mirror,
+        ]
+        log.info("building %s: %s (log: %s)", LOCAL_BASE, " ".join(command), log_path)
+        with open(log_path, "w", encoding="utf-8") as out:
+            done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=1800)
+        if done.returncode != 0:
+            raise CheckFailed(
+                f"debootstrap {DEBIAN_SUITE} from {mirror}: exit {done.returncode}: {tail(log_path)}"
+            )
+        for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
+            marker.unlink()
+        for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for path in (rootfs / leftover).glob("*"):
+                if path.is_file():
+                    path.unlink()
+        labels = {
+            "org.opencontainers.image.title": "modelpack-base",
+            "org.opencontainers.image.description": f"Debian {DEBIAN_SUITE} minbase, Python 3.11",
+            "org.opencontainers.image.created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            INPUTS_LABEL: inputs,
+        }
+        changes = [*LOCAL_BASE_CHANGES, *(f"LABEL {k}={json.dumps(v)}" for k, v in labels.items())]
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        try:
+            argv = ["import"]
+            for change in changes:
+                argv += ["--change", change]
+            podman(*argv, "-", LOCAL_BASE, stdin=tar.stdout, timeout=900)
+        finally:
+            tar.stdout.close()
+            tar.wait(timeout=60)
+        if tar.returncode != 0:
+            raise CheckFailed(f"tar of the debootstrap tree {rootfs}: exit {tar.returncode}")
+    return ImageResult(
+        "base",
+        LOCAL_BASE,
+        True,
+        time.perf_counter() - start,
+        image_size(LOCAL_BASE),
+        f"debian {DEBIAN_SUITE}",
+    )
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    return " | ".join(text[-lines:]) + f" (log: {path})"
+
+
+# ---- choosing the bases -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bases:
+    """The base of each image, and which kind they are."""
+
+    kind: str  # "standard" | "local"
+    triton: str
+    bento: str | None  # None: BentoML's own template base (the bentofile's distro and Python)
+    reason: str = ""
+    base_result: ImageResult | None = None  # the local base's build, when it is used
+
+
+def pullable(image: str) -> tuple[bool, str]:
+    """Whether ``image`` is here or can be pulled now, and podman's reason when not."""
+    if podman("image", "exists", image, check=False).returncode == 0:
+        return True, "present"
+    done = podman("pull", "--quiet", image, check=False, timeout=900)
+    if done.returncode == 0:
+        return True, "pulled"
+    said = (done.stderr or "").strip().splitlines()
+    return False, said[-1] if said else f"exit {done.returncode}"
+
+
+def choose_bases(choice: str, bento_from: str, mirror: str | None) -> Bases:
+    """``standard``: the pulled images (an error names --base local when they cannot be pulled);
+    ``local``: the debootstrap base for both; ``auto``: standard when both can be had, else local."""
+    if choice not in ("auto", "standard", "local"):
+        raise InvalidArgument(f"--base: {choice!r} is not one of auto, standard, local", field="base")
+    if choice in ("auto", "standard"):
+        missing = []
+        for image in (TRITON_CPU_STANDARD_BASE, bento_from):
+            ok, why = pullable(image)
+            if not ok:
+                missing.append(f"{image}: {why}")
+        if not missing:
+            return Bases("standard", TRITON_CPU_STANDARD_BASE, None, "pulled")
+        if choice == "standard":
+            raise Unavailable(
+                "--base standard: cannot pull "
+                + "; ".join(missing)
+                + " (use --base local: a Debian base built here)"
+            )
+        reason = "cannot pull " + "; ".join(missing)
+        log.info("standard bases unavailable (%s): the local Debian base it is", reason)
+    else:
+        reason = "--base local"
+    return Bases("local", LOCAL_BASE, LOCAL_BASE, reason, build_local_base(mirror))
+
+
+# ---- the CPU Triton image ---------------------------------------------------------------------------
+
+
+def pinned_wheel() -> tuple[str, str]:
+    """(file name, sha256) of the nvidia-pytriton wheel that local_triton/setup.sh pins."""
+    text = SETUP_SCRIPT.read_text(encoding="utf-8")
+    name = re.search(r'^PYTRITON_WHEEL="([^"]+)"', text, re.MULTILINE)
+    sha = re.search(r'^PYTRITON_SHA256="([0-9a-f]{64})"', text, re.MULTILINE)
+    if not (name and sha):
+        raise CheckFailed(f"{SETUP_SCRIPT}: no PYTRITON_WHEEL/PYTRITON_SHA256 lines to take the wheel from")
+    return name.group(1), sha.group(1)
+
+
+def stage_triton_context(dest: Path) -> None:
+    """The CPU Triton image's build context: local_triton/ (setup.sh, the backends, the entry point),
+    the two core modules the entry point imports, and the pinned wheel where setup.sh looks for it."""
+    wheel, _ = pinned_wheel()
+    source = ROOT / ".cache" / "wheels" / wheel
+    if not source.is_file():
+        raise MissingDependency(f"{source}: the pinned Triton wheel is not downloaded; run `make setup`")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "local_triton", dest / "local_triton", ignore=ignore)
+    (dest / "core").mkdir()
+    for name in ("__init__.py", "errors.py"):
+        shutil.copy2(ROOT / "core" / name, dest / "core" / name)
+    (dest / ".cache" / "wheels").mkdir(parents=True)
+    shutil.copy2(source, dest / ".cache" / "wheels" / wheel)
+
+
+def ca_volume(ca_bundle: Path | None) -> list[str]:
+    if ca_bundle is None:
+        return []
+    if not ca_bundle.is_file():
+        raise NotFound(
+            f"--ca-bundle: {ca_bundle} is not a file; give the PEM bundle your TLS proxy is trusted with, "
+            "or `none`",
+            field="ca-bundle",
+        )
+    return [f"{ca_bundle}:{CA_BUNDLE_IN_IMAGE}:ro"]
+
+
+def build_triton_cpu(base: str, ca_bundle: Path | None, image: str, log_dir: Path = LOGS) -> ImageResult:
+    with tempfile.TemporaryDirectory(prefix="modelpack-triton-context-") as tmp:
+        context = Path(tmp)
+        stage_triton_context(context)
+        inputs = digest(TRITON_DOCKERFILE.read_bytes(), tree_digest(context), image_id(base))
+        if up_to_date(image, inputs):
+            return ImageResult("triton-cpu", image, False, 0.0, image_size(image), base)
+        labels = {
+            **common_labels(inputs, base),
+            "io.modelpack.triton.version": TRITON_VERSION,
+            "io.modelpack.triton.wheel": pinned_wheel()[0],
+        }
+        argv = [
+            "build",
+            "--format",
+            "docker",
+            "-f",
+            str(TRITON_DOCKERFILE),
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+        ]
+        for volume in ca_volume(ca_bundle):
+            argv += ["--volume", volume]
+        for key, value in labels.items():
+            argv += ["--label", f"{key}={value}"]
+        argv += ["--tag", image, str(context)]
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / "triton-cpu.log"
+        log.info("building %s on %s (log: %s)", image, base, log_path)
+        start = time.perf_counter()
+        with open(log_path, "w", encoding="utf-8") as out:
+            done = podman(
+                *argv, check=False, capture_output=False, stdout=out, stderr=subprocess.STDOUT, timeout=3600
+            )
+        if done.returncode != 0:
+            raise CheckFailed(f"podman build {image}: exit {done.returncode}: {tail(log_path)}")
+        return ImageResult("triton-cpu", image, True, time.perf_counter() - start, image_size(image), base)
+
+
+# ---- the Bento image --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BentoRef:
+    """A bento in a store: its tag, its folder, the store (BENTOML_HOME)."""
+
+    tag: str
+    path: Path
+    home: Path
+
+    @property
+    def version(self) -> str:
+        return self.tag.split(":", 1)[1]
+
+    def info(self) -> dict:
+        import yaml
+
+        return yaml.safe_load((self.path / "bento.yaml").read_text(encoding="utf-8"))
+
+    def dockerfile_from(self) -> str:
+        """The base image of the Dockerfile BentoML generated for this bento (its first FROM)."""
+        text = (self.path / "env" / "docker" / "Dockerfile").read_text(encoding="utf-8")
+        found = re.search(r"^FROM\s+(\S+)", text, re.MULTILINE)
+        if not found:
+            raise CheckFailed(f"{self.path}/env/docker/Dockerfile: no FROM line")
+        name = found.group(1)
+        return name if "/" in name.split(":")[0] else f"docker.io/library/{name}"
+
+    def content_digest(self) -> str:
+        """The bento's files, not its creation time: bento.yaml counts for its docker options only."""
+        return digest(
+            tree_digest(self.path, exclude=("bento.yaml",)),
+            json.dumps(self.info().get("docker"), sort_keys=True),
+        )
+
+
+def bento_env(home: Path) -> dict[str, str]:
+    return {
+        **podman_env(),
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "True",
+        # The classic build path: the image-based one wants uv even with lock_packages: false.
+        "BENTOML_ENABLE_FEATURES": "no_image",
+    }
+
+
+def built_bento(home: Path = ROOT / "bentos") -> BentoRef:
+    """The bento `make bento` built (its tag is in bentos/.built)."""
+    stamp = home / ".built"
+    if not stamp.is_file():
+        raise NotFound(f"{stamp}: no bento built; run `make bento`", field="bento")
+    tag = stamp.read_text(encoding="utf-8").strip()
+    name, _, version = tag.partition(":")
+    path = home / "bentos" / name / version
+    if not path.is_dir():
+        raise NotFound(f"bento {tag}: {path} is missing; run `make bento` again", field="bento")
+    return BentoRef(tag, path, home)
+
+
+def bento_on_base(source: BentoRef, base: str, log_path: Path) -> BentoRef:
+    """The same bento with ``docker.base_image: base`` (BentoML's supported way to choose the base),
+    built from bentofile.yaml with that key set, in a store of its own, version ``<source>-local``."""
+    import yaml
+
+    home = WORK / "bentoml"
+    version = f"{source.version}-local"
+    path = home / "bentos" / BENTO_NAME / version
+    if path.is_dir():
+        return BentoRef(f"{BENTO_NAME}:{version}", path, home)
+    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text(encoding="utf-8"))
+    docker = bentofile.get("docker") or {}
+    # base_image replaces distro (BentoML ignores it then); the template extension stays.
+    docker.pop("distro", None)
+    bentofile["docker"] = {**docker, "base_image": base}
+    home.mkdir(parents=True, exist_ok=True)
+    derived = home / "bentofile.yaml"
+    derived.write_text(yaml.safe_dump(bentofile, sort_keys=False), encoding="utf-8")
+    command = [
+        str(Path(sys.executable).parent / "bentoml"),
+        "build",
+        "-f",
+        str(derived),
+        "--version",
+        version,
+    ]
+    with open(log_path, "a", encoding="utf-8") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        done = subprocess.run(
+            [*command, "--output", "tag"],
+            cwd=ROOT,
+            env=bento_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+        )
+    if done.returncode != 0 or not path.is_dir():
+        raise CheckFailed(f"bentoml build on base {base}: exit {done.returncode}: {tail(log_path)}")
+    return BentoRef(f"{BENTO_NAME}:{version}", path, home)
+
+
+def build_bento(bases: Bases, ca_bundle: Path | None, image: str, log_dir: Path = LOGS) -> ImageResult:
+    """``bentoml containerize --backend podman`` of the bento (as ``<image>-bentoml``), then
+    deploy/docker/bento.Dockerfile on top of it: the HEALTHCHECK and the labels, no file changes."""
+    source = built_bento()
+    base = bases.bento or source.dockerfile_from()
+    inputs = digest(source.content_digest(), BENTO_DOCKERFILE.read_bytes(), base, image_id(base))
+    if up_to_date(image, inputs):
+        return ImageResult("bento", image, False, 0.0, image_size(image), base)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "bento.log"
+    log_path.write_text("", encoding="utf-8")
+    start = time.perf_counter()
+    bento = source if bases.bento is None else bento_on_base(source, bases.bento, log_path)
+    containerized = f"{image}-bentoml"
+    command = [
+        str(Path(sys.executable).parent / "bentoml"),
+        "containerize",
+        "--backend",
+        "podman",
+        "--image-tag",
+        containerized,
+        "--opt",
+        "format=docker",
+    ]
+    for volume in ca_volume(ca_bundle):
+        command += ["--opt", f"volume={volume}"]
+    command.append(bento.tag)
+    log.info("bentoml containerize --backend podman %s on %s (log: %s)", bento.tag, base, log_path)
+    with open(log_path, "a", encoding="utf-8") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        done = subprocess.run(
+            command, cwd=ROOT, env=bento_env(bento.home), stdout=out, stderr=subprocess.STDOUT, timeout=3600
+        )
+    # bentoml containerize logs a failed build and may exit 0 all the same: check the image.
+    if done.returncode != 0 or image_labels(containerized) is None:
+        raise CheckFailed(
+            f"bentoml containerize {bento.tag}: exit {done.returncode}, no image {containerized}: "
+            + tail(log_path)
+        )
+    info = bento.info()
+    labels = {
+        **common_labels(inputs, base),
+        "org.opencontainers.image.title": "modelpack-bento",
+        "org.opencontainers.image.description": info.get("description") or "modelpack BentoML service",
+        "io.modelpack.bentoml.version": info["bentoml_version"],
+        "io.modelpack.bento.tag": source.tag,
+    }
+    argv = [
+        "build",
+        "--format",
+        "docker",
+        "-f",
+        str(BENTO_DOCKERFILE),
+        "--build-arg",
+        f"BENTO_IMAGE={containerized}",
+    ]
+    for key, value in labels.items():
+        argv += ["--label", f"{key}={value}"]
+    with tempfile.TemporaryDirectory(prefix="modelpack-bento-context-") as context:
+        with open(log_path, "a", encoding="utf-8") as out:
+            out.write(f"$ podman {' '.join(argv)} --tag {image} {context}\n")
+            out.flush()
+            done = podman(
+                *argv,
+                "--tag",
+                image,
+                context,
+                check=False,
+                capture_output=False,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=600,
+            )
+    if done.returncode != 0:
+        raise CheckFailed(
+            f"podman build {image} from {containerized}: exit {done.returncode}: {tail(log_path)}"
+        )
+    # The intermediate tag only: its layers are the final image's.
+    podman("untag", containerized, containerized)
+    return ImageResult("bento", image, True, time.perf_counter() - start, image_size(image), base)
+
+
+def build(
+    choice: str = "auto", ca_bundle: Path | None = DEFAULT_CA_BUNDLE, mirror: str | None = None
+) -> Iterator[ImageResult]:
+    """Both images (and the local base when it is used), each only when its inputs changed; each
+    result as soon as its image is done."""
+    names = image_names()
+    bases = choose_bases(choice, built_bento().dockerfile_from(), mirror)
+    if bases.base_result is not None:
+        yield bases.base_result
+    yield build_triton_cpu(bases.triton, ca_bundle, names["triton-cpu"])
+    yield build_bento(bases, ca_bundle, names["bento"])
+
+
+def sizes() -> list[tuple[str, int | None]]:
+    """(image, bytes or None when it is not built) for both images."""
+    return [
+        (name, image_size(name) if image_labels(name) is not None else None)
+        for name in image_names().values()
+    ]
+
+
+# ---- the container test -----------------------------------------------------------------------------
+
+
+@dataclass
+class ContainerTestResult:
+    """What ``test`` measured: readiness after ``podman run``, first requests, agreement with
+    sentence-transformers (the smallest cosine over the test texts) for both paths."""
+
+    images: dict[str, str]
+    triton_ready_s: float
+    bento_ready_s: float
+    first_embed_ms: float
+    first_grpc_ms: float
+    cosine_bento: float
+    cosine_triton: float
+    healthy: dict[str, bool] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return (
+            min(self.cosine_bento, self.cosine_triton) >= MIN_COSINE
+            and bool(self.healthy)
+            and all(self.healthy.values())
+        )
+
+    def line(self) -> str:
+        status = "ok" if self.passed else "FAILED"
+        health = ", ".join(f"{k} {'healthy' if v else 'UNHEALTHY'}" for k, v in self.healthy.items())
+        return (
+            f"container-test: {status}: /embed cosine {self.cosine_bento:.6f}, Triton gRPC cosine "
+            f"{self.cosine_triton:.6f} (min over {len(TEST_TEXTS)} texts vs sentence-transformers, need "
+            f">= {MIN_COSINE}); ready after podman run: Triton {self.triton_ready_s:.1f} s, Bento "
+            f"{self.bento_ready_s:.1f} s; first request: /embed {self.first_embed_ms:.0f} ms, gRPC "
+            f"{self.first_grpc_ms:.0f} ms; {health}"
+        )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+POD_LABEL = "io.modelpack.container-test.pid"
+
+
+def remove_stale_pods() -> None:
+    """Pods a killed earlier test left behind (their creating process is gone)."""
+    done = podman(
+        "pod", "ps", "--filter", f"label={POD_LABEL}", "--format", "{{.Name}} {{.Labels}}", check=False
+    )
+    for line in done.stdout.splitlines():
+        name = line.split()[0]
+        found = re.search(rf"{re.escape(POD_LABEL)}:(\d+)", line)
+        if found and not _pid_alive(int(found.group(1))):
+            log.info("removing pod %s left by a test that is gone", name)
+            podman("pod", "rm", "--force", "--time", "5", name, check=False, timeout=120)
+
+
+@contextlib.contextmanager
+def pod(ports: dict[int, int]) -> Iterator[str]:
+    """A pod whose container ports are published on 127.0.0.1 (``ports``: container -> host);
+    removed with every container in it on the way out, whatever happened."""
+    name = f"modelpack-ct-{os.getpid()}-{int(time.time())}"
+    argv = ["pod", "create", "--name", name, "--label", f"{POD_LABEL}={os.getpid()}"]
+    for inside, outside in ports.items():
+        argv += ["--publish", f"127.0.0.1:{outside}:{inside}"]
+    try:
+        podman(*argv)  # inside: a stop while podman creates it still removes what it made
+        yield name
+    finally:
+        podman("pod", "rm", "--force", "--time", "10", name, check=False, timeout=180)
+        if podman("pod", "exists", name, check=False).returncode == 0:
+            log.error("pod %s could not be removed: `podman pod rm -f %s`", name, name)
+
+
+def run_container(pod_name: str, role: str, image: str, options: list[str]) -> tuple[str, float]:
+    """``podman run -d`` in the pod with the Kubernetes pods' restrictions; (name, start time)."""
+    name = f"{pod_name}-{role}"
+    start = time.perf_counter()
+    podman(
+        "run",
+        "--detach",
+        "--pod",
+        pod_name,
+        "--name",
+        name,
+        "--read-only",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        # The test runs the image's HEALTHCHECK itself (`podman healthcheck run`): no systemd timer.
+        "--health-interval=disable",
+        *options,
+        image,
+        timeout=120,
+    )
+    return name, start
+
+
+def container_state(name: str) -> str:
+    done = podman("container", "inspect", "--format", "{{.State.Status}}", name, check=False)
+    return done.stdout.strip() or "gone"
+
+
+def container_logs(name: str, lines: int = 15) -> str:
+    """The last lines the container wrote, stdout and stderr in their order."""
+    done = podman(
+        "logs",
+        "--tail",
+        str(lines),
+        name,
+        check=False,
+        capture_output=False,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    return (done.stdout or "").strip()
+
+
+def wait_ready(url: str, container: str, start: float, deadline_s: float) -> float:
+    """Seconds from ``start`` until GET ``url`` answers 200; Unavailable at the deadline or as soon as
+    the container stops, with its last log lines."""
+    import httpx
+
+    limit = start + deadline_s
+    last = "no answer"
+    checked = 0.0
+    while time.perf_counter() < limit:
+        try:
+            response = httpx.get(url, timeout=2)
+            if response.status_code == 200:
+                return time.perf_counter() - start
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as err:
+            last = type(err).__name__
+        if time.perf_counter() - checked > 1:
+            checked = time.perf_counter()
+            state = container_state(container)
+            if state != "running":
+                raise Unavailable(
+                    f"{container} is {state} before {url} was ready:\n{container_logs(container)}"
+                )
+        time.sleep(0.1)
+    raise Unavailable(
+        f"{url} not ready {deadline_s:.0f} s after podman run (last: {last}); {container} says:\n"
+        f"{container_logs(container)}"
+    )
+
+
+def healthcheck(container: str) -> bool:
+    """The image's own HEALTHCHECK, run once in the container."""
+    return podman("healthcheck", "run", container, check=False, timeout=60).returncode == 0
+
+
+def prepare_repository(work: Path, source: Path | None) -> tuple[Path, list[str]]:
+    """The repository the pod mounts: ``source`` (or a fresh MiniLM conversion) exported for CPU nodes,
+    as the clusters serve it (``deploy.release export --target cpu``), readable by the images' users."""
+    if source is None:
+        source = work / "converted"
+        done = subprocess.run(
+            [sys.executable, "-m", "converters", "hf", "--name", "minilm", "--repository", str(source)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if done.returncode != 0:
+            raise CheckFailed(
+                f"python -m converters hf --name minilm: exit {done.returncode}: {done.stderr.strip()[-800:]}"
+            )
+    from deploy.release import export
+
+    exported = export(source, work / "models", "cpu")
+    for path in [work, *work.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return work / "models", list(exported.models)
+
+
+def service_config(work: Path, models: list[str]) -> Path:
+    """service.yaml for the Bento container, mounted where the Kubernetes ConfigMap is: the project's
+    own file with the entries of ``models`` only, Triton at 127.0.0.1 (same pod), repository /models."""
+    import yaml
+
+    settings = yaml.safe_load((ROOT / "service.yaml").read_text(encoding="utf-8"))
+    settings["models"] = [m for m in settings["models"] if m["name"] in models]
+    if not any(m.get("task") == "feature-extraction" for m in settings["models"]):
+        raise NotFound(
+            f"--repository: no feature-extraction entry of service.yaml among {models}", field="repository"
+        )
+    folder = work / "config"
+    folder.mkdir()
+    (folder / "service.yaml").write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+    folder.chmod(0o755)
+    (folder / "service.yaml").chmod(0o644)
+    return folder
+
+
+def reference_embeddings(entry: Path) -> tuple[object, str]:
+    """sentence-transformers on the model the entry was converted from (its manifest's source)."""
+    from sentence_transformers import SentenceTransformer
+
+    manifest = json.loads((entry / "manifest.json").read_text(encoding="utf-8"))
+    source = manifest["source"]["path"] if isinstance(manifest.get("source"), dict) else manifest["source"]
+    model = SentenceTransformer(str(source), device="cpu")
+    return model.encode(list(TEST_TEXTS), normalize_embeddings=True), str(source)
+
+
+def min_cosine(got, want) -> float:
+    import numpy as np
+
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        raise CheckFailed(f"embeddings of shape {got.shape}, sentence-transformers gives {want.shape}")
+    cos = (got * want).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    return float(cos.min())
+
+
+def grpc_embeddings(url: str, entry: Path, model: str) -> tuple[object, float]:
+    """A tritonclient gRPC request with the entry's own tokenizer, rows padded (the CPU export has no
+    ragged batching); (embeddings, milliseconds of the call)."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(entry / "tokenizer" / "tokenizer.json"))
+    tokenizer.enable_padding()
+    encoded = tokenizer.encode_batch(list(TEST_TEXTS))
+    tensors = {
+        "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
+    }
+    inputs = []
+    for name, array in tensors.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    with grpcclient.InferenceServerClient(url) as client:
+        start = time.perf_counter()
+        result = client.infer(model, inputs, client_timeout=60)
+        elapsed = (time.perf_counter() - start) * 1000
+    return result.as_numpy("embeddings"), elapsed
+
+
+def latest_version(entry: Path) -> Path:
+    return max((p for p in entry.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def bento_options(models_dir: Path, config_dir: Path) -> list[str]:
+    """The Bento container as the Kubernetes Deployment runs it: repository and service.yaml mounted
+    read-only, BentoML's writable paths on tmpfs (podman's --read-only makes /tmp one), Triton's gRPC
+    port in the same pod."""
+    env = {
+        "MODELPACK_SERVICE_CONFIG": "/etc/modelpack/service.yaml",
+        "MODELPACK_TRITON_URL": f"127.0.0.1:{TRITON_PORTS['grpc']}",
+        "MODELPACK_REPOSITORY": "/models",
+        "HF_HOME": "/tmp/huggingface",
+        # No usage report to BentoML: the test's traffic stays on 127.0.0.1.
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    options = [
+        "--volume",
+        f"{models_dir}:/models:ro",
+        "--volume",
+        f"{config_dir}:/etc/modelpack:ro",
+        "--tmpfs",
+        "/home/bentoml/prometheus_multiproc_dir:rw,mode=1777",
+    ]
+    for key, value in env.items():
+        options += ["--env", f"{key}={value}"]
+    return options
+
+
+def ask_bento(url: str) -> tuple[list, list, float]:
+    """The first request (one text, timed), then all the test texts in one batch."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=60) as client:
+        start = time.perf_counter()
+        first = client.post("/embed", json={"text": TEST_TEXTS[0]})
+        first_ms = (time.perf_counter() - start) * 1000
+        if first.status_code != 200:
+            raise CheckFailed(f"POST /embed: HTTP {first.status_code}: {first.text[:300]}")
+        batch = client.post("/embed/batch", json={"texts": list(TEST_TEXTS)})
+        if batch.status_code != 200:
+            raise CheckFailed(f"POST /embed/batch: HTTP {batch.status_code}: {batch.text[:300]}")
+    return first.json()["embedding"], batch.json()["embeddings"], first_ms
+
+
+def container_test(repository: Path | None = None, deadline_s: float = 300) -> ContainerTestResult:
+    """Both images in one pod against a real repository; see the module's docstring."""
+    images = image_names()
+    for role, image in images.items():
+        if image_labels(image) is None:
+            raise NotFound(f"image {image} ({role}) is not built; run `make images`", field="image")
+    if repository is not None and not (repository / "minilm").is_dir():
+        raise NotFound(f"--repository: {repository} has no minilm entry", field="repository")
+    remove_stale_pods()
+    with tempfile.TemporaryDirectory(prefix="modelpack-container-test-") as tmp:
+        work = Path(tmp)
+        models_dir, models = prepare_repository(work, repository)
+        config_dir = service_config(work, models)
+        entry = latest_version(models_dir / "minilm")
+        ports = {port: free_port() for port in (TRITON_PORTS["http"], TRITON_PORTS["grpc"], BENTO_PORT)}
+        with pod(ports) as pod_name:
+            triton, started = run_container(
+                pod_name,
+                "triton",
+                images["triton-cpu"],
+                ["--volume", f"{models_dir}:/models:ro", "--shm-size=256m"],
+            )
+            triton_url = f"http://127.0.0.1:{ports[TRITON_PORTS['http']]}/v2/health/ready"
+            triton_ready = wait_ready(triton_url, triton, started, deadline_s)
+            bento, started = run_container(
+                pod_name, "bento", images["bento"], bento_options(models_dir, config_dir)
+            )
+            bento_url = f"http://127.0.0.1:{ports[BENTO_PORT]}"
+            bento_ready = wait_ready(f"{bento_url}/readyz", bento, started, deadline_s)
+            healthy = {"triton": healthcheck(triton), "bento": healthcheck(bento)}
+            first, batch, first_ms = ask_bento(bento_url)
+            grpc_url = f"127.0.0.1:{ports[TRITON_PORTS['grpc']]}"
+            triton_vectors, grpc_ms = grpc_embeddings(grpc_url, entry, "minilm")
+        reference, _ = reference_embeddings(entry)
+        return ContainerTestResult(
+            images=images,
+            triton_ready_s=triton_ready,
+            bento_ready_s=bento_ready,
+            first_embed_ms=first_ms,
+            first_grpc_ms=grpc_ms,
+            cosine_bento=min(min_cosine([first], reference[:1]), min_cosine(batch, reference)),
+            cosine_triton=min_cosine(triton_vectors, reference),
+            healthy=healthy,
+            models=models,
+        )
+
+
+# ---- command line -----------------------------------------------------------------------------------
+
+
+def _ca_bundle(value: str) -> Path | None:
+    return None if value.lower() == "none" else Path(value)
+
+
+def _raise_on_sigterm(signum, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.images", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_parser = commands.add_parser(
+        "build", help="build the CPU Triton and the Bento image (when changed)"
+    )
+    build_parser.add_argument(
+        "--base",
+        default="auto",
+        help="auto (default), standard (pulled python:3.11-slim*) or local (debootstrap)",
+    )
+    build_parser.add_argument(
+        "--ca-bundle",
+        type=_ca_bundle,
+        default=DEFAULT_CA_BUNDLE,
+        help=f"PEM bundle mounted over the image CA bundle in builds (default {DEFAULT_CA_BUNDLE}; none)",
+    )
+    build_parser.add_argument(
+        "--mirror", default=None, help="Debian mirror for the local base (default: apt's)"
+    )
+    test_parser = commands.add_parser("test", help="run both images in one pod and check them end to end")
+    test_parser.add_argument(
+        "--repository", type=Path, default=None, help="a repository with minilm (default: convert it afresh)"
+    )
+    test_parser.add_argument("--timeout", type=float, default=300, help="deadline of each wait, seconds")
+    commands.add_parser("sizes", help="the size of each built image")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        if args.command == "build":
+            for result in build(args.base, args.ca_bundle, args.mirror):
+                print(result.line())
+            return 0
+        if args.command == "sizes":
+            for image, size in sizes():
+                print(f"{image}: {'not built' if size is None else f'{size / 1e6:.0f} MB'}")
+            return 0
+        result = container_test(args.repository, args.timeout)
+        print(result.line())
+        return 0 if result.passed else 1
+    except ToolkitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt as err:
+        print(f"error: interrupted ({err or 'Ctrl-C'}); everything started was removed", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
