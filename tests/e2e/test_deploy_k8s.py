@@ -209,10 +209,27 @@ def test_autoscaling_and_disruption_budgets(objects, overlay):
         assert hpa["maxReplicas"] >= hpa["minReplicas"]
 
 
-def test_triton_command_is_the_same_in_the_image_kubernetes_and_ecs(objects):
-    text = (checks.DEPLOY / "docker" / "triton.Dockerfile").read_text(encoding="utf-8")
+def _image_cmd(dockerfile: str) -> list[str]:
+    text = (checks.DEPLOY / "docker" / dockerfile).read_text(encoding="utf-8")
     cmd = re.search(r"^CMD (\[.*?\])\s*$", text.replace("\\\n", ""), re.MULTILINE | re.DOTALL)
-    image_args = json.loads(cmd.group(1))
+    return json.loads(cmd.group(1))
+
+
+def test_cpu_overlays_run_the_cpu_triton_image_and_gpu_nvidias(objects):
+    images = {
+        overlay: _container(_pod(objects, overlay, "triton"), "triton")["image"] for overlay in OVERLAYS
+    }
+    assert images == {
+        "cpu": "modelpack-triton-cpu:0.1.0",
+        "canary": "modelpack-triton-cpu:0.1.0",
+        "gpu": "modelpack-triton:0.1.0",
+    }
+    # Both images take the same arguments: the Deployment's args work with either.
+    assert _image_cmd("triton-cpu.Dockerfile") == _image_cmd("triton.Dockerfile")
+
+
+def test_triton_command_is_the_same_in_the_image_kubernetes_and_ecs(objects):
+    image_args = _image_cmd("triton.Dockerfile")
     task = json.loads((checks.DEPLOY / "ecs" / "task-definition.json").read_text(encoding="utf-8"))
     ecs_args = next(c for c in task["containerDefinitions"] if c["name"] == "triton")["command"]
     for overlay in OVERLAYS:
