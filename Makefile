@@ -55,10 +55,11 @@ bentos/.built: $(VENV)/.installed $(BENTO_SOURCES)
 # targets alone install podman, runc and debootstrap (apt, as root) and use deploy/containers.conf.
 #   BASE=auto|standard|local   python:3.11-slim* bases, or a Debian base built with debootstrap
 #                              (auto: standard when they can be pulled)
-#   CA_BUNDLE=PATH|none        PEM bundle mounted into the builds, for a TLS-inspecting proxy
+#   CA_BUNDLE=auto|PATH|none   PEM bundle mounted into the builds, for a TLS-inspecting proxy (auto:
+#                              $SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt when present)
 #   DEBIAN_MIRROR=URL          the mirror of the local base (default: the one apt uses)
 BASE ?= auto
-CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+CA_BUNDLE ?= auto
 DEBIAN_MIRROR ?=
 CONTAINERS_CONF ?= $(CURDIR)/deploy/containers.conf
 export CONTAINERS_CONF

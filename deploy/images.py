@@ -1,6 +1,6 @@
 """The container images, built and run with podman: the Bento image and the CPU Triton image.
 
-    python -m deploy.images build [--base auto|standard|local] [--ca-bundle PATH|none] [--mirror URL]
+    python -m deploy.images build [--base auto|standard|local] [--ca-bundle auto|PATH|none] [--mirror URL]
     python -m deploy.images test [--repository DIR] [--timeout S]
     python -m deploy.images sizes
 
@@ -10,8 +10,9 @@ label of the image, so a second run with nothing changed builds nothing):
 - the **CPU Triton image** (``deploy/docker/triton-cpu.Dockerfile``): ``local_triton/setup.sh`` run
   inside the build on the pinned nvidia-pytriton wheel, so the image holds the very tritonserver,
   python-based onnxruntime backend and numpy<2 venv of the local set-up;
-- the **Bento image**: ``bentoml containerize --backend podman`` of the bento ``make bento`` built,
-  BentoML's own Dockerfile template (extended with a health check by ``bentofile.yaml``).
+- the **Bento image**: ``bentoml containerize --backend podman`` of the bento ``make bento`` built
+  (BentoML's own Dockerfile template), then ``deploy/docker/bento.Dockerfile`` on top: a HEALTHCHECK
+  and BentoML's store folders, so that it runs on a read-only root filesystem.
 
 Both start from a base that can be pulled (``python:3.11-slim-bookworm`` for Triton, BentoML's
 ``python:3.11-slim`` for the Bento) or, where no registry is reachable, from a Debian bookworm base
@@ -21,13 +22,14 @@ key set builds a second bento in a store of its own (``.containers/bentoml``), s
 ``bentos/`` stays the bento of ``make bento``. ``--base auto`` (the default) takes the standard bases
 when they are present or can be pulled, else the local one.
 
-``--ca-bundle`` (default: the system bundle, ``/etc/ssl/certs/ca-certificates.crt``) is mounted
-read-only over the image's bundle during every build step, so pip, uv and apt reach the package
-registries through a TLS-inspecting proxy; nothing of it stays in the images.
+``--ca-bundle`` (default ``auto``: ``$SSL_CERT_FILE``, else ``/etc/ssl/certs/ca-certificates.crt`` when
+there is one) is mounted read-only over the image's bundle during every build step, so pip, uv and apt
+reach the package registries through a TLS-inspecting proxy; nothing of it stays in the images.
 
 ``test`` (``make container-test``) runs both images in one podman pod, the way the Kubernetes pods run
 them (read-only root filesystem, every capability dropped, no privilege escalation, the model
-repository mounted read-only at /models, the Bento's service.yaml mounted as the ConfigMap is), with
+repository exported for CPU nodes as the clusters serve it and mounted read-only at /models, the
+Bento's service.yaml mounted where the ConfigMap is), with
 the pod's ports published on 127.0.0.1 only; waits for readiness with a deadline on every wait; checks
 both images' HEALTHCHECKs; sends ``/embed`` to the Bento and a ``tritonclient`` gRPC request to Triton
 and compares the embeddings with sentence-transformers (cosine >= 0.9999); then removes the pod and
@@ -82,8 +84,8 @@ DEBIAN_SUITE = "bookworm"
 # python3.11 with venv and pip, the CA store, and the shared libpython the python backend stub links.
 DEBIAN_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates", "libpython3.11")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-CA_BUNDLE_IN_IMAGE = "/etc/ssl/certs/ca-certificates.crt"
+DEBIAN_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+CA_BUNDLE_IN_IMAGE = str(DEBIAN_CA_BUNDLE)
 # What the local base image says about itself: a Python image like python:3.11-slim, whose Python
 # pip may install into (the image is the environment, so Debian's EXTERNALLY-MANAGED marker is
 # removed), and whose TLS clients (pip, uv, requests) use the Debian CA store.
@@ -180,6 +182,21 @@ def image_size(image: str) -> int:
 def up_to_date(image: str, inputs: str) -> bool:
     labels = image_labels(image)
     return labels is not None and labels.get(INPUTS_LABEL) == inputs
+
+
+def current_id(image: str) -> str | None:
+    done = podman("image", "inspect", "--format", "{{.Id}}", image, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def drop_replaced(image: str, previous: str | None) -> None:
+    """Remove the image that ``image`` pointed at before a rebuild, now untagged (its layers that the
+    new one shares stay). The build stage's images stay: they are the layer cache of the next build."""
+    if previous is None or previous == current_id(image):
+        return
+    tags = podman("image", "inspect", "--format", "{{json .RepoTags}}", previous, check=False)
+    if tags.returncode == 0 and json.loads(tags.stdout or "[]") in ([], None):
+        podman("rmi", previous, check=False)
 
 
 # ---- inputs, labels ---------------------------------------------------------------------------------
@@ -425,20 +442,50 @@ def pinned_wheel() -> tuple[str, str]:
     return name.group(1), sha.group(1)
 
 
-def stage_triton_context(dest: Path) -> None:
-    """The CPU Triton image's build context: local_triton/ (setup.sh, the backends, the entry point),
-    the two core modules the entry point imports, and the pinned wheel where setup.sh looks for it."""
+def triton_context_files() -> dict[str, Path]:
+    """The CPU Triton image's build context, path in the context -> file here: local_triton/ (setup.sh,
+    the backends, the entry point), the two core modules the entry point imports, and the pinned wheel
+    where setup.sh looks for it."""
     wheel, _ = pinned_wheel()
     source = ROOT / ".cache" / "wheels" / wheel
     if not source.is_file():
         raise MissingDependency(f"{source}: the pinned Triton wheel is not downloaded; run `make setup`")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "local_triton", dest / "local_triton", ignore=ignore)
-    (dest / "core").mkdir()
+    files = {
+        path.relative_to(ROOT).as_posix(): path
+        for path in sorted((ROOT / "local_triton").rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
     for name in ("__init__.py", "errors.py"):
-        shutil.copy2(ROOT / "core" / name, dest / "core" / name)
-    (dest / ".cache" / "wheels").mkdir(parents=True)
-    shutil.copy2(source, dest / ".cache" / "wheels" / wheel)
+        files[f"core/{name}"] = ROOT / "core" / name
+    files[f".cache/wheels/{wheel}"] = source
+    return files
+
+
+def triton_inputs(files: dict[str, Path], base: str) -> str:
+    """sha256 of what the CPU Triton image is built from; the wheel counts by its pinned sha256, which
+    setup.sh checks in the build."""
+    wheel, sha256 = pinned_wheel()
+    parts: list[bytes | str] = [TRITON_DOCKERFILE.read_bytes(), image_id(base)]
+    for rel, path in files.items():
+        parts += [rel, sha256 if path.name == wheel else path.read_bytes()]
+    return digest(*parts)
+
+
+def stage_triton_context(dest: Path, files: dict[str, Path] | None = None) -> None:
+    """Copy the build context into the empty folder ``dest``."""
+    for rel, path in (files or triton_context_files()).items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest / rel)
+
+
+def host_ca_bundle(environ: dict[str, str] | None = None) -> Path | None:
+    """The bundle ``--ca-bundle auto`` mounts: $SSL_CERT_FILE when it names a file, else Debian's
+    system bundle when there is one, else none."""
+    environ = os.environ if environ is None else environ
+    for candidate in (environ.get("SSL_CERT_FILE"), str(DEBIAN_CA_BUNDLE)):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
 
 
 def ca_volume(ca_bundle: Path | None) -> list[str]:
@@ -454,42 +501,43 @@ def ca_volume(ca_bundle: Path | None) -> list[str]:
 
 
 def build_triton_cpu(base: str, ca_bundle: Path | None, image: str, log_dir: Path = LOGS) -> ImageResult:
-    with tempfile.TemporaryDirectory(prefix="modelpack-triton-context-") as tmp:
-        context = Path(tmp)
-        stage_triton_context(context)
-        inputs = digest(TRITON_DOCKERFILE.read_bytes(), tree_digest(context), image_id(base))
-        if up_to_date(image, inputs):
-            return ImageResult("triton-cpu", image, False, 0.0, image_size(image), base)
-        labels = {
-            **common_labels(inputs, base),
-            "io.modelpack.triton.version": TRITON_VERSION,
-            "io.modelpack.triton.wheel": pinned_wheel()[0],
-        }
-        argv = [
-            "build",
-            "--format",
-            "docker",
-            "-f",
-            str(TRITON_DOCKERFILE),
-            "--build-arg",
-            f"BASE_IMAGE={base}",
-        ]
-        for volume in ca_volume(ca_bundle):
-            argv += ["--volume", volume]
-        for key, value in labels.items():
-            argv += ["--label", f"{key}={value}"]
-        argv += ["--tag", image, str(context)]
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / "triton-cpu.log"
-        log.info("building %s on %s (log: %s)", image, base, log_path)
-        start = time.perf_counter()
+    files = triton_context_files()
+    inputs = triton_inputs(files, base)
+    if up_to_date(image, inputs):
+        return ImageResult("triton-cpu", image, False, 0.0, image_size(image), base)
+    labels = {
+        **common_labels(inputs, base),
+        "io.modelpack.triton.version": TRITON_VERSION,
+        "io.modelpack.triton.wheel": pinned_wheel()[0],
+    }
+    argv = ["build", "--format", "docker", "-f", str(TRITON_DOCKERFILE), "--build-arg", f"BASE_IMAGE={base}"]
+    for volume in ca_volume(ca_bundle):
+        argv += ["--volume", volume]
+    for key, value in labels.items():
+        argv += ["--label", f"{key}={value}"]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "triton-cpu.log"
+    log.info("building %s on %s (log: %s)", image, base, log_path)
+    start = time.perf_counter()
+    previous = current_id(image)
+    with tempfile.TemporaryDirectory(prefix="modelpack-triton-context-") as context:
+        stage_triton_context(Path(context), files)
         with open(log_path, "w", encoding="utf-8") as out:
             done = podman(
-                *argv, check=False, capture_output=False, stdout=out, stderr=subprocess.STDOUT, timeout=3600
+                *argv,
+                "--tag",
+                image,
+                context,
+                check=False,
+                capture_output=False,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=3600,
             )
-        if done.returncode != 0:
-            raise CheckFailed(f"podman build {image}: exit {done.returncode}: {tail(log_path)}")
-        return ImageResult("triton-cpu", image, True, time.perf_counter() - start, image_size(image), base)
+    if done.returncode != 0:
+        raise CheckFailed(f"podman build {image}: exit {done.returncode}: {tail(log_path)}")
+    drop_replaced(image, previous)
+    return ImageResult("triton-cpu", image, True, time.perf_counter() - start, image_size(image), base)
 
 
 # ---- the Bento image --------------------------------------------------------------------------------
@@ -606,6 +654,7 @@ def build_bento(bases: Bases, ca_bundle: Path | None, image: str, log_dir: Path 
     log_path = log_dir / "bento.log"
     log_path.write_text("", encoding="utf-8")
     start = time.perf_counter()
+    previous = current_id(image)
     bento = source if bases.bento is None else bento_on_base(source, bases.bento, log_path)
     containerized = f"{image}-bentoml"
     command = [
@@ -674,11 +723,12 @@ def build_bento(bases: Bases, ca_bundle: Path | None, image: str, log_dir: Path 
         )
     # The intermediate tag only: its layers are the final image's.
     podman("untag", containerized, containerized)
+    drop_replaced(image, previous)
     return ImageResult("bento", image, True, time.perf_counter() - start, image_size(image), base)
 
 
 def build(
-    choice: str = "auto", ca_bundle: Path | None = DEFAULT_CA_BUNDLE, mirror: str | None = None
+    choice: str = "auto", ca_bundle: Path | None = None, mirror: str | None = None
 ) -> Iterator[ImageResult]:
     """Both images (and the local base when it is used), each only when its inputs changed; each
     result as soon as its image is done."""
@@ -1049,6 +1099,8 @@ def container_test(repository: Path | None = None, deadline_s: float = 300) -> C
 
 
 def _ca_bundle(value: str) -> Path | None:
+    if value.lower() == "auto":
+        return host_ca_bundle()
     return None if value.lower() == "none" else Path(value)
 
 
@@ -1070,8 +1122,9 @@ def main(argv: list[str] | None = None) -> int:
     build_parser.add_argument(
         "--ca-bundle",
         type=_ca_bundle,
-        default=DEFAULT_CA_BUNDLE,
-        help=f"PEM bundle mounted over the image CA bundle in builds (default {DEFAULT_CA_BUNDLE}; none)",
+        default="auto",
+        help="PEM bundle mounted over the images' CA bundle while they build: PATH, none, or auto "
+        f"(default: $SSL_CERT_FILE, else {DEBIAN_CA_BUNDLE} when present)",
     )
     build_parser.add_argument(
         "--mirror", default=None, help="Debian mirror for the local base (default: apt's)"

@@ -21,11 +21,13 @@ ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 WORKDIR /opt/modelpack
-COPY . /opt/modelpack/
-# The wheel is already in .cache/wheels (setup.sh checks its sha256 and downloads nothing); the
-# backend venv comes from local_triton/backends/requirements.txt. The cache is dropped with the stage.
-RUN bash local_triton/setup.sh --server-only python3 \
-    && rm -rf /opt/modelpack/.cache
+# Only what setup.sh needs, so that a change to the Python sources below does not re-run it. The wheel
+# is already in .cache/wheels: setup.sh checks its sha256 and downloads nothing; the backend venv comes
+# from local_triton/backends/requirements.txt. The cache stays in this stage.
+COPY local_triton/setup.sh local_triton/setup.sh
+COPY local_triton/backends/requirements.txt local_triton/backends/requirements.txt
+COPY .cache/wheels/ .cache/wheels/
+RUN bash local_triton/setup.sh --server-only python3
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="modelpack-triton-cpu" \
@@ -40,7 +42,12 @@ RUN apt-get update \
     && useradd --uid 1000 --user-group --no-create-home --no-log-init --home-dir /opt/modelpack triton-server \
     && install -d -o 1000 -g 1000 /models
 
-COPY --from=build /opt/modelpack /opt/modelpack
+# tritonserver, its libraries and backends (.triton/backends/onnxruntime/model.py links to
+# local_triton/backends/onnxruntime/model.py), the backend venv; then the sources, owned by root.
+COPY --from=build /opt/modelpack/.triton /opt/modelpack/.triton
+COPY --from=build /opt/modelpack/.venv-triton /opt/modelpack/.venv-triton
+COPY local_triton/ /opt/modelpack/local_triton/
+COPY core/ /opt/modelpack/core/
 
 # local_triton.entrypoint is stdlib + core.errors; the server itself gets Installation.environment(),
 # which drops PYTHONPATH.

@@ -71,6 +71,9 @@ def test_triton_context_holds_the_set_up_the_entry_point_and_the_pinned_wheel(tm
     context = tmp_path / "context"
     context.mkdir()
     images.stage_triton_context(context)
+    assert sorted(images.triton_context_files()) == sorted(
+        p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file()
+    )
     files = {p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file()}
     assert {
         "local_triton/setup.sh",
@@ -119,3 +122,12 @@ def test_module_imports_nothing_heavy():
         [sys.executable, "-c", code], cwd=images.ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_auto_ca_bundle_is_ssl_cert_file_else_the_system_one(tmp_path):
+    bundle = tmp_path / "proxy-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert images.host_ca_bundle({"SSL_CERT_FILE": str(bundle)}) == bundle
+    system = images.DEBIAN_CA_BUNDLE if images.DEBIAN_CA_BUNDLE.is_file() else None
+    assert images.host_ca_bundle({"SSL_CERT_FILE": str(tmp_path / "gone.pem")}) == system
+    assert images.host_ca_bundle({}) == system
