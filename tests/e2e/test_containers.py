@@ -1,5 +1,5 @@
 """The two images for real, with podman: what the images declare (non-root user, HEALTHCHECK, version
-labels), both of them serving the session repository in one pod (deploy.images.container_test, what
+labels), both of them serving the session repository in one pod (deploy.container_test, what
 `make container-test` runs), and an interrupted test leaving nothing behind.
 
 Skipped, with the reason, where podman is not installed or the images are not built: `make test` does
@@ -18,7 +18,7 @@ from importlib import metadata
 
 import pytest
 
-from deploy import images
+from deploy import container_test, images, podman
 
 pytestmark = [
     pytest.mark.containers,
@@ -32,14 +32,16 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def built() -> dict[str, str]:
     names = images.image_names()
-    missing = [name for name in names.values() if images.image_labels(name) is None]
+    missing = [name for name in names.values() if podman.image_labels(name) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not built: run `make images` (not part of `make test`)")
     return names
 
 
 def _pods_of(pid: int) -> list[str]:
-    done = images.podman("pod", "ps", "--filter", f"label={images.POD_LABEL}={pid}", "--format", "{{.Name}}")
+    done = podman.podman(
+        "pod", "ps", "--filter", f"label={container_test.POD_LABEL}={pid}", "--format", "{{.Name}}"
+    )
     return done.stdout.split()
 
 
@@ -54,7 +56,7 @@ def test_images_run_as_non_root_with_a_health_check_and_version_labels(built):
         "bento": ("1034:1034", "/readyz", {"io.modelpack.bentoml.version": metadata.version("bentoml")}),
     }
     for role, image in built.items():
-        inspected = images.image_inspect(image)  # podman keeps HEALTHCHECK beside Config, not in it
+        inspected = podman.image_inspect(image)  # podman keeps HEALTHCHECK beside Config, not in it
         user, health_path, own_labels = expected[role]
         assert inspected["Config"]["User"] == user, (image, inspected["Config"]["User"])
         test = inspected["Healthcheck"]["Test"]
@@ -62,23 +64,25 @@ def test_images_run_as_non_root_with_a_health_check_and_version_labels(built):
         labels = inspected["Labels"]
         assert labels["org.opencontainers.image.version"] == version
         assert own_labels.items() <= labels.items(), (image, labels)
-        assert len(labels[images.INPUTS_LABEL]) == 64
+        assert len(labels[podman.INPUTS_LABEL]) == 64
         assert labels["org.opencontainers.image.base.name"]
     # The Bento image's user bentoml is uid 1034: the manifests' runAsUser.
     uid = subprocess.run(
-        [images.podman_binary(), "run", "--rm", "--entrypoint", "id", built["bento"], "-u"],
+        [podman.podman_binary(), "run", "--rm", "--entrypoint", "id", built["bento"], "-u"],
         capture_output=True,
         text=True,
         timeout=120,
-        env=images.podman_env(),
+        env=podman.podman_env(),
     )
     assert uid.stdout.strip() == "1034", uid.stderr
 
 
 def test_both_images_serve_the_repository_in_one_pod(built, model_repo):
-    result = images.container_test(repository=model_repo, deadline_s=300)
+    result = container_test.container_test(repository=model_repo, deadline_s=300)
     assert result.passed, result.line()
-    assert result.cosine_bento >= images.MIN_COSINE and result.cosine_triton >= images.MIN_COSINE
+    assert (
+        result.cosine_bento >= container_test.MIN_COSINE and result.cosine_triton >= container_test.MIN_COSINE
+    )
     assert result.healthy == {"triton": True, "bento": True}
     assert sorted(result.models) == ["image_classifier", "minilm"]
     assert result.triton_ready_s > 0 and result.bento_ready_s > 0
@@ -89,11 +93,11 @@ def test_an_interrupted_test_removes_its_pod(built, model_repo):
     """SIGTERM while the containers start: the pod and its containers are gone afterwards."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploy.images", "test", "--repository", str(model_repo)],
-        cwd=images.ROOT,
+        cwd=podman.ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=images.podman_env(),
+        env=podman.podman_env(),
     )
     try:
         deadline = time.monotonic() + 180
@@ -109,5 +113,5 @@ def test_an_interrupted_test_removes_its_pod(built, model_repo):
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "removed" in err
     assert _pods_of(proc.pid) == []
-    left = images.podman("ps", "--all", "--format", "json").stdout
+    left = podman.podman("ps", "--all", "--format", "json").stdout
     assert not [c for c in json.loads(left or "[]") if f"-{proc.pid}-" in " ".join(c.get("Names", []))]

@@ -1,5 +1,5 @@
-"""deploy.images without podman: where the local base's mirror comes from, what the build options
-refuse, what the image inputs digest notices, the CPU image's build context."""
+"""deploy.images and deploy.podman without podman: where the local base's mirror comes from, what
+the build options refuse, what the image inputs digest notices, the CPU image's build context."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import pytest
 
 from core.errors import InvalidArgument, MissingDependency, NotFound
-from deploy import images
+from deploy import images, podman
 
 
 def test_mirror_is_the_one_apt_uses(tmp_path):
@@ -46,21 +46,21 @@ def test_missing_ca_bundle_names_the_flag(tmp_path):
 def test_without_podman_the_error_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(MissingDependency, match=r"podman: not found on PATH; run `make images`"):
-        images.podman("version")
+        podman.podman("version")
 
 
 def test_tree_digest_follows_content_not_caches(tmp_path):
     (tmp_path / "a.py").write_text("x = 1\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("b")
-    first = images.tree_digest(tmp_path)
+    first = podman.tree_digest(tmp_path)
     (tmp_path / "__pycache__").mkdir()
     (tmp_path / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
-    assert images.tree_digest(tmp_path) == first
+    assert podman.tree_digest(tmp_path) == first
     (tmp_path / "sub" / "b.txt").write_text("c")
-    assert images.tree_digest(tmp_path) != first
+    assert podman.tree_digest(tmp_path) != first
     (tmp_path / "sub" / "b.txt").rename(tmp_path / "sub" / "c.txt")
-    assert images.tree_digest(tmp_path) != first
+    assert podman.tree_digest(tmp_path) != first
 
 
 def test_triton_context_holds_the_set_up_the_entry_point_and_the_pinned_wheel(tmp_path):
