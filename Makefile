@@ -49,6 +49,34 @@ bentos/.built: $(VENV)/.installed $(BENTO_SOURCES)
 	mv $@.tmp $@
 	@echo "built $$(cat $@); its Dockerfile: bentos/bentos/$$(cat $@ | tr : /)/env/docker/Dockerfile"
 
+# Container images (deploy/images.py, docs/containers.md): the Bento image (`bentoml containerize
+# --backend podman`) and the CPU Triton image (deploy/docker/triton-cpu.Dockerfile), each rebuilt only
+# when its inputs changed; `make container-test` runs both in one pod. Not part of setup or test: these
+# targets alone install podman, runc and debootstrap (apt, as root) and use deploy/containers.conf.
+#   BASE=auto|standard|local   python:3.11-slim* bases, or a Debian base built with debootstrap
+#                              (auto: standard when they can be pulled)
+#   CA_BUNDLE=auto|PATH|none   PEM bundle mounted into the builds, for a TLS-inspecting proxy (auto:
+#                              $SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt when present)
+#   DEBIAN_MIRROR=URL          the mirror of the local base (default: the one apt uses)
+BASE ?= auto
+CA_BUNDLE ?= auto
+DEBIAN_MIRROR ?=
+CONTAINERS_CONF ?= $(CURDIR)/deploy/containers.conf
+export CONTAINERS_CONF
+.PHONY: images container-test container-setup
+container-setup: .containers/.setup-done
+.containers/.setup-done: deploy/containers.conf
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "error: installing podman, runc, debootstrap needs root (apt-get)" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap; }
+	podman info --format '{{.Host.OCIRuntime.Name}} {{.Version.Version}}' | grep -q '^runc ' || { \
+	  echo "error: podman does not run with runc from $(CONTAINERS_CONF)" >&2; exit 1; }
+	mkdir -p .containers && touch $@
+images: .containers/.setup-done .triton/.setup-done bento
+	$(PY) -m deploy.images build --base $(BASE) --ca-bundle $(CA_BUNDLE) $(if $(DEBIAN_MIRROR),--mirror $(DEBIAN_MIRROR))
+container-test: images
+	$(PY) -m deploy.images test
+
 # Benchmarks (benchmarks/): every stack against the in-process ceiling and the FastAPI-eager baseline,
 # report in runs/bench-<UTC time>/. Nothing to set up beyond the venv and the local Triton.
 .PHONY: bench bench-quick

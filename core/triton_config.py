@@ -238,10 +238,17 @@ def write_config(path: str | os.PathLike, config: mc.ModelConfig) -> Path:
     return atomic_write(path, text.encode("utf-8"))
 
 
+# The mode of a written file: readable by every user, like the rest of an entry (model.onnx,
+# manifest.json). mkstemp creates 0600, and a repository mounted into a container whose server runs as
+# another uid (the Triton image's 1000, the Bento's 1034) must still be able to read config.pbtxt.
+WRITTEN_MODE = 0o644
+
+
 def atomic_write(path: Path, data: bytes) -> Path:
     """Replace ``path`` with ``data`` in one step: temp file in the same folder, fsync, os.replace."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, WRITTEN_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

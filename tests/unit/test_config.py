@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -58,6 +60,13 @@ def test_round_trip_through_the_file_is_identical(tmp_path):
     accelerator = back.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"precision_mode": "FP16"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.pbtxt"]  # no temp file left
+
+
+def test_written_config_is_readable_by_other_users(tmp_path):
+    """A repository mounted read-only into the Triton (uid 1000) or Bento (uid 1034) container is read
+    by another user than the one who wrote it: config.pbtxt must not keep mkstemp's 0600."""
+    path = write_config(tmp_path / "config.pbtxt", _minilm_config())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_set_accelerator_twice_keeps_one_entry():
