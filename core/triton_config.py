@@ -34,6 +34,7 @@ _DATA_TYPES = {
     "INT32": mc.TYPE_INT32,
     "FP32": mc.TYPE_FP32,
     "FP16": mc.TYPE_FP16,
+    "BOOL": mc.TYPE_BOOL,
 }
 
 
