@@ -21,12 +21,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
+import numpy as np
 from starlette.responses import Response
 
 from core.errors import InvalidArgument, ToolkitError
 from core.tasks import INFER_ROUTES, ROUTES, TASK_SPECS
 from serving.http import error_response, json_response
-from serving.models import find_model, load_models, served_model
+from serving.models import VersionEntry, find_model, load_models, served_model
 from serving.observability import metrics
 from serving.protocol import infer_response, parse_infer_request
 from serving.settings import ServiceSettings
@@ -34,6 +35,16 @@ from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Features, Images, Re
 from serving.triton_client import TritonCalls, TritonGateway
 
 log = logging.getLogger(__name__)
+
+
+def as_declared(outputs: dict[str, np.ndarray], chosen: VersionEntry) -> dict[str, np.ndarray]:
+    """Triton's outputs in the manifest's shapes: a [batch] output comes back as [batch, 1] (its config
+    declares dims [1], reshaped to [] for the model) and is given as [batch]."""
+    ranks = {spec.name: len(spec.shape) for spec in chosen.outputs}
+    return {
+        name: array.reshape(len(array)) if ranks.get(name) == 1 and array.ndim == 2 else array
+        for name, array in outputs.items()
+    }
 
 
 class RequestPath:
@@ -82,7 +93,7 @@ class RequestPath:
             output, served = await self.calls.run(
                 entry.name, chosen.version, outputs, entry.max_batch_size, tensors, pad=pad
             )
-            results = POSTPROCESS[task.postprocess](output, request, entry, chosen)
+            results = POSTPROCESS[task.postprocess](as_declared(output, chosen), request, entry, chosen)
             labels["version"] = str(served)
             return json_response(
                 {"model": entry.name, "version": served, **REPLIES[reply.reply](results, request)}
@@ -115,6 +126,7 @@ class RequestPath:
                 entry.name, chosen.version, request.outputs, entry.max_batch_size, request.inputs, pad=pad
             )
             labels["version"] = str(served)
+            outputs = as_declared(outputs, chosen)
             return json_response(
                 infer_response(entry.name, served, request.id, outputs, list(chosen.outputs))
             )

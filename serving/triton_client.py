@@ -58,6 +58,8 @@ class TritonGateway:
         names = (outputs,) if isinstance(outputs, str) else tuple(outputs)
         tensors = []
         for name, array in inputs.items():
+            if array.ndim == 1:  # a [batch] tensor: its config says dims [1], reshaped to [] for the model
+                array = array.reshape(-1, 1)
             tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)

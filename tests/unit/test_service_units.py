@@ -121,7 +121,7 @@ def test_every_route_belongs_to_one_task():
     paths = [route.path for spec in TASK_SPECS.values() for route in spec.routes]
     assert len(paths) == len(set(paths)) == len(ROUTES), paths
     assert all(spec.routes for spec in TASK_SPECS.values())
-    assert TEXT_TASKS == ("feature-extraction", "text-classification")
+    assert TEXT_TASKS == ("feature-extraction", "text-classification", "token-classification")
 
 
 def test_settings_accept_exactly_the_registry_tasks():
