@@ -177,11 +177,12 @@ def tiny_hf_models(tmp_path_factory, minilm_path) -> dict[str, Path]:
         "id2label": {0: "cat", 1: "dog", 2: "bird"},
         "label2id": {"cat": 0, "dog": 1, "bird": 2},
     }
+    # Each model is built under its own seed: its weights do not depend on what ran before.
     models = {
-        "ner": (DistilBertForTokenClassification(text(NER_LABELS)), tokenizer),
-        "sentiment": (DistilBertForSequenceClassification(text(("negative", "positive"))), tokenizer),
-        "masked_lm": (DistilBertForMaskedLM(text()), tokenizer),
-        "vit": (
+        "ner": lambda: (DistilBertForTokenClassification(text(NER_LABELS)), tokenizer),
+        "sentiment": lambda: (DistilBertForSequenceClassification(text(("negative", "positive"))), tokenizer),
+        "masked_lm": lambda: (DistilBertForMaskedLM(text()), tokenizer),
+        "vit": lambda: (
             ViTForImageClassification(
                 ViTConfig(
                     image_size=32,
@@ -195,13 +196,13 @@ def tiny_hf_models(tmp_path_factory, minilm_path) -> dict[str, Path]:
             ),
             ViTImageProcessorPil(size={"height": 32, "width": 32}),
         ),
-        "convnext": (
+        "convnext": lambda: (
             ConvNextForImageClassification(
                 ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, **image)
             ),
             ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=0.875),
         ),
-        "resnet": (
+        "resnet": lambda: (
             ResNetForImageClassification(
                 ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], **image)
             ),
@@ -209,8 +210,10 @@ def tiny_hf_models(tmp_path_factory, minilm_path) -> dict[str, Path]:
         ),
     }
     paths = {}
-    torch.manual_seed(0)
-    for name, (model, companion) in models.items():
+    for name, build in models.items():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, companion = build()
         paths[name] = folder / name
         model.eval().save_pretrained(str(paths[name]))
         companion.save_pretrained(str(paths[name]))
@@ -222,6 +225,7 @@ ANY_MODELS = {
     "tabular": "classification",
     "tuplenet": "tensor",
     "dictnet": "tensor",
+    "undeclared": "tensor",
     "ner": "token-classification",
     "vit": "image-classification",
     "classifier": "text-classification",
@@ -232,7 +236,8 @@ ANY_MODELS = {
 def any_model_repo(tmp_path_factory, signature_ckpts, tiny_hf_models, minilm_path) -> Path:
     """A session repository of entries the converters made from models they had never seen (version 1
     each; read-only): ``tabular`` (classification), ``tuplenet`` (tensor: tuple in and out, INT64 ids
-    with a dynamic sequence axis), ``dictnet`` (tensor: dict in and out; FP16, INT32, BOOL), ``ner``
+    with a dynamic sequence axis), ``dictnet`` (tensor: dict in and out; FP16, INT32, BOOL),
+    ``undeclared`` (tensor: inputs from --input flags only, one of them [batch] alone), ``ner``
     (token-classification), ``vit`` (Hugging Face image-classification) and ``classifier`` (MiniLM with
     a seeded two-label head: text-classification)."""
     from converters.hf2onnx import convert_hf
@@ -255,6 +260,13 @@ def any_model_repo(tmp_path_factory, signature_ckpts, tiny_hf_models, minilm_pat
         repository=repo,
     )
     convert_lightning(signature_ckpts["DictNet"], f"{SIGNATURE_MODULES}:DictNet", "dictnet", repository=repo)
+    convert_lightning(
+        signature_ckpts["Undeclared"],
+        f"{SIGNATURE_MODULES}:Undeclared",
+        "undeclared",
+        inputs=[parse_input_flag("x:float32:4"), parse_input_flag("scale:float32::0.5..2")],
+        repository=repo,
+    )
     convert_hf(tiny_hf_models["ner"], "ner", repository=repo)
     convert_hf(tiny_hf_models["vit"], "vit", repository=repo)
     convert_hf(minilm_path, "classifier", task="text-classification", repository=repo)

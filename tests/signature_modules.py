@@ -117,14 +117,15 @@ class DictNet(L.LightningModule):
 
 
 class Undeclared(L.LightningModule):
-    """No example_input_array: ``--input x:float32:4 --input scale:float32:1`` declares it."""
+    """No example_input_array: ``--input x:float32:4 --input scale:float32:`` declares it (``scale``
+    is one number per row: a [batch] tensor)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.linear = nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return self.linear(x) * scale
+        return self.linear(x) * scale.reshape(-1, 1)
 
     def training_step(self, batch, batch_idx):
         x, scale, y = batch
@@ -137,7 +138,7 @@ class Undeclared(L.LightningModule):
     def data(count: int, seed: int = 0):
         generator = torch.Generator().manual_seed(seed)
         x = torch.randn(count, 4, generator=generator)
-        return torch.utils.data.TensorDataset(x, torch.ones(count, 1), x[:, :2] * 2)
+        return torch.utils.data.TensorDataset(x, torch.ones(count), x[:, :2] * 2)
 
 
 MODULES = {cls.__name__: cls for cls in (TabularClassifier, TupleNet, DictNet, Undeclared)}

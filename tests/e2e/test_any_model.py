@@ -1,5 +1,6 @@
 """End to end, for models the project had never seen: one request per task through ``bentoml serve``
-and a real tritonserver (``any_model_server``: tabular, tuplenet, dictnet, ner, vit, classifier), each
+and a real tritonserver (``any_model_server``: tabular, tuplenet, dictnet, undeclared, ner, vit,
+classifier), each
 answer equal to the in-process pipeline (ONNX Runtime; for entities, transformers' own pipeline); the
 Open Inference Protocol route for every entry, and its refusals, each naming the tensor."""
 
@@ -193,7 +194,7 @@ def entry_feeds(repo, name: str) -> tuple[dict[str, np.ndarray], dict[str, str]]
     }
 
 
-@pytest.mark.parametrize("name", ["tabular", "tuplenet", "dictnet", "ner", "vit", "classifier"])
+@pytest.mark.parametrize("name", ["tabular", "tuplenet", "dictnet", "undeclared", "ner", "vit", "classifier"])
 def test_open_inference_protocol_for_every_task(any_model_server, any_model_repo, name):
     feeds, datatypes = entry_feeds(any_model_repo, name)
     expected = run(session_of(any_model_repo, name), feeds)

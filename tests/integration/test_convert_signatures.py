@@ -165,7 +165,7 @@ def test_inputs_declared_by_flags_only(signature_ckpts, tmp_path, capsys):
         "--input",
         "x:float32:4",
         "--input",
-        "scale:float32:1:0.5..2",
+        "scale:float32::0.5..2",
         "--repository",
         tmp_path / "repo",
         capsys=capsys,
@@ -173,7 +173,10 @@ def test_inputs_declared_by_flags_only(signature_ckpts, tmp_path, capsys):
     assert code == 0, err
     manifest = manifest_of(tmp_path / "repo", "undeclared")
     assert manifest["task"] == "tensor"
-    assert [i["name"] for i in manifest["inputs"]] == ["x", "scale"]
+    assert manifest["inputs"] == [
+        {"name": "x", "datatype": "FP32", "shape": [-1, 4]},
+        {"name": "scale", "datatype": "FP32", "shape": [-1]},
+    ]
     assert manifest["outputs"] == [{"name": "output_0", "datatype": "FP32", "shape": [-1, 2]}]
     scale = manifest["signature"]["inputs"][1]
     assert (scale["low"], scale["high"]) == (0.5, 2.0)
