@@ -8,6 +8,10 @@
   a test that changes a repository takes ``writable_model_repo`` (a fresh copy) instead.
 - ``triton_server`` and ``bento_server``: the real servers over ``model_repo``, started once per
   session; ``service_config`` writes a service.yaml for a Bento of a test's own.
+- Models the project has never seen: ``signature_ckpts`` (LightningModules of every signature,
+  tests/signature_modules.py, trained a few steps), ``tiny_hf_models`` (tiny random Hugging Face models
+  of each task, built from a config), ``any_model_repo`` (entries converted from them) and
+  ``any_model_server`` (a Triton and a Bento of their own over it).
 """
 
 from __future__ import annotations
