@@ -56,6 +56,9 @@ HEADS = (
 )
 # Tasks a base model (no head) may be exported as: its encoder as is, or with a new, seeded head.
 BASE_MODEL_TASKS = ("feature-extraction", "text-classification", "token-classification")
+# Pre-training heads: no task served here, but their encoder is a base model; exported only when
+# --task says so (the head is left out), never by default.
+PRETRAINING_HEADS = ("ForMaskedLM", "ForPreTraining")
 SUPPORTED_ARCHITECTURES = (
     "*ForSequenceClassification (text-classification), *ForTokenClassification (token-classification), "
     "*ForImageClassification (image-classification), a base text model such as BertModel or a "
@@ -100,6 +103,8 @@ def architecture_task(path: Path) -> tuple[str | None, str | None]:
             return task, architecture
     if architecture.endswith("Model") and "For" not in architecture and _has_tokenizer(path):
         return "feature-extraction", architecture
+    if architecture.endswith(PRETRAINING_HEADS) and _has_tokenizer(path):
+        return None, architecture
     raise InvalidArgument(
         f"PATH: {path} holds a {architecture} (config.json architectures), which is not supported here; "
         f"supported: {SUPPORTED_ARCHITECTURES}",
@@ -111,6 +116,20 @@ def resolve_task(path: Path, requested: str | None) -> tuple[str, str | None]:
     """The task to export ``path`` as, and its architecture: the model's own task, or ``requested``
     where the two agree (a base model may take a new head). A mismatch is refused, never converted."""
     inferred, architecture = architecture_task(path)
+    pretraining = architecture is not None and inferred is None
+    if pretraining and requested not in BASE_MODEL_TASKS:
+        raise InvalidArgument(
+            f"PATH: {path} holds a {architecture} (config.json architectures), a pre-training head no task "
+            f"here serves; pass --task feature-extraction to export its encoder's embeddings (the head is "
+            f"left out), or --task text-classification / token-classification for a new head. Supported: "
+            f"{SUPPORTED_ARCHITECTURES}",
+            field="task" if requested else "path",
+        )
+    if pretraining:
+        log.warning(
+            "%s is a %s: its head is left out, the %s model uses its encoder", path, architecture, requested
+        )
+        return requested, architecture
     if requested is None:
         if inferred is None:
             raise InvalidArgument(

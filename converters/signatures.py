@@ -94,9 +94,10 @@ class InputDecl:
         value_range = "" if self.low is None else f" in {_fmt(self.low)}..{_fmt(self.high)}"
         return f"{self.name} {self.datatype} {list(self.dims)}{value_range}"
 
-    def to_manifest(self) -> dict:
+    def to_manifest(self, used: bool = True) -> dict:
         return {
             "name": self.name,
+            "used": used,
             "param": self.param,
             "datatype": self.datatype,
             "dims": list(self.dims),
@@ -468,7 +469,8 @@ class Signature:
 
     def to_manifest(self) -> dict:
         return {
-            "inputs": [d.to_manifest() for d in self.inputs if d.name not in self.dropped],
+            # Every input forward takes, those the graph does not use too: validate calls forward again.
+            "inputs": [d.to_manifest(used=d.name not in self.dropped) for d in self.inputs],
             "outputs": [{"name": o.name, "key": o.key} for o in self.outputs],
             "output_form": self.output_form,
             "seed": self.seed,
@@ -485,10 +487,12 @@ class Signature:
             (spec,) = manifest["inputs"]
             dims = tuple(int(d) for d in spec["shape"][1:])
             inputs = (InputDecl(spec["name"], spec["datatype"], dims, sample=dims),)
+            dropped = ()
             data = {"outputs": [{"name": spec["name"], "key": 0} for spec in manifest["outputs"]]}
             data["output_form"] = "tensor"
         else:
             inputs = tuple(InputDecl.from_manifest(d) for d in data["inputs"])
+            dropped = tuple(d["name"] for d in data["inputs"] if d.get("used") is False)
         outputs = tuple(
             OutputDecl(
                 o["name"],
@@ -504,6 +508,7 @@ class Signature:
             output_form=data["output_form"],
             seed=int(data.get("seed", SEED)),
             batches=tuple(int(b) for b in data.get("batches", PARITY_BATCHES)),
+            dropped=dropped,
         )
 
 

@@ -10,6 +10,7 @@ data by ``train`` and saved as a real ``.ckpt`` (the session fixture ``signature
   [batch, 7]) -> a dict (``logits`` FP32, ``count`` INT32 [batch], ``kept`` BOOL [batch, 7], ``half``
   FP16 [batch, 3]).
 - ``Undeclared``: no ``example_input_array`` at all: its inputs come from ``--input`` flags.
+- ``Unused``: a parameter ``forward`` never reads, which the exported graph leaves out.
 """
 
 from __future__ import annotations
@@ -141,7 +142,32 @@ class Undeclared(L.LightningModule):
         return torch.utils.data.TensorDataset(x, torch.ones(count), x[:, :2] * 2)
 
 
-MODULES = {cls.__name__: cls for cls in (TabularClassifier, TupleNet, DictNet, Undeclared)}
+class Unused(L.LightningModule):
+    """``forward(x, unused)`` reads only ``x``: the exporter drops ``unused`` from the graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.example_input_array = (torch.randn(2, 3), torch.randn(2, 5))
+
+    def forward(self, x: torch.Tensor, unused: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def training_step(self, batch, batch_idx):
+        x, unused, y = batch
+        return nn.functional.mse_loss(self(x, unused), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    @staticmethod
+    def data(count: int, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(count, 3, generator=generator)
+        return torch.utils.data.TensorDataset(x, torch.zeros(count, 5), x[:, :2])
+
+
+MODULES = {cls.__name__: cls for cls in (TabularClassifier, TupleNet, DictNet, Undeclared, Unused)}
 
 
 def train(cls, out: Path, *, steps: int = 5, batch_size: int = 16, seed: int = 0) -> Path:

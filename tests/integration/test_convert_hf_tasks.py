@@ -178,8 +178,8 @@ REFUSALS = [
         "text-classification",
         ["--task text-classification", "ViTForImageClassification", "image-classification model"],
     ),
-    ("masked_lm", None, ["DistilBertForMaskedLM", "not supported here", "*ForTokenClassification"]),
-    ("masked_lm", "feature-extraction", ["DistilBertForMaskedLM", "not supported here"]),
+    ("masked_lm", None, ["DistilBertForMaskedLM", "pre-training head", "pass --task feature-extraction"]),
+    ("masked_lm", "image-classification", ["--task", "DistilBertForMaskedLM", "pre-training head"]),
     ("no_architecture", None, ["--task", "names no architecture", "token-classification"]),
     ("ner", "summarization", ["--task", "'summarization'", "image-classification"]),
 ]
@@ -206,6 +206,20 @@ def test_mismatches_and_unsupported_architectures_are_refused(
     for word in words:
         assert word in lines[0], lines[0]
     assert out == "" and not (repo / "m").exists()
+
+
+def test_a_pretraining_head_is_exported_only_as_asked(tiny_hf_models, tmp_path, caplog):
+    """A masked-LM folder (bert-base-uncased's kind) is refused without --task; with --task
+    feature-extraction its encoder is exported, the head left out, and the log says so."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="converters.hf2onnx"):
+        result = convert_hf(
+            tiny_hf_models["masked_lm"], "mlm", task="feature-extraction", repository=tmp_path / "r"
+        )
+    assert result.manifest["task"] == "feature-extraction" and result.manifest["parity"]["passed"]
+    assert result.manifest["architecture"] == "DistilBertForMaskedLM"
+    assert "its head is left out" in caplog.text
 
 
 def test_a_config_without_architectures_takes_the_task_given(tiny_hf_models, tmp_path):

@@ -182,6 +182,26 @@ def test_inputs_declared_by_flags_only(signature_ckpts, tmp_path, capsys):
     assert (scale["low"], scale["high"]) == (0.5, 2.0)
 
 
+def test_an_input_forward_does_not_use_is_left_out_of_the_entry(signature_ckpts, tmp_path):
+    """The exporter drops it from the graph, so the config and the manifest's inputs leave it out
+    (Triton would refuse a config input the graph lacks); the signature keeps it for validate, which
+    calls forward with it again."""
+    from converters.lightning2onnx import convert_lightning
+    from converters.validate import validate
+
+    repo = tmp_path / "repo"
+    result = convert_lightning(
+        signature_ckpts["Unused"], f"{SIGNATURE_MODULES}:Unused", "unused", repository=repo
+    )
+    assert result.manifest["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]
+    assert [(d["name"], d["used"]) for d in result.manifest["signature"]["inputs"]] == [
+        ("x", True),
+        ("unused", False),
+    ]
+    assert [i.name for i in read_config(repo / "unused" / "config.pbtxt").input] == ["x"]
+    assert validate("unused", repository=repo).outputs["passed"]
+
+
 def test_a_task_asked_for_is_used_when_the_signature_fits(signature_ckpts, tmp_path, capsys):
     code, out, err = cli(
         "lightning",
