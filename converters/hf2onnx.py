@@ -610,6 +610,13 @@ def convert_hf(
 
     with Timer() as timer:
         tokenizer, module, labels = load(path, task)
+        if tokenizer.pad_token is None:
+            raise InvalidArgument(
+                f"PATH: the tokenizer of {path} has no padding token, and requests are batched padded; "
+                "set one (e.g. tokenizer.pad_token = tokenizer.eos_token, and the model's pad_token_id) "
+                "and save the folder again",
+                field="path",
+            )
         max_length = max_length_of(path, tokenizer)
         example = tokenize(tokenizer, SENTENCES[:2], max_length)
         example_args = (torch.from_numpy(example["input_ids"]), torch.from_numpy(example["attention_mask"]))
