@@ -235,13 +235,6 @@ def wrapped_module(module, signature: Signature):
     return adapter(module, signature.inputs, signature.output_form, [o.key for o in signature.outputs])
 
 
-def image_parity(model_path: Path, module, shape: tuple[int, ...], atol: float, rtol: float) -> ParityReport:
-    """The image classifier's parity (seeded N(0,1) inputs of C,H,W at batch 1 and 4)."""
-    decl = InputDecl("input", "FP32", tuple(shape), sample=tuple(shape))
-    signature = Signature((decl,), (OutputDecl("logits", 0, "FP32", (-1,)),), "tensor")
-    return lightning_parity(model_path, wrapped_module(module, signature), signature, atol, rtol)
-
-
 def parse_labels(text: str | None) -> list[str] | None:
     """``--labels a,b,c`` or ``--labels @FILE`` (one label per line)."""
     if text is None:
