@@ -34,6 +34,7 @@ _DATA_TYPES = {
     "INT32": mc.TYPE_INT32,
     "FP32": mc.TYPE_FP32,
     "FP16": mc.TYPE_FP16,
+    "BOOL": mc.TYPE_BOOL,
 }
 
 
@@ -117,10 +118,12 @@ def build_config(
     config = mc.ModelConfig(name=name, platform=platform, max_batch_size=max_batch_size)
     for spec in inputs:
         tensor = config.input.add(name=spec.name, data_type=data_type(spec.datatype), dims=spec.shape[1:])
+        _batch_only(tensor, spec)
         if spec.ragged:
             tensor.allow_ragged_batch = True
     for spec in outputs:
-        config.output.add(name=spec.name, data_type=data_type(spec.datatype), dims=spec.shape[1:])
+        tensor = config.output.add(name=spec.name, data_type=data_type(spec.datatype), dims=spec.shape[1:])
+        _batch_only(tensor, spec)
     config.dynamic_batching.preferred_batch_size.extend(preferred)
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     config.instance_group.add(kind=INSTANCE_KINDS[instance_kind], count=instance_count)
@@ -136,6 +139,14 @@ def build_config(
                 field="accelerator",
             )
     return config
+
+
+def _batch_only(tensor, spec: TensorSpec) -> None:
+    """A tensor of shape [batch] alone: Triton wants ``dims`` besides the batch axis, so it is declared
+    ``dims: [1]`` with ``reshape { shape: [] }`` (the model sees [batch]), as Triton's docs prescribe."""
+    if len(spec.shape) == 1:
+        tensor.dims.append(1)
+        tensor.reshape.SetInParent()
 
 
 def _preferred_sizes(sizes: Sequence[int], max_batch_size: int) -> list[int]:

@@ -1,5 +1,5 @@
 """The models this service routes to: for each configured model, what the repository holds for each
-served version (manifest, tensor names, labels, its preprocessing), and the choice of a version per
+served version (manifest, tensors, labels, its preprocessing), and the choice of a version per
 request (a pinned one, else the configured split, e.g. a canary's {1: 90, 2: 10})."""
 
 import random
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from core.errors import InvalidArgument, NotFound
 from core.repository import Repository
-from core.tasks import TASK_SPECS
+from core.tasks import DATATYPES, TASK_SPECS, TensorSpec
 from serving.preprocess import ImagePipeline, TextPipeline
 from serving.settings import Limits, ModelSettings, ServiceSettings
 
@@ -17,10 +17,18 @@ class VersionEntry:
     version: int
     manifest: dict
     input_names: tuple[str, ...]
-    output_name: str
+    output_name: str  # the output the task's post-processing reads (the first)
     labels: tuple[str, ...]
     text: TextPipeline | None = None
     image: ImagePipeline | None = None
+    # Every tensor the version takes and gives, as its manifest declares them (the tensor routes check
+    # requests against these).
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.outputs) or (self.output_name,)
 
 
 @dataclass
@@ -101,14 +109,27 @@ def _version_entry(
             field="task",
         )
     try:
-        input_names = tuple(t["name"] for t in manifest["inputs"])
-        output_name = manifest["outputs"][0]["name"]
-    except (KeyError, IndexError, TypeError):
+        inputs = tuple(TensorSpec.from_manifest(t) for t in manifest["inputs"])
+        outputs = tuple(TensorSpec.from_manifest(t) for t in manifest["outputs"])
+        unknown = [t.datatype for t in (*inputs, *outputs) if t.datatype not in DATATYPES]
+        if unknown or not inputs or not outputs:
+            raise ValueError(unknown)
+    except (KeyError, IndexError, TypeError, ValueError):
         raise InvalidArgument(
-            f"{where}: the manifest lacks inputs/outputs; re-publish the entry", field="manifest"
+            f"{where}: the manifest lacks inputs/outputs (name, datatype one of {', '.join(DATATYPES)}, "
+            "shape); re-publish the entry",
+            field="manifest",
         ) from None
     pre = manifest.get("preprocessing") or {}
-    entry = VersionEntry(version, manifest, input_names, output_name, tuple(manifest.get("labels") or ()))
+    entry = VersionEntry(
+        version,
+        manifest,
+        tuple(t.name for t in inputs),
+        outputs[0].name,
+        tuple(manifest.get("labels") or ()),
+        inputs=inputs,
+        outputs=outputs,
+    )
     task = TASK_SPECS[spec.task]
     if task.input_kind == "text":
         declared = int(pre.get("max_length") or 512)
@@ -122,7 +143,7 @@ def _version_entry(
         entry.text = TextPipeline(tokenizer_dir, spec.max_length or declared)
     elif task.input_kind == "image":
         entry.image = ImagePipeline.from_manifest(pre, limits.max_image_pixels, where)
-    if task.postprocess == "labels" and not entry.labels:
+    if task.postprocess in ("labels", "entities") and not entry.labels:
         num = (manifest["outputs"][0].get("shape") or [-1, -1])[-1]
         if num > 0:
             entry.labels = tuple(str(i) for i in range(num))
@@ -150,6 +171,16 @@ def find_model(models: dict[str, ModelEntry], name: str | None, task: str, endpo
         raise InvalidArgument(
             f"model: {name!r} serves {entry.task} and {endpoint} needs {task}; call {other} with it instead",
             field="model",
+        )
+    return entry
+
+
+def served_model(models: dict[str, ModelEntry], name: str) -> ModelEntry:
+    """A configured model by name, whatever its task (the Open Inference Protocol routes)."""
+    entry = models.get(name)
+    if entry is None:
+        raise NotFound(
+            f"model: {name!r} is not served here; models: {', '.join(models) or 'none'}", field="model"
         )
     return entry
 

@@ -34,6 +34,11 @@ class TextPipeline:
         pad_token, pad_id = _pad_token(tokenizer_dir, self.tokenizer)
         self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
 
+    def encodings(self, texts: list[str]) -> list[Any]:
+        """Each text's own encoding (truncated as ``encode`` truncates it, never padded): its tokens'
+        character offsets in the text and which tokens are special, for token-level results."""
+        return [self.tokenizer.encode(text) for text in texts]
+
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         if len(texts) == 1:
             encodings = [self.tokenizer.encode(texts[0])]
@@ -58,9 +63,21 @@ def _pad_token(tokenizer_dir: Path, tokenizer: Any) -> tuple[str, int]:
     return "[PAD]", 0  # padded positions are masked out, so the id only has to be a valid one
 
 
+# PIL's resampling filters by the names a manifest uses.
+RESAMPLE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
 @dataclass(frozen=True)
 class ImagePipeline:
-    """Decode, resize and normalise as the manifest's ``preprocessing`` block declares."""
+    """Decode, resize, crop and normalise as the manifest's ``preprocessing`` block declares.
+
+    The block (docs/repository.md): ``channels``, ``height``, ``width`` (the model's input), ``mean``,
+    ``std``, ``scale``; optionally ``resize`` (``{"height", "width"}`` or ``{"shortest_edge"}``, the
+    aspect ratio kept as Hugging Face's image processors keep it; absent: resized to height x width),
+    ``resample`` (a PIL filter name, default bilinear) and ``crop`` (``{"height", "width"}``, a center
+    crop after the resize, as Hugging Face's ``center_crop`` does it, zero-padded when the image is
+    smaller). Then ``(pixels * scale - mean) / std``, channels first.
+    """
 
     channels: int
     height: int
@@ -69,6 +86,9 @@ class ImagePipeline:
     std: tuple[float, ...]
     scale: float
     max_pixels: int
+    resize: tuple[tuple[str, int], ...] | None = None  # the `resize` block's items; None: height x width
+    resample: str = "bilinear"
+    crop: tuple[int, int] | None = None  # (height, width)
 
     @classmethod
     def from_manifest(cls, pre: dict, max_pixels: int, where: str) -> "ImagePipeline":
@@ -77,9 +97,15 @@ class ImagePipeline:
             mean = tuple(float(v) for v in pre.get("mean", [0.0] * channels))
             std = tuple(float(v) for v in pre.get("std", [1.0] * channels))
             scale = float(pre.get("scale", 1 / 255))
-        except (KeyError, TypeError, ValueError) as err:
+            resize = pre.get("resize")
+            resize = None if resize is None else tuple(sorted((str(k), int(v)) for k, v in resize.items()))
+            crop = pre.get("crop")
+            crop = None if crop is None else (int(crop["height"]), int(crop["width"]))
+            resample = str(pre.get("resample", "bilinear"))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InvalidArgument(
-                f"{where}: preprocessing needs channels, height, width (and mean, std, scale): {err}",
+                f"{where}: preprocessing needs channels, height, width (and mean, std, scale; resize, "
+                f"resample, crop): {err}",
                 field="preprocessing",
             ) from None
         if channels not in (1, 3) or len(mean) != channels or len(std) != channels or 0 in std:
@@ -88,7 +114,14 @@ class ImagePipeline:
                 "channels must be 1 or 3 with one non-zero std and one mean per channel",
                 field="preprocessing",
             )
-        return cls(channels, height, width, mean, std, scale, max_pixels)
+        keys = None if resize is None else {k for k, _ in resize}
+        if keys not in (None, {"height", "width"}, {"shortest_edge"}) or resample not in RESAMPLE_FILTERS:
+            raise InvalidArgument(
+                f"{where}: preprocessing has resize={pre.get('resize')}, resample={resample!r}; resize is "
+                "{height, width} or {shortest_edge}, resample one of " + ", ".join(RESAMPLE_FILTERS),
+                field="preprocessing",
+            )
+        return cls(channels, height, width, mean, std, scale, max_pixels, resize, resample, crop)
 
     def decode(self, data: str, field_name: str) -> np.ndarray:
         """A base64 image (PNG, JPEG, ...; a data: URL prefix is accepted) -> the model's CHW input."""
@@ -113,7 +146,7 @@ class ImagePipeline:
                         field=field_name,
                     )
                 image.load()
-                return self._normalise(image)
+                return self.prepare(image)
         except UnidentifiedImageError:
             raise InvalidArgument(
                 f"{field_name}: the {len(raw)} decoded bytes are not in an image format Pillow knows; "
@@ -157,25 +190,53 @@ class ImagePipeline:
                 f"max {array.max()})",
                 field=field_name,
             )
-        if array.shape[:2] != (self.height, self.width):
+        if array.shape[:2] != (self.height, self.width) or self.resize is not None or self.crop is not None:
             pixels = array.round().astype(np.uint8)
             mode = "L" if self.channels == 1 else "RGB"
             image = Image.fromarray(pixels[:, :, 0] if self.channels == 1 else pixels, mode=mode)
-            return self._normalise(image)
+            return self.prepare(image)
         return self._scale(array)
 
-    def _normalise(self, image: Any) -> np.ndarray:
+    def prepare(self, image: Any) -> np.ndarray:
+        """A PIL image -> the model's CHW input: mode, resize, crop, scale, normalise."""
         from PIL import Image
 
         image = image.convert("L" if self.channels == 1 else "RGB")
-        if image.size != (self.width, self.height):
-            image = image.resize((self.width, self.height), Image.Resampling.BILINEAR)
-        array = np.asarray(image, dtype=np.float32)
+        size = self._resized_size(image.width, image.height)
+        if image.size != size:
+            image = image.resize(size, getattr(Image.Resampling, self.resample.upper()))
+        array = np.asarray(image, dtype=np.uint8)
         if array.ndim == 2:
             array = array[:, :, None]
-        return self._scale(array)
+        if self.crop is not None:
+            array = center_crop(array, *self.crop)
+        return self._scale(array.astype(np.float32))
+
+    def _resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize step (Hugging Face's rule for the shortest edge)."""
+        resize = dict(self.resize or (("height", self.height), ("width", self.width)))
+        if "shortest_edge" not in resize:
+            return resize["width"], resize["height"]
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = resize["shortest_edge"], int(resize["shortest_edge"] * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
 
     def _scale(self, hwc: np.ndarray) -> np.ndarray:
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(((hwc * np.float32(self.scale) - mean) / std).transpose(2, 0, 1))
+
+
+def center_crop(hwc: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The centre ``height`` x ``width`` of an HxWxC array, as Hugging Face's ``center_crop`` takes it
+    (offsets rounded down; zero padding, centred, where the image is smaller)."""
+    orig_height, orig_width = hwc.shape[:2]
+    top, left = (orig_height - height) // 2, (orig_width - width) // 2
+    if top >= 0 and left >= 0:
+        return hwc[top : top + height, left : left + width]
+    new_height, new_width = max(height, orig_height), max(width, orig_width)
+    padded = np.zeros((new_height, new_width, hwc.shape[2]), dtype=hwc.dtype)
+    top_pad, left_pad = -(-(new_height - orig_height) // 2), -(-(new_width - orig_width) // 2)
+    padded[top_pad : top_pad + orig_height, left_pad : left_pad + orig_width] = hwc
+    top, left = top + top_pad, left + left_pad
+    return padded[max(0, top) : min(new_height, top + height), max(0, left) : min(new_width, left + width)]

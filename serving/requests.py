@@ -7,6 +7,10 @@ and preprocessed as the task's input kind says, sent to Triton (merged with conc
 its output post-processed and shaped into the answer as the task and route say. The answer names
 ``model`` and the ``version`` that served it.
 
+``RequestPath.infer(name, version, body)``: the Open Inference Protocol route, for any configured
+model: the request's tensors checked against the chosen version's manifest (``serving/protocol.py``),
+the same version choice, Triton call, errors, counting and logging.
+
 Errors are JSON ``{"error", "field", "request_id"}`` with a 4xx naming the field, or 503 with
 ``Retry-After`` when Triton is down or slower than ``triton.timeout_s``; a bug is a 500 naming the
 request id. Every request is counted and timed (``modelpack_*`` series) and logged as one JSON line.
@@ -15,20 +19,33 @@ request id. Every request is counted and timed (``modelpack_*`` series) and logg
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 
+import numpy as np
 from starlette.responses import Response
 
-from core.errors import ToolkitError
-from core.tasks import ROUTES
+from core.errors import InvalidArgument, ToolkitError
+from core.tasks import INFER_ROUTES, ROUTES, TASK_SPECS
 from serving.health import TritonHealth
 from serving.http import error_response, json_response
-from serving.models import find_model, load_models
+from serving.models import VersionEntry, find_model, load_models, served_model
 from serving.observability import metrics
+from serving.protocol import infer_response, parse_infer_request
 from serving.settings import ServiceSettings
-from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Images, Request, Texts
+from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Features, Images, Request, Tensors, Texts
 from serving.triton_client import TritonCalls, TritonGateway
 
 log = logging.getLogger(__name__)
+
+
+def as_declared(outputs: dict[str, np.ndarray], chosen: VersionEntry) -> dict[str, np.ndarray]:
+    """Triton's outputs in the manifest's shapes: a [batch] output comes back as [batch, 1] (its config
+    declares dims [1], reshaped to [] for the model) and is given as [batch]."""
+    ranks = {spec.name: len(spec.shape) for spec in chosen.outputs}
+    return {
+        name: array.reshape(len(array)) if ranks.get(name) == 1 and array.ndim == 2 else array
+        for name, array in outputs.items()
+    }
 
 
 class RequestPath:
@@ -61,31 +78,78 @@ class RequestPath:
         route: str,
         model: str | None,
         version: int | None,
-        inputs: Texts | Images,
+        inputs: Texts | Images | Features | Tensors,
         *,
         top_k: int | None = None,
     ) -> Response:
         """The answer to one request of ``route``, errors included; counted, timed and logged."""
         task, reply = ROUTES[route]
         request = Request(inputs, top_k)
-        started = time.perf_counter()
-        model_label, version_label = "unknown", ""
-        try:
+
+        async def answer(labels: dict[str, str]) -> Response:
             entry = find_model(self.models, model, task.task, route)
-            model_label = entry.name
+            labels["model"] = entry.name
             chosen = entry.choose(version, self.rng)
-            version_label = str(chosen.version)
+            labels["version"] = str(chosen.version)
             if inputs.kind != task.input_kind:
                 raise TypeError(f"{route} takes {task.input_kind} inputs, the endpoint gave {inputs.kind}")
             tensors = PREPROCESS[task.input_kind](inputs, chosen, self.settings.limits)
             self.health.raise_if_down()
+            # Text rows may merge with others zero-padded (masked out); other tensors merge only with
+            # rows of their own shapes. The tensors task answers with every output, the others with one.
+            outputs = chosen.output_names if task.postprocess == "tensors" else (chosen.output_name,)
+            pad = task.input_kind == "text"
             output, served = await self.calls.run(
-                entry.name, chosen.version, chosen.output_name, entry.max_batch_size, tensors
+                entry.name, chosen.version, outputs, entry.max_batch_size, tensors, pad=pad
             )
-            results = POSTPROCESS[task.postprocess](output, request, entry, chosen)
-            body = {"model": entry.name, "version": served, **REPLIES[reply.reply](results, request)}
-            version_label = str(served)
-            response = json_response(body)
+            results = POSTPROCESS[task.postprocess](as_declared(output, chosen), request, entry, chosen)
+            labels["version"] = str(served)
+            return json_response(
+                {"model": entry.name, "version": served, **REPLIES[reply.reply](results, request)}
+            )
+
+        return await self._handle(route, answer)
+
+    async def infer(self, name: str, version: str | None, body: bytes) -> Response:
+        """An Open Inference Protocol request for any configured model: its tensors checked against
+        the chosen version's manifest, sent to Triton, every output (or those asked for) returned.
+        ``version``: the path's (None: the configured split)."""
+        route = INFER_ROUTES[0] if version is None else INFER_ROUTES[1]
+
+        async def answer(labels: dict[str, str]) -> Response:
+            entry = served_model(self.models, name)
+            labels["model"] = entry.name
+            if version is not None and not (version.isdigit() and int(version) > 0):
+                raise InvalidArgument(
+                    f"version: {version!r} is not a version number; write e.g. "
+                    f"/v2/models/{name}/versions/1/infer",
+                    field="version",
+                )
+            chosen = entry.choose(None if version is None else int(version), self.rng)
+            labels["version"] = str(chosen.version)
+            request = parse_infer_request(
+                body, entry.name, list(chosen.inputs), list(chosen.outputs), self.settings.limits.max_items
+            )
+            pad = TASK_SPECS[entry.task].input_kind == "text"
+            self.health.raise_if_down()
+            outputs, served = await self.calls.run(
+                entry.name, chosen.version, request.outputs, entry.max_batch_size, request.inputs, pad=pad
+            )
+            labels["version"] = str(served)
+            outputs = as_declared(outputs, chosen)
+            return json_response(
+                infer_response(entry.name, served, request.id, outputs, list(chosen.outputs))
+            )
+
+        return await self._handle(route, answer)
+
+    async def _handle(self, route: str, answer: Callable[[dict[str, str]], Awaitable[Response]]) -> Response:
+        """``answer``'s response, or the error's; counted, timed and logged under ``route`` and the
+        model and version ``answer`` put in the labels as it learns them."""
+        started = time.perf_counter()
+        labels = {"model": "unknown", "version": ""}
+        try:
+            response = await answer(labels)
         except ToolkitError as err:
             response = error_response(err)
             level = logging.WARNING if response.status_code < 500 else logging.ERROR
@@ -104,7 +168,8 @@ class RequestPath:
             response = error_response(
                 ToolkitError(f"{route}: internal error; the service log has it under this request_id")
             )
-        self._observe(route, model_label, version_label, response.status_code, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._observe(route, labels["model"], labels["version"], response.status_code, elapsed)
         return response
 
     def _observe(self, route: str, model: str, version: str, status: int, elapsed: float) -> None:

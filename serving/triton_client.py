@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ToolkitError, Unavailable
+from core.errors import InvalidArgument, ToolkitError, Unavailable
 from serving.settings import Batching, TritonSettings
 
 # gRPC status codes that mean "Triton is down, restarting or too slow": answered with 503.
@@ -83,14 +83,19 @@ class TritonGateway:
             self._client = None
 
     async def infer(
-        self, model: str, version: int, inputs: dict[str, np.ndarray], output: str
-    ) -> tuple[np.ndarray, int]:
+        self, model: str, version: int, inputs: dict[str, np.ndarray], outputs: str | tuple[str, ...]
+    ) -> tuple[Any, int]:
+        """Triton's answer for ``inputs``: the array of ``outputs`` when it names one output, else a
+        dict of arrays by name; and the version that served it."""
         from tritonclient.grpc import InferInput, InferRequestedOutput
-        from tritonclient.utils import InferenceServerException
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+        names = (outputs,) if isinstance(outputs, str) else tuple(outputs)
         tensors = []
         for name, array in inputs.items():
-            tensor = InferInput(name, list(array.shape), "INT64" if array.dtype == np.int64 else "FP32")
+            if array.ndim == 1:  # a [batch] tensor: its config says dims [1], reshaped to [] for the model
+                array = array.reshape(-1, 1)
+            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         try:
@@ -98,13 +103,15 @@ class TritonGateway:
                 model,
                 tensors,
                 model_version=str(version),
-                outputs=[InferRequestedOutput(output)],
+                outputs=[InferRequestedOutput(name) for name in names],
                 client_timeout=self.settings.timeout_s,
             )
         except InferenceServerException as err:
             raise self._error(err, f"{model} version {version}") from None
         served = int(result.get_response().model_version or version)
-        return result.as_numpy(output), served
+        if isinstance(outputs, str):
+            return result.as_numpy(outputs), served
+        return {name: result.as_numpy(name) for name in names}, served
 
     def _error(self, err: Any, what: str) -> ToolkitError:
         status = str(err.status() or "")
@@ -114,6 +121,8 @@ class TritonGateway:
                 f"{self.settings.timeout_s:g} s ({status or 'error'}: {err.message()}); retry later",
                 retry_after_s=self.settings.retry_after_s,
             )
+        if "INVALID_ARGUMENT" in status:  # tensors Triton refused (the request's fault, not the service's)
+            return InvalidArgument(f"Triton refused the inputs for {what}: {err.message()}", field="inputs")
         return ToolkitError(f"Triton failed on {what}: {status} {err.message()}")
 
     async def readiness(self, versions: list[tuple[str, int]]) -> str | None:
@@ -132,8 +141,16 @@ class TritonGateway:
         return None
 
 
+def rows_of(output: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of an output, or of each output of a dict of them."""
+    if isinstance(output, dict):
+        return {name: value[start:stop] for name, value in output.items()}
+    return output[start:stop]
+
+
 def merge_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenate requests along the batch axis, zero-padding shorter ones (token ids, masks)."""
+    """Concatenate requests along the batch axis, zero-padding shorter ones (token ids, masks). The
+    request path merges only requests padding cannot change: text, or tensors of equal shapes."""
     merged = {}
     for name in parts[0]:
         arrays = [p[name] for p in parts]
@@ -227,7 +244,7 @@ class Coalescer:
             offset = 0
             for item in batch:
                 if not item.future.done():
-                    item.future.set_result((output[offset : offset + item.rows], version))
+                    item.future.set_result((rows_of(output, offset, offset + item.rows), version))
                 offset += item.rows
         except Exception as err:
             for item in batch:
@@ -260,17 +277,27 @@ class TritonCalls:
         self._coalescers: dict[tuple[str, int], Coalescer] = {}
 
     async def run(
-        self, model: str, version: int, output: str, max_batch_size: int, inputs: dict[str, np.ndarray]
-    ) -> tuple[np.ndarray, int]:
-        """Triton's ``output`` for these rows, and the version that served them."""
-        key = (model, version)
+        self,
+        model: str,
+        version: int,
+        outputs: str | tuple[str, ...],
+        max_batch_size: int,
+        inputs: dict[str, np.ndarray],
+        *,
+        pad: bool = True,
+    ) -> tuple[Any, int]:
+        """Triton's ``outputs`` for these rows (an array for one name, else a dict by name), and the
+        version that served it. ``pad``: rows of different lengths may merge, zero-padded (token ids
+        and masks); otherwise only requests of equal shapes merge, as padding would change a tensor."""
+        shapes = None if pad else tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
+        key = (model, version, outputs, shapes)
         coalescer = self._coalescers.get(key)
         if coalescer is None:
             batching = self.batching
             max_rows = min(batching.max_batch_size, max_batch_size) if batching.coalesce else 1
 
-            async def infer(rows: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
-                return await self._infer_chunked(model, version, output, max_batch_size, rows)
+            async def infer(rows: dict[str, np.ndarray]) -> tuple[Any, int]:
+                return await self._infer_chunked(model, version, outputs, max_batch_size, rows)
 
             in_flight = batching.max_in_flight if batching.coalesce else 1_000_000
             labels = {"model": model, "version": str(version)}
@@ -293,12 +320,21 @@ class TritonCalls:
             ) from None
 
     async def _infer_chunked(
-        self, model: str, version: int, output: str, step: int, rows: dict[str, np.ndarray]
-    ) -> tuple[np.ndarray, int]:
+        self, model: str, version: int, outputs: str | tuple[str, ...], step: int, rows: dict[str, np.ndarray]
+    ) -> tuple[Any, int]:
         count = len(next(iter(rows.values())))
         self.batch_rows.labels(model=model, version=str(version)).observe(count)
         if count <= step:
-            return await self.gateway.infer(model, version, rows, output)
+            return await self.gateway.infer(model, version, rows, outputs)
         chunks = [{k: v[i : i + step] for k, v in rows.items()} for i in range(0, count, step)]
-        results = await asyncio.gather(*(self.gateway.infer(model, version, c, output) for c in chunks))
-        return np.concatenate([r[0] for r in results]), results[0][1]
+        results = await asyncio.gather(*(self.gateway.infer(model, version, c, outputs) for c in chunks))
+        if isinstance(outputs, str):
+            return _concatenate([r[0] for r in results]), results[0][1]
+        return {name: _concatenate([r[0][name] for r in results]) for name in outputs}, results[0][1]
+
+
+def _concatenate(parts: list[np.ndarray]) -> np.ndarray:
+    """Chunks' outputs in order; an axis that differs between chunks (padded tokens) is zero-padded."""
+    if all(p.shape[1:] == parts[0].shape[1:] for p in parts):
+        return np.concatenate(parts)
+    return merge_rows([{"x": p} for p in parts])["x"]

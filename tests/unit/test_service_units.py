@@ -18,7 +18,7 @@ import yaml
 import service
 from converters.sentences import SENTENCES
 from core.errors import InvalidArgument, NotFound, PayloadTooLarge, Unavailable
-from core.tasks import ROUTES, TASK_SPECS, TEXT_TASKS
+from core.tasks import INFER_ROUTES, ROUTES, TASK_SPECS, TEXT_TASKS
 from serving.models import load_models
 from serving.observability import REQUEST_ID
 from serving.preprocess import ImagePipeline, TextPipeline
@@ -163,7 +163,7 @@ def test_every_route_belongs_to_one_task():
     paths = [route.path for spec in TASK_SPECS.values() for route in spec.routes]
     assert len(paths) == len(set(paths)) == len(ROUTES), paths
     assert all(spec.routes for spec in TASK_SPECS.values())
-    assert TEXT_TASKS == ("feature-extraction", "text-classification")
+    assert TEXT_TASKS == ("feature-extraction", "text-classification", "token-classification")
 
 
 def test_settings_accept_exactly_the_registry_tasks():
@@ -172,7 +172,8 @@ def test_settings_accept_exactly_the_registry_tasks():
 
 
 def test_docs_route_table_is_the_registry():
-    """docs/service.md's table of POST routes names each registry route under its task, and no other."""
+    """docs/service.md's table of POST routes names each registry route under its task, and no other
+    (and the Open Inference Protocol's routes under "any")."""
     readme = (Path(service.__file__).parent / "docs" / "service.md").read_text(encoding="utf-8")
     documented = {}
     for line in readme.splitlines():
@@ -180,7 +181,10 @@ def test_docs_route_table_is_the_registry():
             cells = [c.strip() for c in line.strip("|").split("|")]
             for path in re.findall(r"`(?:POST )?(/[^`]*)`", cells[0]):
                 documented[path] = cells[1]
-    assert documented == {path: spec.task for path, (spec, _) in ROUTES.items()}
+    protocol = {path for path, task in documented.items() if task == "any"}
+    assert protocol == set(INFER_ROUTES)  # the Open Inference Protocol's routes take any task
+    tasks = {path: task for path, task in documented.items() if task != "any"}
+    assert tasks == {path: spec.task for path, (spec, _) in ROUTES.items()}
 
 
 def test_service_endpoints_are_the_registry_routes():

@@ -152,6 +152,8 @@ class _Tensor:
         self.config_type = entry["data_type"]
         self.dtype = _NUMPY.get(self.config_type)
         self.dims = [int(d) for d in entry.get("dims", [])]
+        if entry.get("reshape") is not None:  # the model's own shape (Triton reshapes requests to it)
+            self.dims = [int(d) for d in entry["reshape"].get("shape", [])]
         self.ragged = bool(entry.get("allow_ragged_batch", False))
         # Symbolic names of the ONNX axes ("sequence", ...) beyond the batch axis; None where fixed.
         axes = list(onnx_shape)[1:] if batched else list(onnx_shape)
