@@ -441,3 +441,55 @@ def test_an_unpinned_request_whose_version_was_unloaded_goes_to_the_one_now_load
     assert other is not None and other.version == 2 and entry.split == {2: 1.0}
     down = TritonUnavailable("Triton is not reachable", retry_after_s=1, detail="x")
     assert path._other_version(entry, entry.versions[2], None, down) is None  # not a version problem
+
+
+def test_metrics_see_route_templates_and_one_label_for_unknown_paths(tmp_path):
+    """What the layers outside the request middleware (BentoML's HTTP metrics) see as the path: a
+    fixed route's path, a parameterised route's template, a static file that exists, else one label;
+    the routing inside still gets the real path."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    from serving.http import UNMATCHED, RequestContextMiddleware, RouteLabels
+
+    (tmp_path / "app.js").write_text("js")
+
+    async def echo(request):
+        return PlainTextResponse(request.url.path)
+
+    app = Starlette(
+        routes=[
+            Route("/embed", echo, methods=["POST"]),
+            Route("/v2/models/{name}/infer", echo, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=tmp_path)),
+        ]
+    )
+    seen: list[str] = []
+
+    class OuterLayer:  # where BentoML's metrics middleware sits: outside RequestContextMiddleware
+        routes = app.routes
+
+        async def __call__(self, scope, receive, send):
+            seen.append(scope["path"])
+            await RequestContextMiddleware(app)(scope, receive, send)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=RouteLabels(OuterLayer()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return [
+                await client.post("/embed", json={}),
+                await client.post("/v2/models/minilm/infer", json={}),
+                await client.get("/static/app.js"),
+                await client.get("/static/missing.js"),
+                await client.get("/no/such/path"),
+            ]
+
+    fixed, templated, static, missing, unknown = asyncio.run(scenario())
+    assert (fixed.text, templated.text, static.text) == ("/embed", "/v2/models/minilm/infer", "js")
+    assert seen == ["/embed", "/v2/models/{name}/infer", "/static/app.js", UNMATCHED, UNMATCHED]
+    for response in (missing, unknown):
+        assert response.status_code == 404 and response.json()["field"] == "path"
+    assert "/no/such/path" in unknown.json()["error"]
