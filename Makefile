@@ -85,6 +85,14 @@ bench: setup
 bench-quick: setup
 	$(PY) -m benchmarks --quick
 
+# The fault suite (benchmarks/faults/): bad inputs, fuzzing, Triton killed and frozen, live swaps, killed
+# publishes, on a stack of its own over a copy of the repository -> runs/faults-<UTC time>/faults.json.
+.PHONY: faults faults-quick
+faults: setup
+	$(PY) -m benchmarks faults
+faults-quick: setup
+	$(PY) -m benchmarks faults --quick
+
 setup: $(SETUP_TARGETS)
 
 # The main venv: the full pinned closure from requirements.lock, then this project (editable-free:

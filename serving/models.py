@@ -1,6 +1,9 @@
 """The models this service routes to: for each configured model, what the repository holds for each
 served version (manifest, tensors, labels, its preprocessing), and the choice of a version per
-request (a pinned one, else the configured split, e.g. a canary's {1: 90, 2: 10})."""
+request (a pinned one, else the configured split, e.g. a canary's {1: 90, 2: 10}).
+
+The versions are read at start-up and then kept in step with the repository and Triton while the
+service runs (``serving/live.py``): which versions are routable is ``routable_split``."""
 
 import random
 from dataclasses import dataclass
@@ -37,8 +40,11 @@ class ModelEntry:
     task: str
     top_k: int
     max_batch_size: int  # Triton's, from config.pbtxt
-    versions: dict[int, VersionEntry]
-    split: dict[int, float]  # routable versions -> weight
+    versions: dict[int, VersionEntry]  # served by the repository, or still loaded on Triton
+    split: dict[int, float]  # routable versions -> weight (kept up to date by serving/live.py)
+    configured: dict[int, float] | None = None  # the settings' split, zero weights dropped; None: latest
+    served: tuple[int, ...] = ()  # the repository's served versions (its version_policy)
+    ready: frozenset[int] | None = None  # the versions Triton has READY; None: not known
 
     def choose(self, pinned: int | None, rng: random.Random) -> VersionEntry:
         if pinned is not None:
@@ -74,12 +80,10 @@ def load_models(settings: ServiceSettings) -> dict[str, ModelEntry]:
             raise NotFound(
                 f"{where}: {repo.model_dir(spec.name)} has no served version", field=f"models.{index}"
             )
-        versions = {v: _version_entry(repo, spec, v, settings.limits, where) for v in served}
-        split = dict(spec.versions) if spec.versions else {served[-1]: 1.0}
-        # A zero weight routes nothing, so that version need not be served: after a promotion
-        # ({1: 0, 2: 100}) the next release may drop version 1 before the split is edited.
-        split = {v: w for v, w in split.items() if w > 0}
-        missing = sorted(set(split) - set(versions))
+        versions = {v: read_version(repo, spec, v, settings.limits, where) for v in served}
+        # Zero weights first: a promotion ({1: 0, 2: 100}) may outlive the version it retired.
+        configured = {v: w for v, w in spec.versions.items() if w > 0} if spec.versions else None
+        missing = sorted(set(configured or ()) - set(versions))
         if missing:
             raise NotFound(
                 f"{where}: versions {missing} of the split are not served (served: {served}); publish them "
@@ -92,12 +96,45 @@ def load_models(settings: ServiceSettings) -> dict[str, ModelEntry]:
             top_k=spec.top_k,
             max_batch_size=max(1, int(config.max_batch_size)),
             versions=versions,
-            split=split,
+            split=routable_split(configured, served, None, {}),
+            configured=configured,
+            served=tuple(served),
         )
     return models
 
 
-def _version_entry(
+def routable_split(
+    configured: dict[int, float] | None,
+    served: list[int] | tuple[int, ...],
+    ready: set[int] | frozenset[int] | None,
+    previous: dict[int, float],
+) -> dict[int, float]:
+    """The versions requests are routed to now, with their weights.
+
+    Wanted: the configured split (zero weights dropped), or the latest served version. Of those, the
+    ones the repository serves and Triton has ready (``ready`` None: not known, the repository alone
+    decides). When none is: the versions routed before that Triton still has ready (a new or a
+    rolled-back version is routed once it is loaded, not before); else, for a split that names no
+    served version any more, the latest served version Triton has ready; else the latest served version
+    (Triton's answer then says why it cannot serve it)."""
+    served = sorted(served)
+    if not served:
+        return dict(previous)
+    wanted = {v: w for v, w in (configured or {served[-1]: 1.0}).items() if w > 0}
+    usable = set(served) if ready is None else set(served) & set(ready)
+    routable = {v: w for v, w in wanted.items() if v in usable}
+    if routable:
+        return routable
+    if ready is not None:
+        still = {v: w for v, w in previous.items() if v in ready}
+        if still:
+            return still
+        if usable:
+            return {max(usable): 1.0}
+    return {served[-1]: 1.0}
+
+
+def read_version(
     repo: Repository, spec: ModelSettings, version: int, limits: Limits, where: str
 ) -> VersionEntry:
     manifest = repo.manifest(spec.name, version)

@@ -6,6 +6,7 @@ import base64
 import binascii
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,62 @@ def _pad_token(tokenizer_dir: Path, tokenizer: Any) -> tuple[str, int]:
 # PIL's resampling filters by the names a manifest uses.
 RESAMPLE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
+# The image formats a manifest may declare (``preprocessing.formats``), each known by the first bytes of
+# its file. A request's bytes are matched against these before Pillow sees them: Pillow would otherwise
+# try every plugin it has (an EPS goes to Ghostscript). Entries that declare none accept PNG and JPEG.
+SIGNATURES: dict[str, tuple[bytes, ...]] = {
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "JPEG": (b"\xff\xd8\xff",),
+    "GIF": (b"GIF87a", b"GIF89a"),
+    "BMP": (b"BM",),
+    "WEBP": (b"RIFF",),  # and "WEBP" at offset 8, checked in sniff()
+}
+DEFAULT_FORMATS = ("PNG", "JPEG")
+# base64 is decoded this many characters at a time (a multiple of 4): between two pieces the decoding
+# thread lets the event loop run, where one call on a 16 MB string would hold the GIL for ~30 ms.
+B64_PIECE = 1 << 20
+
+
+def sniff(raw: bytes) -> str | None:
+    """The format whose signature ``raw`` starts with, or None."""
+    for name, signatures in SIGNATURES.items():
+        if raw.startswith(signatures) and (name != "WEBP" or raw[8:12] == b"WEBP"):
+            return name
+    return None
+
+
+def describe_bytes(raw: bytes) -> str:
+    """What a refused file looks like, for the error: a format we know by name, else its first bytes."""
+    known = sniff(raw)
+    if known:
+        return f"a {known} file"
+    if raw.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):
+        return "a PostScript/EPS file"
+    return f"bytes starting {raw[:8]!r}"
+
+
+def b64decode(data: str) -> bytes:
+    """Strict base64 (standard alphabet, padded), decoded piece by piece (see B64_PIECE)."""
+    if len(data) <= B64_PIECE:
+        return base64.b64decode(data, validate=True)
+    return b"".join(
+        base64.b64decode(data[i : i + B64_PIECE], validate=True) for i in range(0, len(data), B64_PIECE)
+    )
+
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """An image file whose header has been read (format and size known), no pixel decoded yet."""
+
+    raw: bytes
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
 
 @dataclass(frozen=True)
 class ImagePipeline:
@@ -89,6 +146,7 @@ class ImagePipeline:
     resize: tuple[tuple[str, int], ...] | None = None  # the `resize` block's items; None: height x width
     resample: str = "bilinear"
     crop: tuple[int, int] | None = None  # (height, width)
+    formats: tuple[str, ...] = DEFAULT_FORMATS
 
     @classmethod
     def from_manifest(cls, pre: dict, max_pixels: int, where: str) -> "ImagePipeline":
@@ -121,50 +179,129 @@ class ImagePipeline:
                 "{height, width} or {shortest_edge}, resample one of " + ", ".join(RESAMPLE_FILTERS),
                 field="preprocessing",
             )
-        return cls(channels, height, width, mean, std, scale, max_pixels, resize, resample, crop)
+        formats = pre.get("formats", DEFAULT_FORMATS)
+        if (
+            isinstance(formats, str)
+            or not isinstance(formats, list | tuple)
+            or not formats
+            or any(f not in SIGNATURES for f in formats)
+        ):
+            raise InvalidArgument(
+                f"{where}: preprocessing.formats is {formats!r}; list image formats out of "
+                f"{', '.join(SIGNATURES)} (default: {', '.join(DEFAULT_FORMATS)})",
+                field="preprocessing.formats",
+            )
+        return cls(
+            channels, height, width, mean, std, scale, max_pixels, resize, resample, crop, tuple(formats)
+        )
 
     def decode(self, data: str, field_name: str) -> np.ndarray:
         """A base64 image (PNG, JPEG, ...; a data: URL prefix is accepted) -> the model's CHW input."""
+        return self.pixels(self.open(data, field_name), field_name)
+
+    def open(self, data: str, field_name: str) -> OpenedImage:
+        """A base64 image file -> its format and size from its header; nothing is decoded yet. Refused:
+        bad base64, a format the manifest does not declare (by the file's signature, before Pillow sees
+        it), a header Pillow cannot read, more pixels than ``max_pixels`` (413)."""
         from PIL import Image, UnidentifiedImageError
 
         if data.startswith("data:"):
             data = data.partition(",")[2]
         try:
-            raw = base64.b64decode(data, validate=True)
+            raw = b64decode(data)
         except (binascii.Error, ValueError):
             raise InvalidArgument(
                 f"{field_name}: not valid base64 (standard alphabet, padded); send the image file's bytes "
                 "base64-encoded, e.g. base64.b64encode(open('cat.png','rb').read()).decode()",
                 field=field_name,
             ) from None
+        kind = sniff(raw)
+        if kind not in self.formats:
+            raise InvalidArgument(
+                f"{field_name}: the {len(raw)} decoded bytes are {describe_bytes(raw)}; this model takes "
+                f"{', '.join(self.formats)} files (its manifest's preprocessing.formats); send one of those",
+                field=field_name,
+            )
         try:
-            with Image.open(io.BytesIO(raw)) as image:
-                if image.width * image.height > self.max_pixels:
-                    raise PayloadTooLarge(
-                        f"{field_name}: the image is {image.width}x{image.height} pixels; the limit is "
-                        f"{self.max_pixels} pixels (limits.max_image_pixels); send a smaller image",
-                        field=field_name,
-                    )
-                image.load()
-                return self.prepare(image)
+            with Image.open(io.BytesIO(raw), formats=[kind]) as image:
+                size = image.size
+        except Image.DecompressionBombError as err:
+            raise self._too_large(field_name, str(err)) from None
         except UnidentifiedImageError:
             raise InvalidArgument(
-                f"{field_name}: the {len(raw)} decoded bytes are not in an image format Pillow knows; "
-                "send a PNG or JPEG file",
+                f"{field_name}: the {len(raw)} decoded bytes start like a {kind} file but its header "
+                f"cannot be read; send a complete {kind} file",
                 field=field_name,
             ) from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise InvalidArgument(
-                f"{field_name}: the image is damaged or truncated ({err}); send a complete PNG or JPEG file",
+        except (OSError, SyntaxError, ValueError) as err:
+            raise self._damaged(field_name, kind, err) from None
+        opened = OpenedImage(raw, kind, *size)
+        if opened.pixels > self.max_pixels:
+            raise PayloadTooLarge(
+                f"{field_name}: the image is {opened.width}x{opened.height} pixels; the limit is "
+                f"{self.max_pixels} pixels (limits.max_image_pixels); send a smaller image",
                 field=field_name,
-            ) from None
+            )
+        return opened
 
-    def from_array(self, values: Any, field_name: str) -> np.ndarray:
-        """Pixels as nested lists, HxWxC (or HxW for one channel), values 0..255 -> the model's CHW input."""
+    def pixels(self, opened: OpenedImage, field_name: str) -> np.ndarray:
+        """Decode an opened image (Pillow releases the GIL while it decodes and resizes) -> CHW input."""
         from PIL import Image
 
         try:
-            array = np.asarray(values, dtype=np.float32)
+            with Image.open(io.BytesIO(opened.raw), formats=[opened.format]) as image:
+                image.load()
+                return self.prepare(image)
+        except Image.DecompressionBombError as err:
+            raise self._too_large(field_name, str(err)) from None
+        except (OSError, SyntaxError, ValueError) as err:
+            raise self._damaged(field_name, opened.format, err) from None
+
+    def _too_large(self, field_name: str, why: str) -> PayloadTooLarge:
+        size = re.search(r"(\d+) pixels", why)
+        return PayloadTooLarge(
+            f"{field_name}: the image decodes to {size.group(1) + ' pixels' if size else 'too many pixels'} "
+            f"(a decompression bomb); the limit is {self.max_pixels} pixels (limits.max_image_pixels)",
+            field=field_name,
+        )
+
+    def _damaged(self, field_name: str, kind: str, err: Exception) -> InvalidArgument:
+        if "too large" in str(err).lower():  # Pillow's MAX_TEXT_CHUNK / ImageFile.SAFEBLOCK guards
+            return PayloadTooLarge(
+                f"{field_name}: the {kind} file inflates past Pillow's limit on its chunks ({err}); "
+                "send a plain image file",
+                field=field_name,
+            )
+        return InvalidArgument(
+            f"{field_name}: the image is damaged or truncated ({err}); send a complete {kind} file",
+            field=field_name,
+        )
+
+    def array_size(self, values: Any, field_name: str) -> tuple[int, int]:
+        """Height and width of nested lists from their lengths, before any number is converted."""
+        if not isinstance(values, list) or not values or not isinstance(values[0], list):
+            raise InvalidArgument(
+                f"{field_name}: not a rectangular array of numbers; "
+                f"send H x W x {self.channels} pixel values",
+                field=field_name,
+            )
+        return len(values), len(values[0])
+
+    def from_array(self, values: Any, field_name: str) -> np.ndarray:
+        """Pixels as nested lists, HxWxC (or HxW for one channel), values 0..255 -> the model's CHW input.
+        Converted row by row: numpy holds the GIL while it converts a Python list, and one call on a
+        whole 16 MB array would stall the event loop for ~300 ms; between rows the loop gets its turn."""
+        from PIL import Image
+
+        height, width = self.array_size(values, field_name)
+        if height * width > self.max_pixels:
+            raise PayloadTooLarge(
+                f"{field_name}: {height}x{width} pixels; the limit is {self.max_pixels} pixels "
+                "(limits.max_image_pixels); send a smaller array",
+                field=field_name,
+            )
+        try:
+            array = np.stack([np.asarray(row, dtype=np.float32) for row in values])
         except (ValueError, TypeError):
             raise InvalidArgument(
                 f"{field_name}: not a rectangular array of numbers; "
@@ -177,11 +314,6 @@ class ImagePipeline:
             raise InvalidArgument(
                 f"{field_name}: shape {list(array.shape)}; expected height x width x {self.channels} "
                 f"(e.g. {self.height} x {self.width} x {self.channels}) pixel values 0..255",
-                field=field_name,
-            )
-        if array.shape[0] * array.shape[1] > self.max_pixels:
-            raise PayloadTooLarge(
-                f"{field_name}: {array.shape[0]}x{array.shape[1]} pixels; the limit is {self.max_pixels}",
                 field=field_name,
             )
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:

@@ -11,31 +11,45 @@ its output post-processed and shaped into the answer as the task and route say. 
 model: the request's tensors checked against the chosen version's manifest (``serving/protocol.py``),
 the same version choice, Triton call, errors, counting and logging.
 
+Images, pixel arrays, feature rows and tensors are decoded in a small thread pool
+(``limits.decode_threads``), within ``limits.decode_timeout_s``, so that a large request never stalls
+the event loop (``/healthz`` and every other request); so are texts past ``OFFLOAD_TEXT_CHARS``. The
+versions follow the repository and Triton live (``serving/live.py``); an unpinned request that finds
+its version unloaded is sent once more, to a version still routable.
+
 Errors are JSON ``{"error", "field", "request_id"}`` with a 4xx naming the field, or 503 with
-``Retry-After`` when Triton is down or slower than ``triton.timeout_s``; a bug is a 500 naming the
-request id. Every request is counted and timed (``modelpack_*`` series) and logged as one JSON line.
+``Retry-After`` when Triton is down, slower than ``triton.timeout_s`` or lacks the version, or decoding
+took longer than ``limits.decode_timeout_s``; a bug is a 500 naming the request id. Every request is
+counted and timed (``modelpack_*`` series) and logged as one JSON line.
 """
 
+import asyncio
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from starlette.responses import Response
 
-from core.errors import InvalidArgument, ToolkitError
+from core.errors import InvalidArgument, ToolkitError, Unavailable
 from core.tasks import INFER_ROUTES, ROUTES, TASK_SPECS
 from serving.health import TritonHealth
 from serving.http import error_response, json_response
-from serving.models import VersionEntry, find_model, load_models, served_model
+from serving.live import ModelWatcher
+from serving.models import ModelEntry, VersionEntry, find_model, load_models, served_model
 from serving.observability import metrics
 from serving.protocol import infer_response, parse_infer_request
 from serving.settings import ServiceSettings
 from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Features, Images, Request, Tensors, Texts
-from serving.triton_client import TritonCalls, TritonGateway
+from serving.triton_client import TritonCalls, TritonGateway, TritonUnavailable
 
 log = logging.getLogger(__name__)
+
+# Texts are tokenized on the event loop (a short request takes ~0.1 ms, less than a thread hop) unless
+# the request carries more characters than this; every other input kind goes to the decoding threads.
+OFFLOAD_TEXT_CHARS = 20_000
 
 
 def as_declared(outputs: dict[str, np.ndarray], chosen: VersionEntry) -> dict[str, np.ndarray]:
@@ -66,6 +80,9 @@ class RequestPath:
         )
         # Triton checked in the background: /readyz reads it, requests fail fast while Triton is down.
         self.health = TritonHealth(self.triton, self._routable, settings.triton)
+        # The versions follow the repository and Triton while the service runs.
+        self.watcher = ModelWatcher(settings, self.models, self.triton)
+        self.decoder = ThreadPoolExecutor(settings.limits.decode_threads, thread_name_prefix="decode")
         log.info(
             "serving %s from %s via Triton at %s",
             ", ".join(f"{m.name} ({m.task}, split {m.split})" for m in self.models.values()),
@@ -87,20 +104,21 @@ class RequestPath:
         request = Request(inputs, top_k)
 
         async def answer(labels: dict[str, str]) -> Response:
+            self.watcher.start()
             entry = find_model(self.models, model, task.task, route)
             labels["model"] = entry.name
             chosen = entry.choose(version, self.rng)
             labels["version"] = str(chosen.version)
             if inputs.kind != task.input_kind:
                 raise TypeError(f"{route} takes {task.input_kind} inputs, the endpoint gave {inputs.kind}")
-            tensors = PREPROCESS[task.input_kind](inputs, chosen, self.settings.limits)
+            tensors = await self._preprocess(task.input_kind, inputs, chosen)
             self.health.raise_if_down()
             # Text rows may merge with others zero-padded (masked out); other tensors merge only with
             # rows of their own shapes. The tensors task answers with every output, the others with one.
-            outputs = chosen.output_names if task.postprocess == "tensors" else (chosen.output_name,)
+            every_output = task.postprocess == "tensors"
             pad = task.input_kind == "text"
-            output, served = await self.calls.run(
-                entry.name, chosen.version, outputs, entry.max_batch_size, tensors, pad=pad
+            output, served, chosen = await self._infer(
+                entry, chosen, version, inputs, tensors, every_output, pad
             )
             results = POSTPROCESS[task.postprocess](as_declared(output, chosen), request, entry, chosen)
             labels["version"] = str(served)
@@ -117,6 +135,7 @@ class RequestPath:
         route = INFER_ROUTES[0] if version is None else INFER_ROUTES[1]
 
         async def answer(labels: dict[str, str]) -> Response:
+            self.watcher.start()
             entry = served_model(self.models, name)
             labels["model"] = entry.name
             if version is not None and not (version.isdigit() and int(version) > 0):
@@ -127,8 +146,15 @@ class RequestPath:
                 )
             chosen = entry.choose(None if version is None else int(version), self.rng)
             labels["version"] = str(chosen.version)
-            request = parse_infer_request(
-                body, entry.name, list(chosen.inputs), list(chosen.outputs), self.settings.limits.max_items
+            # The body is parsed and its tensors built in the decoding threads (a large tensor is a
+            # large JSON list), within limits.decode_timeout_s.
+            request = await self._decoded(
+                parse_infer_request,
+                body,
+                entry.name,
+                list(chosen.inputs),
+                list(chosen.outputs),
+                self.settings.limits.max_items,
             )
             pad = TASK_SPECS[entry.task].input_kind == "text"
             self.health.raise_if_down()
@@ -172,6 +198,80 @@ class RequestPath:
         self._observe(route, labels["model"], labels["version"], response.status_code, elapsed)
         return response
 
+    async def _preprocess(
+        self, kind: str, inputs: Texts | Images | Features | Tensors, chosen: VersionEntry
+    ) -> dict:
+        """The request's tensors for ``chosen``: short texts on the event loop, everything else in the
+        decoding threads (``_decoded``)."""
+        limits = self.settings.limits
+        if kind == "text" and sum(len(t) for f in inputs.fields for t in f.texts) <= OFFLOAD_TEXT_CHARS:
+            return PREPROCESS[kind](inputs, chosen, limits)
+        return await self._decoded(PREPROCESS[kind], inputs, chosen, limits)
+
+    async def _decoded(self, work: Callable, *args):
+        """``work(*args)`` in the decoding threads, within ``limits.decode_timeout_s`` (a job still
+        queued then is cancelled): a large request never stalls the event loop."""
+        limits = self.settings.limits
+        job = asyncio.get_running_loop().run_in_executor(self.decoder, work, *args)
+        try:
+            return await asyncio.wait_for(job, limits.decode_timeout_s)
+        except TimeoutError:
+            raise Unavailable(
+                f"the request's inputs were not decoded within {limits.decode_timeout_s:g} s "
+                "(limits.decode_timeout_s): the service is busy decoding others; retry later, or send "
+                "fewer or smaller inputs",
+                retry_after_s=self.settings.triton.retry_after_s,
+            ) from None
+
+    async def _infer(
+        self,
+        entry: ModelEntry,
+        chosen: VersionEntry,
+        pinned: int | None,
+        inputs: Texts | Images | Features | Tensors,
+        tensors: dict,
+        every_output: bool,
+        pad: bool,
+    ) -> tuple:
+        """Triton's output (every output of the version, else its first), the version that served it and
+        its entry. An unpinned request whose version Triton no longer has (unloaded while it was routed)
+        goes once more, to a version still routable."""
+        try:
+            outputs = chosen.output_names if every_output else (chosen.output_name,)
+            output, served = await self.calls.run(
+                entry.name, chosen.version, outputs, entry.max_batch_size, tensors, pad=pad
+            )
+            return output, served, chosen
+        except TritonUnavailable as err:
+            other = self._other_version(entry, chosen, pinned, err)
+            if other is None:
+                raise
+        log.info(
+            "%s version %d is not loaded on Triton; sent to version %d",
+            entry.name,
+            chosen.version,
+            other.version,
+        )
+        if other.image is None or other.image != chosen.image or other.input_names != chosen.input_names:
+            tensors = await self._preprocess(inputs.kind, inputs, other)
+        outputs = other.output_names if every_output else (other.output_name,)
+        output, served = await self.calls.run(
+            entry.name, other.version, outputs, entry.max_batch_size, tensors, pad=pad
+        )
+        return output, served, other
+
+    def _other_version(
+        self, entry: ModelEntry, chosen: VersionEntry, pinned: int | None, err: TritonUnavailable
+    ) -> VersionEntry | None:
+        """Where an unpinned request goes when Triton no longer has its version: another version of the
+        split (after routing around the gone one), or None."""
+        if pinned is not None or not err.version_gone:
+            return None
+        self.watcher.version_gone(entry, chosen.version)
+        if chosen.version in entry.split:
+            return None
+        return entry.choose(None, self.rng)
+
     def _observe(self, route: str, model: str, version: str, status: int, elapsed: float) -> None:
         labels = {"model": model, "version": version, "endpoint": route}
         self.metrics["requests"].labels(**labels, status=str(status)).inc()
@@ -201,8 +301,11 @@ class RequestPath:
     async def ready(self) -> bool:
         """Triton and every routable model version ready, as the background check last found them
         (serving/health.py); a change of the answer is logged once."""
+        self.watcher.start()
         return await self.health.ready()
 
     async def close(self) -> None:
         await self.health.close()
+        await self.watcher.close()
+        self.decoder.shutdown(wait=False, cancel_futures=True)
         await self.triton.close()

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from core.errors import InvalidArgument
-from serving.http import check_items, check_texts
+from serving.http import check_items, check_pixels, check_texts
 from serving.models import ModelEntry, VersionEntry
 from serving.protocol import check_batch, check_tensor
 from serving.settings import Limits
@@ -117,6 +117,8 @@ def text_tensors(inputs: Texts, version: VersionEntry, limits: Limits) -> dict[s
 
 
 def image_tensors(inputs: Images, version: VersionEntry, limits: Limits) -> dict[str, np.ndarray]:
+    """Every image's size is read first (file headers, array lengths) and the request's total checked
+    against ``limits.max_request_pixels``; only then is any image decoded."""
     names = ("images", "arrays") if inputs.many else ("image", "array")
     if (inputs.files is None) == (inputs.arrays is None):
         raise InvalidArgument(
@@ -128,13 +130,18 @@ def image_tensors(inputs: Images, version: VersionEntry, limits: Limits) -> dict
     field_name = names[0] if inputs.files is not None else names[1]
     if inputs.many:
         check_items(items, field_name, limits)
-    tensors = []
-    for i, item in enumerate(items):
-        where = f"{field_name}[{i}]" if inputs.many else field_name
-        if inputs.files is not None:
-            tensors.append(version.image.decode(item, where))
-        else:
-            tensors.append(version.image.from_array(item, where))
+    where = [f"{field_name}[{i}]" if inputs.many else field_name for i in range(len(items))]
+    pipeline = version.image
+    if inputs.files is not None:
+        opened = [pipeline.open(item, at) for item, at in zip(items, where, strict=True)]
+        sizes = [image.pixels for image in opened]
+    else:
+        sizes = [height * width for height, width in map(pipeline.array_size, items, where)]
+    check_pixels(sum(sizes), len(items), field_name, limits)
+    if inputs.files is not None:
+        tensors = [pipeline.pixels(image, at) for image, at in zip(opened, where, strict=True)]
+    else:
+        tensors = [pipeline.from_array(item, at) for item, at in zip(items, where, strict=True)]
     return {version.input_names[0]: np.stack(tensors)}
 
 

@@ -1,6 +1,8 @@
 """Triton, as the service calls it: one reused async gRPC channel (``TritonGateway``), and the merging
 of concurrent requests for one model version into one call (``Coalescer``). gRPC failures that mean
-"down, restarting or too slow" become ``Unavailable`` (503 with Retry-After).
+"down, restarting, too slow or the version is not loaded" become ``TritonUnavailable`` (503 with
+Retry-After), each saying which of these happened; Triton's address and its raw error go to the log,
+never into the answer.
 
 The channel spreads calls over every address of ``triton.url`` round-robin, per call (gRPC's
 ``round_robin`` policy): with ``dns:///name:port`` of a headless Service, every Triton pod gets calls,
@@ -9,6 +11,8 @@ not only the one a connection happened to reach. A channel resolves its name onc
 added since get calls) and closes the old one once the calls on it are done."""
 
 import asyncio
+import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,8 +24,65 @@ import numpy as np
 from core.errors import InvalidArgument, ToolkitError, Unavailable
 from serving.settings import Batching, TritonSettings
 
-# gRPC status codes that mean "Triton is down, restarting or too slow": answered with 503.
-_UNAVAILABLE_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED")
+log = logging.getLogger(__name__)
+
+# Triton's answer for a model version it does not have loaded (never loaded, loading, or unloading).
+_VERSION_GONE = re.compile(
+    r"unknown model: '[^']*'(?: version \d+)? is not (?:found|at ready state)|not ready"
+)
+
+
+class TritonUnavailable(Unavailable):
+    """Triton did not serve a call, and why, in words for the client; ``detail`` (Triton's address,
+    the gRPC status and message) is for the log. ``version_gone``: the version is not loaded on Triton
+    (another version of the model may be)."""
+
+    def __init__(self, message: str, *, retry_after_s: int, detail: str, version_gone: bool = False) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.detail = detail
+        self.version_gone = version_gone
+
+
+def classify_error(err: Any, model: str, version: int, settings: TritonSettings) -> ToolkitError:
+    """A tritonclient InferenceServerException for a call of ``model`` ``version`` -> the error the
+    client gets: what happened, without Triton's address or raw gRPC text (those go in ``detail``)."""
+    status = str(err.status() or "").removeprefix("StatusCode.")
+    message = str(err.message() or "")
+    what = f"{model} version {version}"
+    detail = f"Triton at {settings.url}: {status or 'error'}: {message}"
+    retry = settings.retry_after_s
+    if _VERSION_GONE.search(message) and status in ("UNAVAILABLE", "NOT_FOUND", ""):
+        return TritonUnavailable(
+            f"{what} is not loaded on Triton (being loaded or unloaded, or not loaded yet: "
+            f"`python -m converters load {model}`); retry later",
+            retry_after_s=retry,
+            detail=detail,
+            version_gone=True,
+        )
+    says = {
+        "UNAVAILABLE": "Triton is not reachable (down or restarting)",
+        "DEADLINE_EXCEEDED": f"Triton did not answer within {settings.timeout_s:g} s (triton.timeout_s)",
+        "RESOURCE_EXHAUSTED": "Triton is overloaded (its queue is full)",
+        "CANCELLED": "Triton dropped the call (stopping or restarting)",
+        "ABORTED": "Triton dropped the call (stopping or restarting)",
+    }.get(status)
+    if says is not None:
+        return TritonUnavailable(
+            f"{says}; {what} was not served; retry later", retry_after_s=retry, detail=detail
+        )
+    if status == "INVALID_ARGUMENT":  # tensors Triton refused: they passed the manifest's checks, and
+        # resending them fails the same way, so the request's fault (4xx); Triton's text goes to the log.
+        log.warning("Triton refused the inputs for %s: %s", what, detail)
+        return InvalidArgument(
+            f"Triton refused the inputs for {what} (INVALID_ARGUMENT); the service log has its reason "
+            "under this request_id",
+            field="inputs",
+        )
+    log.error("Triton refused %s: %s", what, detail)
+    return ToolkitError(
+        f"Triton refused the call for {what} ({status or 'error'}); the service log has its reason under "
+        "this request_id"
+    )
 
 
 class TritonGateway:
@@ -107,23 +168,25 @@ class TritonGateway:
                 client_timeout=self.settings.timeout_s,
             )
         except InferenceServerException as err:
-            raise self._error(err, f"{model} version {version}") from None
+            raise classify_error(err, model, version, self.settings) from None
         served = int(result.get_response().model_version or version)
         if isinstance(outputs, str):
             return result.as_numpy(outputs), served
         return {name: result.as_numpy(name) for name in names}, served
 
-    def _error(self, err: Any, what: str) -> ToolkitError:
-        status = str(err.status() or "")
-        if any(code in status for code in _UNAVAILABLE_CODES) or "not ready" in str(err.message()):
-            return Unavailable(
-                f"Triton at {self.settings.url} did not answer for {what} within "
-                f"{self.settings.timeout_s:g} s ({status or 'error'}: {err.message()}); retry later",
-                retry_after_s=self.settings.retry_after_s,
+    async def model_states(self) -> dict[tuple[str, int], str] | None:
+        """Triton's state of every (model, version) it knows (READY, LOADING, UNLOADING, ...), from its
+        repository index in one call; None when Triton does not answer."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            index = await self.client().get_model_repository_index(
+                client_timeout=self.settings.ready_timeout_s
             )
-        if "INVALID_ARGUMENT" in status:  # tensors Triton refused (the request's fault, not the service's)
-            return InvalidArgument(f"Triton refused the inputs for {what}: {err.message()}", field="inputs")
-        return ToolkitError(f"Triton failed on {what}: {status} {err.message()}")
+        except InferenceServerException as err:
+            log.debug("Triton's repository index: %s", err.message())
+            return None
+        return {(m.name, int(m.version)): m.state for m in index.models if m.version.isdigit()}
 
     async def readiness(self, versions: list[tuple[str, int]]) -> str | None:
         """None when the server and every (model, version) are ready, else the first reason why not."""
@@ -313,10 +376,11 @@ class TritonCalls:
             async with asyncio.timeout(settings.timeout_s):
                 return await coalescer.submit(inputs)
         except TimeoutError:
-            raise Unavailable(
-                f"Triton at {settings.url} did not answer for {model} version {version} within "
-                f"{settings.timeout_s:g} s (triton.timeout_s); retry later",
+            raise TritonUnavailable(
+                f"Triton did not answer within {settings.timeout_s:g} s (triton.timeout_s); {model} version "
+                f"{version} was not served; retry later",
                 retry_after_s=settings.retry_after_s,
+                detail=f"Triton at {settings.url}: no answer within {settings.timeout_s:g} s",
             ) from None
 
     async def _infer_chunked(

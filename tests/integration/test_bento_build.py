@@ -172,6 +172,8 @@ def test_bento_dockerfile_passes_hadolint(built_bento):
     dockerfile = built_bento / "env" / "docker" / "Dockerfile"
     text = dockerfile.read_text()
     assert "EXPOSE 3000" in text and "USER bentoml" in text and "install.sh" in text
+    # The service binds 127.0.0.1 unless told otherwise; in the container it is told (issue 15).
+    assert "ARG BENTOML_HOST=0.0.0.0" in text and "ENV BENTOML_HOST=$BENTOML_HOST" in text
 
     linted = hadolint(dockerfile, HADOLINT_IGNORED)
     assert linted.returncode == 0, linted.stdout + linted.stderr
