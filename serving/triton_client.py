@@ -189,13 +189,16 @@ class TritonGateway:
         return {(m.name, int(m.version)): m.state for m in index.models if m.version.isdigit()}
 
     async def readiness(self, versions: list[tuple[str, int]]) -> str | None:
-        """None when the server and every (model, version) are ready, else the first reason why not."""
+        """None when the server is live and every (model, version) is ready, else the first reason why
+        not. The server's own readiness is not asked: with Triton's default --strict-readiness it is
+        false while any model of the repository loads, a new version of one entry included, which is
+        no reason to refuse requests for versions that are ready."""
         from tritonclient.utils import InferenceServerException
 
         timeout = self.settings.ready_timeout_s
         try:
-            if not await self.client().is_server_ready(client_timeout=timeout):
-                return f"Triton at {self.settings.url} is not ready"
+            if not await self.client().is_server_live(client_timeout=timeout):
+                return f"Triton at {self.settings.url} is not live"
             for name, version in versions:
                 if not await self.client().is_model_ready(name, str(version), client_timeout=timeout):
                     return f"{name} version {version} is not ready on Triton at {self.settings.url}"
