@@ -25,6 +25,7 @@ from converters.pipeline import parity_step, publish
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
 from converters.sentences import SENTENCES
+from core.companions import check_name
 from core.errors import InvalidArgument, NotFound
 from core.repository import Repository, validate_name
 from core.tasks import TASK_SPECS, TEXT_TASKS, task_spec, with_static_dims
@@ -204,7 +205,7 @@ def convert_hf(
     import torch
 
     spec = task_spec(task, allowed=TEXT_TASKS)
-    validate_name(name)
+    check_name(validate_name(name))  # room for its companions, NAME_tokenizer and NAME_text
     path = check_model_folder(path)
     atol, rtol = check_tolerances(atol, rtol)
     serving = (serving or ServingOptions()).check()
