@@ -657,6 +657,33 @@ class Repository:
         companions follow: ``NAME_tokenizer`` serves the same versions."""
         return self.update_config(name, lambda config: config.version_policy.CopyFrom(version_policy(policy)))
 
+    def write_companions(self, name: str, tokenizer_model: bytes) -> list[str]:
+        """Write (or bring back in step) the companions of the text entry ``name`` from its versions and
+        config, with ``tokenizer_model`` as the model file of versions built anew; the entry itself is
+        not changed. Returns the companions' names."""
+        self._refuse_companion(name)
+        companions.check_name(name)
+        with self.lock(name):
+            task = self.manifest(name).get("task")
+            if not _is_text(task):
+                raise InvalidArgument(
+                    f"{name}: a {task} entry takes no text, so it has no tokenizer or text model",
+                    field="name",
+                )
+            with self.stage(name) as staged:
+                plan = self._plan_companions(name, self.config(name), staged.root, None, tokenizer_model)
+                undos: list[Callable[[], None]] = []
+                try:
+                    if plan.hide:
+                        undos.append(self._hide_text_model(name, staged.root))
+                        self._hook("text_hidden")
+                    self._put_companions(name, plan, undos)
+                except BaseException:
+                    for undo in reversed(undos):
+                        undo()
+                    raise
+        return self.companions(name)
+
     def update_config(self, name: str, change: Callable[[mc.ModelConfig], None]) -> mc.ModelConfig:
         """Apply ``change`` to the entry's config under the model lock and write it atomically. When the
         entry has companions, they are rebuilt and put in place after it (in the order of ``commit``),

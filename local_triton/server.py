@@ -433,19 +433,30 @@ def repository_index(url: str) -> list[dict]:
 
 
 def load_model(url: str, name: str, config: dict | None = None) -> list[str]:
-    """Ask the server to (re)load ``name``; returns the versions now READY, raises with Triton's reason."""
+    """Ask the server to (re)load ``name``; returns the versions now READY, raises with Triton's reason.
+
+    A text entry whose ensemble ``NAME_text`` is in the server's repository is (re)loaded through the
+    ensemble: Triton then loads the changed ``NAME`` and ``NAME_tokenizer`` first and the ensemble once
+    both are ready, in one request (a ``config`` override applies to ``name`` alone)."""
     from tritonclient.utils import InferenceServerException
+
+    from core.companions import text_name
 
     with _connection(url) as client:
         try:
-            client.load_model(name, config=json.dumps(config) if config is not None else None)
+            target = name
+            if config is None:
+                index = {m["name"] for m in client.get_model_repository_index()}
+                if text_name(name) in index:
+                    target = text_name(name)
+            client.load_model(target, config=json.dumps(config) if config is not None else None)
         except InferenceServerException as err:
             message = err.message() or str(err)
             if "no such file" in message.lower() or "not found" in message.lower():
                 raise NotFound(
                     f"model {name!r}: not in the server's repository ({message})", field="name"
                 ) from None
-            raise Unavailable(f"model {name!r} failed to load: {message}") from None
+            raise Unavailable(f"model {target!r} failed to load: {message}") from None
         try:
             index = client.get_model_repository_index()
         except InferenceServerException as err:

@@ -1,10 +1,17 @@
 """The models this service routes to: for each configured model, what the repository holds for each
-served version (manifest, tensor names, labels, its preprocessing), and the choice of a version per
-request (a pinned one, else the configured split, e.g. a canary's {1: 90, 2: 10})."""
+served version (manifest, tensor names, labels, its preprocessing), where its requests go in Triton,
+and the choice of a version per request (a pinned one, else the configured split, e.g. a canary's
+{1: 90, 2: 10}).
+
+A text model with ``tokenize: triton`` sends the texts of its newest served version to the entry's
+ensemble ``NAME_text`` (which runs ``NAME_tokenizer`` then ``NAME`` at their newest served versions);
+the ensemble cannot be asked for another version, so requests for the other served versions (pinned,
+or drawn by a canary split) are tokenized here and sent to ``NAME`` at that version."""
 
 import random
 from dataclasses import dataclass
 
+from core.companions import ENSEMBLE_VERSION, text_name
 from core.errors import InvalidArgument, NotFound
 from core.repository import Repository
 from core.tasks import TASK_SPECS
@@ -21,6 +28,11 @@ class VersionEntry:
     labels: tuple[str, ...]
     text: TextPipeline | None = None
     image: ImagePipeline | None = None
+    # Where this version's requests go in Triton: NAME at this version, or (via_text_model) the texts
+    # to NAME_text, the ensemble that tokenizes them in Triton.
+    triton_model: str = ""
+    triton_version: int = 0
+    via_text_model: bool = False
 
 
 @dataclass
@@ -31,6 +43,7 @@ class ModelEntry:
     max_batch_size: int  # Triton's, from config.pbtxt
     versions: dict[int, VersionEntry]
     split: dict[int, float]  # routable versions -> weight
+    tokenize: str | None = None  # text models: "service" or "triton"
 
     def choose(self, pinned: int | None, rng: random.Random) -> VersionEntry:
         if pinned is not None:
@@ -53,6 +66,14 @@ def load_models(settings: ServiceSettings) -> dict[str, ModelEntry]:
     models = {}
     for index, spec in enumerate(settings.models):
         where = f"models.{index} ({spec.name})"
+        owner = repo.companion_of(spec.name) if spec.name in repo.models() else None
+        if owner is not None:
+            raise InvalidArgument(
+                f"{where}: {spec.name!r} is a companion model of {owner!r} (written by the repository); "
+                f"configure {owner!r} instead, with `tokenize: triton` to send its texts through "
+                f"{text_name(owner)}",
+                field=f"models.{index}.name",
+            )
         if spec.name not in repo.models():
             known = ", ".join(repo.models()) or "none"
             raise NotFound(
@@ -67,6 +88,19 @@ def load_models(settings: ServiceSettings) -> dict[str, ModelEntry]:
                 f"{where}: {repo.model_dir(spec.name)} has no served version", field=f"models.{index}"
             )
         versions = {v: _version_entry(repo, spec, v, settings.limits, where) for v in served}
+        if spec.tokenize_in == "triton":
+            ensemble = text_name(spec.name)
+            if ensemble not in repo.companions(spec.name):
+                raise NotFound(
+                    f"{where}: tokenize: triton sends texts to {ensemble}, which is not in the repository "
+                    f"{repo.root}; publish {spec.name} again with the converters, or run "
+                    f"`python -m converters companions {spec.name}`",
+                    field=f"models.{index}.tokenize",
+                )
+            # The ensemble serves the newest served version (its steps run at version -1).
+            newest = versions[served[-1]]
+            newest.triton_model, newest.triton_version = ensemble, ENSEMBLE_VERSION
+            newest.via_text_model = True
         split = dict(spec.versions) if spec.versions else {served[-1]: 1.0}
         missing = sorted(set(split) - set(versions))
         if missing:
@@ -83,6 +117,7 @@ def load_models(settings: ServiceSettings) -> dict[str, ModelEntry]:
             max_batch_size=max(1, int(config.max_batch_size)),
             versions=versions,
             split=split,
+            tokenize=spec.tokenize_in,
         )
     return models
 
@@ -107,6 +142,7 @@ def _version_entry(
         ) from None
     pre = manifest.get("preprocessing") or {}
     entry = VersionEntry(version, manifest, input_names, output_name, tuple(manifest.get("labels") or ()))
+    entry.triton_model, entry.triton_version = spec.name, version
     task = TASK_SPECS[spec.task]
     if task.input_kind == "text":
         declared = int(pre.get("max_length") or 512)
@@ -174,12 +210,8 @@ def describe(models: dict[str, ModelEntry]) -> dict:
                     "size_bytes": manifest.get("size_bytes"),
                 }
             )
-        described.append(
-            {
-                "name": entry.name,
-                "task": entry.task,
-                "max_batch_size": entry.max_batch_size,
-                "versions": versions,
-            }
-        )
+        model = {"name": entry.name, "task": entry.task, "max_batch_size": entry.max_batch_size}
+        if entry.tokenize is not None:
+            model["tokenize"] = entry.tokenize
+        described.append({**model, "versions": versions})
     return {"models": described}

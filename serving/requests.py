@@ -71,8 +71,10 @@ class RequestPath:
                 raise TypeError(f"{route} takes {task.input_kind} inputs, the endpoint gave {inputs.kind}")
             tensors = PREPROCESS[task.input_kind](inputs, chosen, self.settings.limits)
             output, served = await self.calls.run(
-                entry.name, chosen.version, chosen.output_name, entry.max_batch_size, tensors
+                chosen.triton_model, chosen.triton_version, chosen.output_name, entry.max_batch_size, tensors
             )
+            if chosen.via_text_model:  # the ensemble reports its own version, not its steps'
+                served = chosen.version
             results = POSTPROCESS[task.postprocess](output, request, entry, chosen)
             body = {"model": entry.name, "version": served, **REPLIES[reply.reply](results, request)}
             version_label = str(served)
@@ -123,7 +125,17 @@ class RequestPath:
 
     async def ready(self) -> bool:
         """Triton and every routable model version ready; a change of the answer is logged once."""
-        routable = [(m.name, v) for m in self.models.values() for v in m.split]
+        routable = sorted(
+            {
+                *((m.name, v) for m in self.models.values() for v in m.split),
+                *(
+                    (version.triton_model, version.triton_version)
+                    for m in self.models.values()
+                    for version in m.versions.values()
+                    if version.via_text_model
+                ),
+            }
+        )
         reason = await self.triton.readiness(routable)
         if reason != self._last_ready_reason:
             log.log(logging.WARNING if reason else logging.INFO, "readiness: %s", reason or "ready")

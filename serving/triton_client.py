@@ -13,6 +13,8 @@ import numpy as np
 from core.errors import ToolkitError, Unavailable
 from serving.settings import Batching, TritonSettings
 
+# numpy kind -> Triton datatype of what the service sends: token ids, pixels, texts (UTF-8 bytes).
+_DATATYPES = {"i": "INT64", "f": "FP32", "O": "BYTES", "S": "BYTES"}
 # gRPC status codes that mean "Triton is down, restarting or too slow": answered with 503.
 _UNAVAILABLE_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED")
 
@@ -55,7 +57,7 @@ class TritonGateway:
 
         tensors = []
         for name, array in inputs.items():
-            tensor = InferInput(name, list(array.shape), "INT64" if array.dtype == np.int64 else "FP32")
+            tensor = InferInput(name, list(array.shape), _DATATYPES.get(array.dtype.kind, "FP32"))
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         try:

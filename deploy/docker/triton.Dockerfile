@@ -1,7 +1,8 @@
 # Production Triton image: NVIDIA's Triton 2.51 container (release 24.10) with a model repository baked
-# in at /models, served by the native ONNX Runtime backend (and its TensorRT accelerator on a GPU).
+# in at /models, served by the native ONNX Runtime backend (and its TensorRT accelerator on a GPU), the
+# python backend (the text entries' NAME_tokenizer models) and the ensemble scheduler (NAME_text).
 #
-# Bake an export made for this image (docs/deploy.md), not the local repository as it is:
+# Bake the repository as the converters wrote it, copied for the target's instance kind (docs/deploy.md):
 #   .venv/bin/python -m deploy.release export model_repository runs/release-cpu --target cpu
 #   DOCKER_BUILDKIT=1 docker build -f deploy/docker/triton.Dockerfile -t modelpack-triton:0.1.0 .
 # (--build-arg MODEL_REPOSITORY=runs/release-gpu for a GPU export). BuildKit reads
@@ -15,6 +16,10 @@ FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
 LABEL org.opencontainers.image.title="modelpack-triton" \
       org.opencontainers.image.description="Triton 2.51 serving the modelpack model repository"
+
+# The NAME_tokenizer models import `tokenizers` (the version local_triton/backends/requirements.txt pins
+# for the local server); they never use its dependency huggingface-hub, so the wheel alone is installed.
+RUN python3 -m pip install --no-cache-dir --no-deps tokenizers==0.23.3
 
 # The exported repository to bake in (a folder of the build context).
 ARG MODEL_REPOSITORY=runs/release-cpu
