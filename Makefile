@@ -36,16 +36,15 @@ SETUP_TARGETS += .venv-checkov/.installed
 	touch $@
 
 # The Bento (service.py, service.yaml, the packages it imports whole; bentofile.yaml), built
-# offline into bentos/ (BENTOML_HOME). Not part of setup; `make bento` rebuilds only when a source
-# changed. BENTOML_ENABLE_FEATURES=no_image: bentoml 1.4's image-based build wants uv even with
-# lock_packages: false; its classic build needs nothing from the network.
+# into bentos/ (BENTOML_HOME) by a plain `bentoml build`, which needs no network: bentoml 1.4 wants
+# uv, and uv is in the venv (pyproject), so it installs nothing first. Not part of setup;
+# `make bento` rebuilds only when a source changed.
 BENTO_SOURCES := service.py service.yaml bentofile.yaml requirements-service.txt \
 	$(wildcard core/*.py serving/*.py)
 .PHONY: bento
 bento: bentos/.built
 bentos/.built: $(VENV)/.installed $(BENTO_SOURCES)
-	BENTOML_HOME=bentos BENTOML_ENABLE_FEATURES=no_image BENTOML_DO_NOT_TRACK=True \
-	  $(VENV)/bin/bentoml build --output tag | tail -n 1 | sed "s/^__tag__://" > $@.tmp
+	BENTOML_HOME=bentos $(VENV)/bin/bentoml build --output tag | tail -n 1 | sed "s/^__tag__://" > $@.tmp
 	mv $@.tmp $@
 	@echo "built $$(cat $@); its Dockerfile: bentos/bentos/$$(cat $@ | tr : /)/env/docker/Dockerfile"
 
