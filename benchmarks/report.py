@@ -27,7 +27,17 @@ STACKS: dict[str, str] = {
     "triton-http": "Triton direct, perf_analyzer HTTP (x = concurrency)",
     "bento": "Bento service, Locust (x = users)",
     "fastapi-eager": "FastAPI + eager PyTorch, Locust (x = users)",
+    "triton-text-grpc": "Triton direct, texts to NAME_text, perf_analyzer gRPC (x = concurrency)",
+    "triton-text-http": "Triton direct, texts to NAME_text, perf_analyzer HTTP (x = concurrency)",
+    "bento-tokenize-service": "Bento tokenizing, token tensors to NAME, Locust (x = users)",
+    "bento-tokenize-triton": "Bento sending texts to NAME_text, Locust (x = users)",
 }
+# Side-by-side comparisons of one run: (stack, over stack), best throughput against best throughput.
+PAIRS = (
+    ("bento-tokenize-triton", "bento-tokenize-service"),
+    ("triton-text-grpc", "triton-grpc"),
+    ("triton-text-http", "triton-http"),
+)
 PACKAGES = (
     "onnxruntime",
     "torch",
@@ -106,10 +116,14 @@ def compute_ratios(stacks: dict[str, dict]) -> dict:
     (the baseline's p99 at its best throughput is the target; each stack's throughput within it)."""
     ratios: dict = {}
     ceiling = best(_points(stacks.get("ceiling")))
-    for name in ("triton-grpc", "triton-http", "bento", "fastapi-eager"):
+    for name in STACKS:
         top = best(_points(stacks.get(name)))
-        if ceiling and top:
+        if name != "ceiling" and ceiling and top:
             ratios[f"{name}/ceiling"] = top.throughput / ceiling.throughput
+    for name, other in PAIRS:
+        top, theirs = best(_points(stacks.get(name))), best(_points(stacks.get(other)))
+        if top and theirs:
+            ratios[f"{name}/{other}"] = top.throughput / theirs.throughput
     triton = [ratios[k] for k in ("triton-grpc/ceiling", "triton-http/ceiling") if k in ratios]
     if triton:
         ratios["triton/ceiling"] = max(triton)
@@ -274,6 +288,31 @@ def _cpu_lines(cpu: dict | None) -> list[str]:
     return lines
 
 
+def _cold_start_lines(cold: dict | None) -> list[str]:
+    """The first request after a load against the steady state, without and with model_warmup."""
+    if not cold:
+        return []
+    lines = [
+        "## First request after a load",
+        "",
+        "Each entry unloaded and loaded again (a config override without its `model_warmup`, then its own "
+        "config), then one item per gRPC request: the first request, and the median of the next ones.",
+        "",
+        "| workload | load | load s | first ms | steady median ms | first / steady | warm-up samples |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, result in cold.items():
+        for label in ("without warm-up", "with warm-up"):
+            row = result.get(label)
+            if row:
+                lines.append(
+                    f"| {name} | {label} | {row['load_s']:.2f} | {row['first_ms']:.1f} | "
+                    f"{row['steady_median_ms']:.1f} | {row['first_over_steady']:.1f}x | "
+                    f"{row['warmup_samples']} |"
+                )
+    return [*lines, ""]
+
+
 def render_markdown(summary: dict) -> str:
     lines = [f"# Benchmark report ({summary['mode']} run)", ""]
     lines += [
@@ -358,6 +397,7 @@ def render_markdown(summary: dict) -> str:
         lines += _cpu_lines(workload.get("cpu_per_item"))
         if workload.get("plot"):
             lines += [f"![latency against throughput, {name}]({workload['plot']})", ""]
+    lines += _cold_start_lines(summary.get("cold_start"))
     if summary.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in summary["errors"]] + [""]
     machine = summary["machine"]

@@ -464,6 +464,11 @@ class TritonPythonModel:
                 if not t.ragged
             )
             groups.setdefault(key, []).append(i)
+        if len(groups) > 1:  # NVIDIA's backend would have run them as one tensor of the first's shape
+            pb_utils.Logger.log_warn(
+                f"{self.name}: one execution held requests of {len(groups)} different shapes; they run "
+                "as separate ONNX Runtime calls"
+            )
         return list(groups.values())
 
     def _run_group(self, group: list[int], arrays: list, batches: list, results: list, errors: list) -> None:
