@@ -117,9 +117,13 @@ _FAILURE_PATTERNS = (
 )
 
 
+# Error lines this CPU-only build always logs, which never explain a failure.
+_BENIGN = ("CudaDriverHelper has not been initialized", "unable to create stream")
+
+
 def failure_reason(log_text: str) -> str | None:
     """The one line of a Triton log that explains a failed start, or None."""
-    lines = log_text.splitlines()
+    lines = [line for line in log_text.splitlines() if not any(b in line for b in _BENIGN)]
     for pattern in _FAILURE_PATTERNS:
         for line in lines:
             match = pattern.search(line)
@@ -323,6 +327,13 @@ class TritonServer:
         """``tritonserver <what>: <the log line that says why> (log: PATH)``."""
         text = self.log_text()
         reason = failure_reason(text)
+        if reason is None and "SIGSEGV" in what:
+            # Seen with Triton 2.51 of the pytriton wheel: a model whose warm-up request fails takes the
+            # whole server down (NVIDIA's image fails that model's load instead), with no log line.
+            reason = (
+                "no log line says why; this Triton build crashes so when a model's warm-up request "
+                "fails: check the model_warmup of the models it loads"
+            )
         return f"tritonserver {what}" + (f": {reason}" if reason else "") + f" (log: {self.log_path})"
 
     def log_text(self) -> str:
