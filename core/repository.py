@@ -370,7 +370,7 @@ class Repository:
             raise InvalidArgument(
                 f"config.name {config.name!r} differs from the model name {name!r}", field="name"
             )
-        self._refuse_companion(name)
+        self.check_not_companion(name)
         text_entry = _is_text(manifest.get("task"))
         if text_entry and tokenizer_model is not None:
             companions.check_name(name)
@@ -426,7 +426,8 @@ class Repository:
         return staged
 
     # ---- a text entry's companions ----
-    def _refuse_companion(self, name: str) -> None:
+    def check_not_companion(self, name: str) -> None:
+        """InvalidArgument when ``name`` is a text entry's companion: the repository writes those."""
         owner = self.companion_of(name) if (self.root / name).is_dir() else None
         if owner is not None:
             raise InvalidArgument(
@@ -661,7 +662,7 @@ class Repository:
         """Write (or bring back in step) the companions of the text entry ``name`` from its versions and
         config, with ``tokenizer_model`` as the model file of versions built anew; the entry itself is
         not changed. Returns the companions' names."""
-        self._refuse_companion(name)
+        self.check_not_companion(name)
         companions.check_name(name)
         with self.lock(name):
             task = self.manifest(name).get("task")
@@ -688,7 +689,7 @@ class Repository:
         """Apply ``change`` to the entry's config under the model lock and write it atomically. When the
         entry has companions, they are rebuilt and put in place after it (in the order of ``commit``),
         and a failure at any step takes the earlier ones back."""
-        self._refuse_companion(name)
+        self.check_not_companion(name)
         with self.lock(name):
             config = self.config(name)
             change(config)

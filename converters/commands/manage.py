@@ -120,6 +120,7 @@ def run_rollback(args: argparse.Namespace) -> int:
     repo = Repository(args.repository)
     name = validate_name(args.name)
     repo.require(name)  # NotFound naming the models there, before any version is looked at
+    repo.check_not_companion(name)  # a companion follows its entry: roll the entry back
     versions = repo.versions(name)
     if args.to == "latest":
         repo.set_version_policy(name, "latest")

@@ -23,8 +23,8 @@ from serving.models import load_models
 from serving.observability import REQUEST_ID
 from serving.preprocess import ImagePipeline, TextPipeline
 from serving.requests import RequestPath
-from serving.settings import ServiceSettings, read_settings
-from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Images
+from serving.settings import Limits, ServiceSettings, read_settings
+from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Images, Texts
 from serving.triton_client import Coalescer, merge_rows
 
 
@@ -92,6 +92,14 @@ def test_defaults_relative_repository_and_environment_overrides(tmp_path):
         (
             {"models": [{"name": "m", "task": "feature-extraction", "max_length": -3}]},
             ["models.0.max_length"],
+        ),
+        (
+            {"models": [{"name": "m", "task": "feature-extraction", "tokenize": "client"}]},
+            ["models.0.tokenize", "'service'", "'triton'"],
+        ),
+        (
+            {"models": [{"name": "m", "task": "image-classification", "tokenize": "triton"}]},
+            ["models.0", "image-classification models take no text", "leave `tokenize` out"],
         ),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else None,
@@ -198,6 +206,37 @@ def test_load_models_refuses_what_the_repository_does_not_have(model_repo, tmp_p
     (broken / "minilm" / "1" / "tokenizer" / "tokenizer.json").unlink()
     with pytest.raises(NotFound, match="no fast tokenizer file"):
         load_models(settings_for(broken, [{"name": "minilm", "task": "feature-extraction"}]))
+
+
+def test_tokenize_triton_routes_the_newest_served_version_through_the_ensemble(model_repo, tmp_path):
+    from core.repository import Repository
+    from serving.settings import DEFAULT_TOKENIZE
+
+    models = load_models(settings_for(model_repo, [{"name": "minilm", "task": "feature-extraction"}]))
+    assert models["minilm"].tokenize == DEFAULT_TOKENIZE
+    version = models["minilm"].versions[1]
+    assert (version.triton_model, version.triton_version, version.via_text_model) == ("minilm", 1, False)
+
+    models = load_models(
+        settings_for(model_repo, [{"name": "minilm", "task": "feature-extraction", "tokenize": "triton"}])
+    )
+    version = models["minilm"].versions[1]
+    assert (version.triton_model, version.triton_version, version.via_text_model) == ("minilm_text", 1, True)
+    texts = Texts.of(texts=["a", "b c"])
+    tensors = PREPROCESS["text"](texts, version, Limits())
+    assert list(tensors) == ["text"] and tensors["text"].tolist() == [[b"a"], [b"b c"]]
+
+    with pytest.raises(InvalidArgument, match="'minilm_text' is a companion model of 'minilm'"):
+        load_models(settings_for(model_repo, [{"name": "minilm_text", "task": "feature-extraction"}]))
+    bare = tmp_path / "repository"
+    shutil.copytree(model_repo / "minilm", bare / "minilm")  # an entry without its companions
+    assert Repository(bare).companions("minilm") == []
+    with pytest.raises(
+        NotFound, match=r"tokenize: triton sends texts to minilm_text.*converters companions minilm"
+    ):
+        load_models(
+            settings_for(bare, [{"name": "minilm", "task": "feature-extraction", "tokenize": "triton"}])
+        )
 
 
 def test_version_choice_pins_and_splits(model_repo):
