@@ -288,6 +288,38 @@ def _cpu_lines(cpu: dict | None) -> list[str]:
     return lines
 
 
+def _tokenize_cpu_lines(workloads: dict) -> list[str]:
+    """The Bento's two ways to a text model: CPU ms per request of the Bento and Triton together at
+    each users level, side by side (the share of the machine each way costs)."""
+    lines = []
+    for name, workload in workloads.items():
+        stacks = {s: workload["stacks"].get(s) for s in ("bento-tokenize-service", "bento-tokenize-triton")}
+        if not all(stacks.values()):
+            continue
+        rows = {}
+        for stack, data in stacks.items():
+            for p in data["points"]:
+                figure = (p.get("extra") or {}).get("server_cpu_ms_per_item")
+                if figure is not None:
+                    rows.setdefault(p["concurrency"], {})[stack] = (p["throughput"], figure)
+        if not rows:
+            continue
+        lines += [
+            f"CPU per request on **{name}** (Bento and Triton processes together, over each Locust run):",
+            "",
+            "| users | tokenize: service items/s | CPU ms | tokenize: triton items/s | CPU ms |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for users, row in sorted(rows.items()):
+            cells = []
+            for stack in stacks:
+                throughput, figure = row.get(stack, (None, None))
+                cells += [_fmt(throughput), "-" if figure is None else f"{figure:.2f}"]
+            lines.append(f"| {users} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def _cold_start_lines(cold: dict | None) -> list[str]:
     """The first request after a load against the steady state, without and with model_warmup."""
     if not cold:
@@ -397,6 +429,7 @@ def render_markdown(summary: dict) -> str:
         lines += _cpu_lines(workload.get("cpu_per_item"))
         if workload.get("plot"):
             lines += [f"![latency against throughput, {name}]({workload['plot']})", ""]
+    lines += _tokenize_cpu_lines(summary["workloads"])
     lines += _cold_start_lines(summary.get("cold_start"))
     if summary.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in summary["errors"]] + [""]

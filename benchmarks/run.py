@@ -15,9 +15,10 @@ Order, so that the stacks do not compete with each other for the 2 cores:
 Stacks a run measures only when ``--stacks`` names them: ``triton-text`` (perf_analyzer sending the
 texts to the entry's ensemble ``NAME_text``, step 3), ``bento-tokenize-service`` and
 ``bento-tokenize-triton`` (the Bento with every text model's ``tokenize`` forced, each started and
-stopped in turn after step 4; the two ways a Bento can reach a text model, measured side by side), and
-``cold-start`` (step 3: each entry reloaded without and with its ``model_warmup``, the first request's
-latency against the steady state's).
+stopped in turn after step 4; the two ways a Bento can reach a text model, measured side by side, with
+the CPU each costs per request), and ``cold-start`` (after those, before Triton stops: each entry
+reloaded without and with its ``model_warmup``, the first request's latency against the steady
+state's).
 
 A stack that fails is recorded under ``errors`` and the run goes on with the others (exit code 1 at
 the end). A step that would not fit in the time budget left is skipped and said so. Every process
@@ -238,8 +239,10 @@ class Run:
     def triton(self, procs: ProcessSet, repo: Repository, models: list[str]):
         from local_triton.server import TritonServer
 
+        # A text entry comes with its companions: the ensemble NAME_text and its tokenizer model.
+        loaded = [m for model in models for m in (model, *repo.companions(model))]
         server = procs.enter(
-            TritonServer(repo.root, models=models, log_path=self.out / "logs" / "triton.log"),
+            TritonServer(repo.root, models=loaded, log_path=self.out / "logs" / "triton.log"),
             name="tritonserver",
         )
         return server
@@ -345,7 +348,12 @@ class Run:
                     f"{stack_name} {name}: warm-up POST {route} got HTTP {err.code}: {detail}"
                 ) from None
 
-    def locust_sweep(self, stack_name: str, host: str, repo: Repository, workloads: list[str]) -> None:
+    def locust_sweep(
+        self, stack_name: str, host: str, repo: Repository, workloads: list[str], servers: tuple = ()
+    ) -> None:
+        """A Locust users sweep per workload. ``servers``: what serves the requests (objects with
+        ``cpu_times()``: the Bento, Triton); each point then holds their CPU ms per request, over the
+        whole Locust run (a figure other load on the machine does not inflate as it does latency)."""
         for name in workloads:
             try:
                 self.warm_up(stack_name, host, name)
@@ -357,6 +365,7 @@ class Run:
                 if self._skip(f"{stack_name} {name} at {users} users", self.plan.locust_s + 4):
                     continue
                 prefix = self.out / "locust" / f"{stack_name}_{name}_u{users}"
+                cpu_before = [server.cpu_times() for server in servers]
                 try:
                     result: LocustRun = run_locust(
                         LOCUSTFILE,
@@ -370,6 +379,12 @@ class Run:
                 except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                     self._fail(f"{stack_name} {name} at {users} users", err)
                     continue
+                if servers and result.point.requests:
+                    spent = sum(
+                        sum(now - before.get(pid, 0.0) for pid, now in server.cpu_times().items())
+                        for server, before in zip(servers, cpu_before, strict=True)
+                    )
+                    result.point.extra["server_cpu_ms_per_item"] = 1000 * spent / result.point.requests
                 stack = self._stack(name, stack_name)
                 stack["points"].append(result.point)
                 stack["files"] += [self._rel(f) for f in result.files]
@@ -433,7 +448,7 @@ class Run:
             try:
                 server = self.bento(procs, triton_server, repo, models, tokenize)
                 try:
-                    self.locust_sweep(stack, server.url, repo, texts)
+                    self.locust_sweep(stack, server.url, repo, texts, servers=(server, triton_server))
                 finally:
                     server.stop()  # before the next one starts (the set would stop it again, harmlessly)
             except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
@@ -503,8 +518,6 @@ class Run:
                         triton_server = self.triton(procs, repo, models)
                     except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                         self._fail("triton start", err)
-                if triton_server is not None and "cold-start" in stacks:
-                    self.cold_start(triton_server)
                 if triton_server is not None and "triton" in stacks:
                     self.triton_sweeps(triton_server)
                 if triton_server is not None and "triton-text" in stacks:
@@ -517,6 +530,8 @@ class Run:
                         self._fail("bento", err)
                 if triton_server is not None:
                     self.bento_tokenize_sweeps(procs, triton_server, repo, models)
+                if triton_server is not None and "cold-start" in stacks:  # last: it reloads the models
+                    self.cold_start(triton_server)
                 procs.close()  # Triton and Bento stop before the baseline runs alone
                 if "baseline" in stacks and not self._skip("baseline start", 25):
                     try:

@@ -396,6 +396,8 @@ def test_tokenize_stacks_and_cold_start_are_measured_side_by_side(model_repo, tm
     assert set(text["stacks"]) == {"bento-tokenize-service", "bento-tokenize-triton"}
     for data in text["stacks"].values():
         assert data["points"] and all(p["failures"] == 0 and p["throughput"] > 0 for p in data["points"])
+        # The CPU the Bento and Triton spent per request, the figure other load does not inflate.
+        assert all(p["extra"]["server_cpu_ms_per_item"] > 0 for p in data["points"])
     assert text["ratios"]["bento-tokenize-triton/bento-tokenize-service"] > 0
     assert summary["workloads"]["image"]["stacks"] == {}  # the tokenize stacks are for text workloads
     cold = summary["cold_start"]
@@ -407,6 +409,7 @@ def test_tokenize_stacks_and_cold_start_are_measured_side_by_side(model_repo, tm
             assert row["first_ms"] > 0 and row["steady_median_ms"] > 0 and row["load_s"] > 0
     report = (out / "report.md").read_text()
     assert "## First request after a load" in report and "Bento sending texts to NAME_text" in report
+    assert "CPU per request on **minilm-long**" in report
     names = {p["name"] for p in summary["processes"]}
     assert names == {"tritonserver", "bento-tokenize-service", "bento-tokenize-triton"}
 
