@@ -38,7 +38,8 @@ SETTINGS = "settings.json"
 MODEL_FILE = "model.py"
 LABELS = "labels.txt"
 ENSEMBLE_VERSION = 1
-# Pad lengths: powers of two from 16 up to max_length, then max_length itself.
+# Pad lengths: 16, 24, 32, 48, 64, 96, ... (each power of two and 1.5 times it) below max_length, then
+# max_length itself.
 MIN_BUCKET = 16
 # Longest name a text entry may have: its companions' names must fit the repository's 64 characters.
 MAX_TEXT_NAME = 64 - len(TOKENIZER_SUFFIX)
@@ -82,13 +83,18 @@ def companion_of(model_dir: Path) -> str | None:
 
 
 def length_buckets(max_length: int) -> list[int]:
-    """The lengths the tokenizer model pads an execution's rows to: 16, 32, 64, ... below
-    ``max_length``, then ``max_length``. Few lengths, so that requests padded in different executions
-    still meet in the encoder's batcher."""
+    """The lengths the tokenizer model pads an execution's rows to: 16, 24, 32, 48, 64, 96, 128, ...
+    (each power of two and 1.5 times it) below ``max_length``, then ``max_length``. Few lengths, so that
+    requests padded in different executions still meet in the encoder's batcher; steps of 1.5x at most,
+    so padding costs at most half again the longest row (powers of two alone cost up to twice: a
+    146-token text padded to 256 took twice the CPU, docs/figures.md)."""
     buckets = []
     size = MIN_BUCKET
     while size < max_length:
         buckets.append(size)
+        half_step = size + size // 2
+        if half_step < max_length:
+            buckets.append(half_step)
         size *= 2
     return [*buckets, max_length]
 
@@ -164,17 +170,22 @@ def pad_id(tokenizer_dir: Path) -> int:
     return 0
 
 
-def build_tokenizer_version(target: Path, name: str, source: TextVersion, model_file: bytes) -> None:
-    """``NAME_tokenizer/<version>/``: the model file, the version's tokenizer files, its settings."""
-    target.mkdir(parents=True)
-    (target / MODEL_FILE).write_bytes(model_file)
-    shutil.copytree(source.tokenizer_dir, target / "tokenizer")
-    settings = {
+def tokenizer_settings(source: TextVersion) -> dict:
+    """What ``NAME_tokenizer/<version>/settings.json`` holds for a version of the entry."""
+    return {
         "max_length": source.max_length,
         "pad_id": pad_id(source.tokenizer_dir),
         "buckets": length_buckets(source.max_length),
         "identity": source.identity(),
     }
+
+
+def build_tokenizer_version(target: Path, name: str, source: TextVersion, model_file: bytes) -> None:
+    """``NAME_tokenizer/<version>/``: the model file, the version's tokenizer files, its settings."""
+    target.mkdir(parents=True)
+    (target / MODEL_FILE).write_bytes(model_file)
+    shutil.copytree(source.tokenizer_dir, target / "tokenizer")
+    settings = tokenizer_settings(source)
     (target / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     manifest = {
         "name": tokenizer_name(name),
@@ -259,19 +270,29 @@ def build_tokenizer_model(
     model_file: bytes | None,
 ) -> None:
     """The whole ``NAME_tokenizer/`` as it must be: one version per version of ``NAME``. A version the
-    live folder already holds for the same tokenizer is hard-linked (not copied); the others are built
-    with ``model_file`` (when None: the model file of a live version)."""
+    live folder already holds as it would be built (same settings, same tokenizer, and the same model
+    file when ``model_file`` is given) is hard-linked, not copied; the others are built with
+    ``model_file`` (when None: the model file of a live version)."""
     target.mkdir(parents=True)
     for source in versions:
         live_version = live / str(source.version)
-        wanted = source.identity()
-        if tokenizer_identity(live_version) == wanted:
+        if _up_to_date(live_version, source, model_file):
             shutil.copytree(live_version, target / str(source.version), copy_function=os.link)
             continue
         if model_file is None:
             model_file = _live_model_file(live)
         build_tokenizer_version(target / str(source.version), name, source, model_file)
     write_config(target / "config.pbtxt", tokenizer_config(name, config))
+
+
+def _up_to_date(live_version: Path, source: TextVersion, model_file: bytes | None) -> bool:
+    try:
+        settings = json.loads((live_version / SETTINGS).read_text(encoding="utf-8"))
+        if settings != tokenizer_settings(source):
+            return False
+        return model_file is None or (live_version / MODEL_FILE).read_bytes() == model_file
+    except (OSError, ValueError):
+        return False
 
 
 def _live_model_file(live: Path) -> bytes:

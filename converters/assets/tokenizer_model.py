@@ -8,7 +8,8 @@ Triton client sends strings.
 
 Each execution (Triton's dynamic batcher may hand it several requests) tokenizes all its rows in one
 ``encode_batch`` call, truncated to ``max_length``, and pads them all to ONE length: the smallest
-bucket (powers of two from 16 up to ``max_length``, and ``max_length``) that holds the longest row.
+bucket (16, 24, 32, 48, 64, 96, ...: each power of two and 1.5 times it, below ``max_length``, and
+``max_length``) that holds the longest row.
 So the requests it answers have equal shapes, and the encoder's dynamic batcher (which merges only
 requests of equal shapes) can run them, and those of other executions in the same bucket, as one
 batch.

@@ -93,7 +93,7 @@ def test_a_text_commit_writes_both_companions(repo):
     version = repo.version_dir("enc_tokenizer", 1)
     assert (version / "model.py").read_bytes() == MODEL_FILE
     settings = json.loads((version / "settings.json").read_text())
-    assert settings["buckets"] == [16, 32, 64, 128] and settings["max_length"] == 128
+    assert settings["buckets"] == [16, 24, 32, 48, 64, 96, 128] and settings["max_length"] == 128
     assert settings["pad_id"] == 0  # [PAD] in MiniLM's vocabulary
     text = repo.config("enc_text")
     assert text.platform == "ensemble" and not text.model_warmup and not text.instance_group
@@ -105,10 +105,14 @@ def test_a_text_commit_writes_both_companions(repo):
     assert repo.versions("enc_text") == [1]
 
 
-def test_the_buckets_are_powers_of_two_up_to_max_length():
-    assert companions.length_buckets(256) == [16, 32, 64, 128, 256]
-    assert companions.length_buckets(384) == [16, 32, 64, 128, 256, 384]
+def test_the_buckets_step_by_at_most_one_and_a_half_up_to_max_length():
+    assert companions.length_buckets(256) == [16, 24, 32, 48, 64, 96, 128, 192, 256]
+    assert companions.length_buckets(384) == [16, 24, 32, 48, 64, 96, 128, 192, 256, 384]
+    assert companions.length_buckets(200) == [16, 24, 32, 48, 64, 96, 128, 192, 200]
     assert companions.length_buckets(8) == [8]
+    for max_length in (8, 100, 128, 200, 384, 512):
+        buckets = companions.length_buckets(max_length)
+        assert all(b / a <= 1.5 for a, b in zip(buckets, buckets[1:], strict=False))
 
 
 def test_versions_and_policy_follow_the_entry(repo, tokenizer_files):
@@ -268,3 +272,16 @@ def test_an_entry_published_before_companions_gets_them_on_request(tmp_path, tok
     assert repo.models() == ["old"]
     assert repo.write_companions("old", MODEL_FILE) == ["old_tokenizer", "old_text"]
     assert repo.served_versions("old_tokenizer") == [1]
+
+
+def test_companions_rebuild_a_tokenizer_version_written_otherwise(repo):
+    """A version built by an earlier model file or bucket rule is rebuilt by `companions NAME` (the
+    other versions stay linked): it is also how a repository takes a new tokenizer model."""
+    version = repo.version_dir("enc_tokenizer", 1)
+    settings = json.loads((version / "settings.json").read_text())
+    (version / "settings.json").write_text(json.dumps({**settings, "buckets": [16, 128]}))
+    (version / "model.py").write_bytes(b"# an older model file\n")
+    assert repo.write_companions("enc", MODEL_FILE) == ["enc_tokenizer", "enc_text"]
+    version = repo.version_dir("enc_tokenizer", 1)
+    assert json.loads((version / "settings.json").read_text()) == settings
+    assert (version / "model.py").read_bytes() == MODEL_FILE
