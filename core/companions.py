@@ -86,8 +86,8 @@ def length_buckets(max_length: int) -> list[int]:
     """The lengths the tokenizer model pads an execution's rows to: 16, 24, 32, 48, 64, 96, 128, ...
     (each power of two and 1.5 times it) below ``max_length``, then ``max_length``. Few lengths, so that
     requests padded in different executions still meet in the encoder's batcher; steps of 1.5x at most,
-    so padding costs at most half again the longest row (powers of two alone cost up to twice: a
-    146-token text padded to 256 took twice the CPU, docs/figures.md)."""
+    so padding costs at most half again the longest row (with powers of two alone, a row just above
+    one, e.g. 146 tokens padded to 256, costs the encoder about twice its work)."""
     buckets = []
     size = MIN_BUCKET
     while size < max_length:
