@@ -479,7 +479,7 @@ class Repository:
                 f"{name}: the version it would serve ({serving[-1] if serving else 'none'}) has no "
                 f"tokenizer, so {text} cannot serve it; publish it again with the converters"
             )
-        target = root / "companions"
+        target = root / ".companions"  # a dot: never a model name, so never the staged model's folder
         shutil.rmtree(target, ignore_errors=True)
         companions.build_tokenizer_model(
             target / tokenizer, name, config, versions, self.root / tokenizer, tokenizer_model
@@ -503,7 +503,7 @@ class Repository:
     def _hide_text_model(self, name: str, root: Path) -> Callable[[], None]:
         """Take the live ``NAME_text/`` out of the repository (into staging) in one rename."""
         live = self.root / companions.text_name(name)
-        hidden = root / "hidden" / live.name
+        hidden = root / ".hidden" / live.name
         hidden.parent.mkdir(parents=True, exist_ok=True)
         os.rename(live, hidden)
         fsync_dir(self.root)

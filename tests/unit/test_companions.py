@@ -285,3 +285,14 @@ def test_companions_rebuild_a_tokenizer_version_written_otherwise(repo):
     version = repo.version_dir("enc_tokenizer", 1)
     assert json.loads((version / "settings.json").read_text()) == settings
     assert (version / "model.py").read_bytes() == MODEL_FILE
+
+
+@pytest.mark.parametrize("name", ["companions", "hidden"])
+def test_entry_names_that_are_words_of_the_staging_folder(repo, tokenizer_files, name):
+    """The companions are built in the staging folder beside the staged entry: an entry of any name
+    publishes, twice (a new model, then a new version with another config)."""
+    assert publish_text(repo, name, tokenizer_files["same"]) == 1
+    assert publish_text(repo, name, tokenizer_files["other"], max_batch_size=16) == 2
+    assert repo.companions(name) == [f"{name}_tokenizer", f"{name}_text"]
+    assert (repo.version_dir(name, 2) / "model.onnx").read_bytes() == b"onnx"
+    assert repo.versions(f"{name}_tokenizer") == [1, 2]
