@@ -38,6 +38,7 @@ from converters.pipeline import parity_step, publish
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
 from converters.sentences import SENTENCES
+from core.companions import check_name
 from core.errors import InvalidArgument, NotFound
 from core.repository import Repository, validate_name
 from core.tasks import TASK_SPECS, task_spec, with_static_dims
@@ -256,16 +257,20 @@ def load(path: Path, task: str):
 
 
 def max_length_of(path: Path, tokenizer) -> int:
-    """sentence-transformers' ``max_seq_length`` when the folder has one, else the tokenizer's limit."""
+    """sentence-transformers' ``max_seq_length`` when the folder has one, else the tokenizer's limit;
+    never more than the model's position embeddings (``max_position_embeddings`` in config.json): a
+    longer sequence would fail in the graph (the warm-up at max_length would fail the model's load)."""
     import json
 
+    positions = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
+    cap = positions if isinstance(positions, int) and positions > 0 else DEFAULT_MAX_LENGTH
     st_config = path / "sentence_bert_config.json"
     if st_config.is_file():
         value = json.loads(st_config.read_text()).get("max_seq_length")
         if isinstance(value, int) and value > 0:
-            return value
+            return min(value, cap)
     limit = getattr(tokenizer, "model_max_length", DEFAULT_MAX_LENGTH) or DEFAULT_MAX_LENGTH
-    return int(min(limit, DEFAULT_MAX_LENGTH))
+    return int(min(limit, DEFAULT_MAX_LENGTH, cap))
 
 
 def reference_outputs(path: Path, task: str, module, tokenizer, sentences, max_length: int) -> np.ndarray:
@@ -594,7 +599,7 @@ def convert_hf(
 
     if task is not None:
         task_spec(task, allowed=HF_TASKS)
-    validate_name(name)
+    check_name(validate_name(name))  # room for its companions, NAME_tokenizer and NAME_text
     path = check_model_folder(path)
     task, architecture = resolve_task(path, task)
     spec = TASK_SPECS[task]

@@ -42,7 +42,10 @@ class TensorSpec:
     shape: tuple[int, ...]
     # Axis index -> symbolic name, for torch.onnx.export's dynamic_axes.
     dynamic_axes: dict[int, str] = field(default_factory=dict)
-    # Token inputs: each request may carry a different length (Triton pads them in the backend).
+    # allow_ragged_batch: Triton's backends hand such an input to the model flattened to 1-D (all the
+    # requests' values concatenated), so only a model that takes it as [-1] may set it. Token inputs do
+    # not: a request's rows are padded to one length (by the Bento, or the entry's NAME_tokenizer model)
+    # and Triton merges requests of equal shapes.
     ragged: bool = False
 
     def to_manifest(self) -> dict:
@@ -91,7 +94,7 @@ class TaskSpec:
 
 
 def _token_input(name: str) -> TensorSpec:
-    return TensorSpec(name, "INT64", (-1, -1), {0: "batch", 1: "sequence"}, ragged=True)
+    return TensorSpec(name, "INT64", (-1, -1), {0: "batch", 1: "sequence"})
 
 
 TASK_SPECS: dict[str, TaskSpec] = {

@@ -1,13 +1,21 @@
 """The models this service routes to: for each configured model, what the repository holds for each
-served version (manifest, tensors, labels, its preprocessing), and the choice of a version per
-request (a pinned one, else the configured split, e.g. a canary's {1: 90, 2: 10}).
+served version (manifest, tensors, labels, its preprocessing), where its requests go in Triton, and
+the choice of a version per request (a pinned one, else the configured split, e.g. a canary's
+{1: 90, 2: 10}).
 
 The versions are read at start-up and then kept in step with the repository and Triton while the
-service runs (``serving/live.py``): which versions are routable is ``routable_split``."""
+service runs (``serving/live.py``): which versions are routable is ``routable_split``.
+
+A text model with ``tokenize: triton`` sends the texts of the version its ensemble ``NAME_text`` runs
+(the newest served version, once Triton has it as its newest ready one) to the ensemble, which
+tokenizes them in Triton; the ensemble cannot be asked for another version, so requests for the other
+versions (pinned, drawn by a canary split, or while a new or rolled-back version loads) are tokenized
+here and sent to ``NAME`` at that version."""
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from core.companions import ENSEMBLE_VERSION, text_name
 from core.errors import InvalidArgument, NotFound
 from core.repository import Repository
 from core.tasks import DATATYPES, TASK_SPECS, TensorSpec
@@ -28,6 +36,11 @@ class VersionEntry:
     # requests against these).
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
+    # Where this version's requests go in Triton: NAME at this version, or (via_text_model) the texts
+    # to NAME_text, the ensemble that tokenizes them in Triton.
+    triton_model: str = ""
+    triton_version: int = 0
+    via_text_model: bool = False
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -45,8 +58,30 @@ class ModelEntry:
     configured: dict[int, float] | None = None  # the settings' split, zero weights dropped; None: latest
     served: tuple[int, ...] = ()  # the repository's served versions (its version_policy)
     ready: frozenset[int] | None = None  # the versions Triton has READY; None: not known
+    tokenize: str | None = None  # text models: "service" or "triton"
 
     def choose(self, pinned: int | None, rng: random.Random) -> VersionEntry:
+        """The version a request goes to, routed to ``NAME_text`` where ``via_text`` says so."""
+        chosen = self._choose(pinned, rng)
+        if self.via_text(chosen.version):
+            return replace(
+                chosen,
+                triton_model=text_name(self.name),
+                triton_version=ENSEMBLE_VERSION,
+                via_text_model=True,
+            )
+        return chosen
+
+    def via_text(self, version: int) -> bool:
+        """Whether ``version``'s texts go to the ensemble ``NAME_text``: with ``tokenize: triton``, for
+        the version the ensemble runs (its steps run at Triton's newest ready version): the newest served
+        version, once it is also the newest Triton has ready (not while a new version loads or a
+        rolled-back one is still loaded)."""
+        if self.tokenize != "triton" or not self.served or version != max(self.served):
+            return False
+        return self.ready is None or (bool(self.ready) and max(self.ready) == version)
+
+    def _choose(self, pinned: int | None, rng: random.Random) -> VersionEntry:
         if pinned is not None:
             if pinned not in self.versions:
                 served = ", ".join(map(str, sorted(self.versions)))
@@ -67,6 +102,14 @@ def load_models(settings: ServiceSettings) -> dict[str, ModelEntry]:
     models = {}
     for index, spec in enumerate(settings.models):
         where = f"models.{index} ({spec.name})"
+        owner = repo.companion_of(spec.name) if spec.name in repo.models() else None
+        if owner is not None:
+            raise InvalidArgument(
+                f"{where}: {spec.name!r} is a companion model of {owner!r} (written by the repository); "
+                f"configure {owner!r} instead, with `tokenize: triton` to send its texts through "
+                f"{text_name(owner)}",
+                field=f"models.{index}.name",
+            )
         if spec.name not in repo.models():
             known = ", ".join(repo.models()) or "none"
             raise NotFound(
@@ -81,6 +124,15 @@ def load_models(settings: ServiceSettings) -> dict[str, ModelEntry]:
                 f"{where}: {repo.model_dir(spec.name)} has no served version", field=f"models.{index}"
             )
         versions = {v: read_version(repo, spec, v, settings.limits, where) for v in served}
+        if spec.tokenize_in == "triton":
+            ensemble = text_name(spec.name)
+            if ensemble not in repo.companions(spec.name):
+                raise NotFound(
+                    f"{where}: tokenize: triton sends texts to {ensemble}, which is not in the repository "
+                    f"{repo.root}; publish {spec.name} again with the converters, or run "
+                    f"`python -m converters companions {spec.name}`",
+                    field=f"models.{index}.tokenize",
+                )
         # Zero weights first: a promotion ({1: 0, 2: 100}) may outlive the version it retired.
         configured = {v: w for v, w in spec.versions.items() if w > 0} if spec.versions else None
         missing = sorted(set(configured or ()) - set(versions))
@@ -99,6 +151,7 @@ def load_models(settings: ServiceSettings) -> dict[str, ModelEntry]:
             split=routable_split(configured, served, None, {}),
             configured=configured,
             served=tuple(served),
+            tokenize=spec.tokenize_in,
         )
     return models
 
@@ -167,6 +220,7 @@ def read_version(
         inputs=inputs,
         outputs=outputs,
     )
+    entry.triton_model, entry.triton_version = spec.name, version
     task = TASK_SPECS[spec.task]
     if task.input_kind == "text":
         declared = int(pre.get("max_length") or 512)
@@ -244,12 +298,8 @@ def describe(models: dict[str, ModelEntry]) -> dict:
                     "size_bytes": manifest.get("size_bytes"),
                 }
             )
-        described.append(
-            {
-                "name": entry.name,
-                "task": entry.task,
-                "max_batch_size": entry.max_batch_size,
-                "versions": versions,
-            }
-        )
+        model = {"name": entry.name, "task": entry.task, "max_batch_size": entry.max_batch_size}
+        if entry.tokenize is not None:
+            model["tokenize"] = entry.tokenize
+        described.append({**model, "versions": versions})
     return {"models": described}

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from starlette.responses import Response
 
+from core.companions import ENSEMBLE_VERSION, text_name
 from core.errors import InvalidArgument, ToolkitError, Unavailable
 from core.tasks import INFER_ROUTES, ROUTES, TASK_SPECS
 from serving.health import TritonHealth
@@ -117,7 +118,7 @@ class RequestPath:
             # rows of their own shapes. The tensors task answers with every output, the others with one.
             every_output = task.postprocess == "tensors"
             pad = task.input_kind == "text"
-            output, served, chosen = await self._infer(
+            (output, served), chosen = await self._infer(
                 entry, chosen, version, inputs, tensors, every_output, pad
             )
             results = POSTPROCESS[task.postprocess](as_declared(output, chosen), request, entry, chosen)
@@ -237,11 +238,7 @@ class RequestPath:
         its entry. An unpinned request whose version Triton no longer has (unloaded while it was routed)
         goes once more, to a version still routable."""
         try:
-            outputs = chosen.output_names if every_output else (chosen.output_name,)
-            output, served = await self.calls.run(
-                entry.name, chosen.version, outputs, entry.max_batch_size, tensors, pad=pad
-            )
-            return output, served, chosen
+            return await self._run(entry, chosen, tensors, every_output, pad), chosen
         except TritonUnavailable as err:
             other = self._other_version(entry, chosen, pinned, err)
             if other is None:
@@ -254,11 +251,20 @@ class RequestPath:
         )
         if other.image is None or other.image != chosen.image or other.input_names != chosen.input_names:
             tensors = await self._preprocess(inputs.kind, inputs, other)
-        outputs = other.output_names if every_output else (other.output_name,)
+        return await self._run(entry, other, tensors, every_output, pad), other
+
+    async def _run(
+        self, entry: ModelEntry, chosen: VersionEntry, tensors: dict, every_output: bool, pad: bool
+    ) -> tuple:
+        """Triton's output for ``chosen`` (at ``chosen.triton_model``: NAME, or the texts to NAME_text)
+        and the version that served it."""
+        outputs = chosen.output_names if every_output else (chosen.output_name,)
         output, served = await self.calls.run(
-            entry.name, other.version, outputs, entry.max_batch_size, tensors, pad=pad
+            chosen.triton_model, chosen.triton_version, outputs, entry.max_batch_size, tensors, pad=pad
         )
-        return output, served, other
+        if chosen.via_text_model:  # the ensemble reports its own version, not its steps'
+            served = chosen.version
+        return output, served
 
     def _other_version(
         self, entry: ModelEntry, chosen: VersionEntry, pinned: int | None, err: TritonUnavailable
@@ -296,7 +302,15 @@ class RequestPath:
             )
 
     def _routable(self) -> list[tuple[str, int]]:
-        return [(m.name, v) for m in self.models.values() for v in m.split]
+        """Every routable (model, version) of Triton: each model's split, and the ensemble NAME_text
+        where the split's texts go through it."""
+        routable = [(m.name, v) for m in self.models.values() for v in m.split]
+        routable += [
+            (text_name(m.name), ENSEMBLE_VERSION)
+            for m in self.models.values()
+            if any(m.via_text(v) for v in m.split)
+        ]
+        return routable
 
     async def ready(self) -> bool:
         """Triton and every routable model version ready, as the background check last found them

@@ -141,6 +141,13 @@ class Batching(_Strict):
     max_in_flight: int = Field(2, ge=1, le=64, description="Triton calls in flight per model version")
 
 
+# Where a text model's requests are tokenized: in this service (it sends NAME the token tensors), or
+# in Triton (it sends the texts to the entry's ensemble NAME_text, whose NAME_tokenizer pads them).
+Tokenize = Literal["service", "triton"]
+# The default for text models: the faster of the two on the benchmark workloads (docs/figures.md).
+DEFAULT_TOKENIZE: Tokenize = "service"
+
+
 class ModelSettings(_Strict):
     name: str
     task: TaskName
@@ -149,6 +156,26 @@ class ModelSettings(_Strict):
     )
     max_length: int | None = Field(None, ge=1, description="tokens after truncation; at most the manifest's")
     top_k: int = Field(5, ge=1, description="default number of labels returned by classifiers")
+    tokenize: Tokenize | None = Field(
+        None,
+        description="text models: 'service' (tokenize here, send token tensors to NAME) or 'triton' (send "
+        f"the texts to NAME_text); default {DEFAULT_TOKENIZE!r}",
+    )
+
+    @model_validator(mode="after")
+    def _tokenize_text_only(self) -> "ModelSettings":
+        if self.tokenize is not None and TASK_SPECS[self.task].input_kind != "text":
+            raise ValueError(
+                f"tokenize: {self.task} models take no text; leave `tokenize` out for {self.name!r}"
+            )
+        return self
+
+    @property
+    def tokenize_in(self) -> Tokenize | None:
+        """Where this model's texts are tokenized; None for a model that takes no text."""
+        if TASK_SPECS[self.task].input_kind != "text":
+            return None
+        return self.tokenize or DEFAULT_TOKENIZE
 
     @field_validator("name")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from core.companions import TEXT_INPUT
 from core.errors import InvalidArgument
 from serving.http import check_items, check_pixels, check_texts
 from serving.models import ModelEntry, VersionEntry
@@ -107,12 +108,17 @@ class Request:
 
 
 def text_tensors(inputs: Texts, version: VersionEntry, limits: Limits) -> dict[str, np.ndarray]:
+    """The token tensors of the texts (tokenized here), or, for a version served through the entry's
+    ensemble (``tokenize: triton``), the texts themselves: one UTF-8 string per row."""
     for field in inputs.fields:
         if field.many:
             check_items(field.texts, field.name, limits)
     for field in inputs.fields:
         check_texts(field.texts, field.name, limits)
-    encoded = version.text.encode([text for field in inputs.fields for text in field.texts])
+    texts = [text for field in inputs.fields for text in field.texts]
+    if version.via_text_model:
+        return {TEXT_INPUT: np.array([[text.encode("utf-8")] for text in texts], dtype=np.object_)}
+    encoded = version.text.encode(texts)
     return {name: encoded[name] for name in version.input_names}
 
 

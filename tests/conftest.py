@@ -4,7 +4,8 @@
 - ``lightning_ckpt``: the example ImageClassifier trained for a few steps on synthetic data, saved as a
   real Lightning ``.ckpt`` (once per session).
 - ``model_repo``: a session-wide temporary model repository holding ``minilm`` (feature-extraction,
-  version 1) and ``image_classifier`` (version 1), built by the real converters. Treat it as read-only;
+  version 1, with its companions ``minilm_tokenizer`` and ``minilm_text``) and ``image_classifier``
+  (version 1), built by the real converters. Treat it as read-only;
   a test that changes a repository takes ``writable_model_repo`` (a fresh copy) instead.
 - ``triton_server`` and ``bento_server``: the real servers over ``model_repo``, started once per
   session; ``service_config`` writes a service.yaml for a Bento of a test's own.
