@@ -91,7 +91,12 @@ def run_list(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     from converters.validate import validate
 
-    result = validate(args.ref, repository=args.repository, trust_checkpoint=args.trust_checkpoint)
+    result = validate(
+        args.ref,
+        repository=args.repository,
+        trust_checkpoint=args.trust_checkpoint,
+        trust_module=args.trust_module,
+    )
     outputs = result.outputs
     figures = {
         k: outputs[k] for k in ("max_abs_err", "max_rel_err", "min_cosine", "top1_agreement") if k in outputs
@@ -202,11 +207,18 @@ def register(subparsers) -> None:
         "validate",
         help="re-run the parity check of a version",
         description="Re-run the check a version was published under: parity against the source in its "
-        "manifest (fp32), or the int8 gate against its fp32 version. Exit 1 when it fails.",
+        "manifest (fp32), or the int8 gate against its fp32 version. Exit 1 when it fails. A Lightning "
+        "version's check imports the LightningModule's module its manifest names: only with --trust-module.",
     )
     validate.add_argument("ref", metavar="NAME[:VERSION]", help="entry and version (default: latest)")
     validate.add_argument(
         "--trust-checkpoint", action="store_true", help="full-pickle load of a Lightning source"
+    )
+    validate.add_argument(
+        "--trust-module",
+        action="store_true",
+        help="import the Python module a Lightning version's manifest names (runs its code): only for a "
+        "repository you trust",
     )
     add_repository_flag(validate)
     validate.set_defaults(func=run_validate)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fractions
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -279,7 +280,9 @@ def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
     assert json.loads(out)["gpu_execution_accelerator"] == []
     assert not read_config(cli_repo / "image_classifier" / "config.pbtxt").HasField("optimization")
 
-    code, out, err = cli("validate", "image_classifier:1", "--repository", cli_repo, capsys=capsys)
+    code, out, err = cli(
+        "validate", "image_classifier:1", "--trust-module", "--repository", cli_repo, capsys=capsys
+    )
     assert code == 0, err
     assert json.loads(out)["passed"] is True
 
@@ -446,6 +449,43 @@ def test_validate_fails_when_the_source_changed(cli_repo, lightning_ckpt, tmp_pa
         handle.write(b"\0")
     code, _, err = cli("validate", "changing", "--repository", cli_repo, capsys=capsys)
     assert code == 1 and "changed since export" in err
+
+
+def _validate_in_a_process(repo: Path, *flags: str) -> subprocess.CompletedProcess:
+    """``python -m converters validate image_classifier:1`` as a user runs it, with the folder holding the
+    repository importable (as the project root is, for a repository at model_repository/)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(repo.parent)])}
+    argv = ["validate", "image_classifier:1", "--repository", str(repo), *flags]
+    return subprocess.run(
+        [sys.executable, "-m", "converters", *argv],
+        cwd=repo.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_validate_never_imports_the_module_a_manifest_names_without_trust_module(writable_model_repo):
+    """The manifest's ``module`` is data read from the repository: a payload placed in a version folder
+    and named there must not run unless the user passes --trust-module."""
+    version = writable_model_repo / "image_classifier" / "1"
+    marker = writable_model_repo.parent / "payload-ran"
+    (version / "payload.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    manifest = json.loads((version / "manifest.json").read_text())
+    manifest["module"] = f"{writable_model_repo.name}.image_classifier.1.payload:Net"
+    (version / "manifest.json").write_text(json.dumps(manifest))
+
+    refused = _validate_in_a_process(writable_model_repo)
+    assert refused.returncode == 2, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: image_classifier:1: ") and manifest["module"] in line
+    assert "--trust-module" in line
+    assert not marker.exists()  # nothing of the repository ran
+
+    trusted = _validate_in_a_process(writable_model_repo, "--trust-module")
+    assert marker.read_text() == "ran"  # the flag is what lets it run
+    assert trusted.returncode == 2 and "has no class 'Net'" in trusted.stderr
 
 
 @pytest.mark.parametrize(
