@@ -35,6 +35,16 @@ def cli_repo(model_repo, tmp_path_factory) -> Path:
     return copy
 
 
+class CodeRunningObject:
+    """Unpickling this runs a shell command: what a hostile checkpoint holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory, lightning_ckpt) -> dict[str, Path]:
     import torch
@@ -44,6 +54,7 @@ def bad_files(tmp_path_factory, lightning_ckpt) -> dict[str, Path]:
         "garbage": folder / "garbage.ckpt",
         "plain_torch": folder / "plain.ckpt",
         "unsafe": folder / "unsafe.ckpt",
+        "code_running": folder / "code_running.ckpt",
         "not_a_folder": folder / "model.bin",
         "no_config": folder / "empty_model",
     }
@@ -52,6 +63,8 @@ def bad_files(tmp_path_factory, lightning_ckpt) -> dict[str, Path]:
     checkpoint = torch.load(str(lightning_ckpt), map_location="cpu", weights_only=True)
     checkpoint["provenance"] = fractions.Fraction(1, 3)  # a global that weights_only refuses
     torch.save(checkpoint, files["unsafe"])
+    checkpoint["provenance"] = CodeRunningObject(folder / "code-ran")
+    torch.save(checkpoint, files["code_running"])
     files["not_a_folder"].write_bytes(b"\0")
     files["no_config"].mkdir()
     return files
@@ -89,6 +102,10 @@ BAD_INPUTS = [
         ["not a Lightning checkpoint", "weights"],
     ),
     (["lightning", "{unsafe}", "--module", MODULE, "--name", "m"], ["weights-only", "--trust-checkpoint"]),
+    (
+        ["lightning", "{code_running}", "--module", MODULE, "--name", "m"],
+        ["CKPT:", "posix.system", "weights-only", "--trust-checkpoint"],
+    ),
     (["lightning", "{ckpt}", "--module", "no.such.module:Net", "--name", "m"], ["--module", "cannot import"]),
     (
         ["lightning", "{ckpt}", "--module", "converters.examples.image_classifier:Nope", "--name", "m"],
@@ -139,6 +156,7 @@ def test_bad_input_exits_2_with_one_clear_line(
         assert word in lines[0]
     assert out == ""
     assert snapshot(cli_repo.parent) == before
+    assert not (bad_files["code_running"].parent / "code-ran").exists()  # nothing in a checkpoint ran
 
 
 def test_parity_failure_exits_1_lists_every_output_and_publishes_nothing(
