@@ -20,6 +20,14 @@ How a version is published without ever exposing a half-written one:
    ``renameat2(RENAME_EXCHANGE)``. A failure after that step takes it back.
 3. Any exception inside ``stage()`` removes the staging folder. A process killed mid-way leaves only a
    staging folder in the workspace, which the next ``stage()`` removes once its owner is gone.
+
+What each entry has served is kept in ``<name>/served_history.json`` (oldest first; the last entry is
+what is served now), written in the same atomic step as the config or version that changes what is
+served: ``rollback()`` returns to the entry before the last one. Triton ignores the file.
+
+Symlinks that leave the repository are refused wherever an entry is read or written (a model folder, a
+version folder, or any file or folder inside an entry): Triton would serve, and a publish would write or
+hard-link, files that are not the repository's.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MANIFEST = "manifest.json"
 CONFIG = "config.pbtxt"
+HISTORY = "served_history.json"
+HISTORY_FORMAT = "modelpack-served-history/1"
 OWNER = ".owner"
 LOCK_TIMEOUT_S = 300.0
 
@@ -126,6 +136,22 @@ def tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def served_by_policy(config: mc.ModelConfig, versions: list[int]) -> list[int]:
+    """The versions Triton serves out of ``versions`` (sorted) under the config's version_policy."""
+    policy = config.version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        return list(versions)
+    if kind == "specific":
+        return [v for v in versions if v in set(policy.specific.versions)]
+    count = policy.latest.num_versions if kind == "latest" else 1
+    return list(versions[-count:])
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _fsync_tree(path: Path) -> None:
     for folder, _dirs, files in os.walk(path):
         for file in files:
@@ -171,9 +197,33 @@ class Repository:
         self.root = Path(root if root is not None else default_repository()).absolute()
         self._hook = hook or (lambda point: None)
 
+    # ---- symlinks ----
+    def _refuse_escape(self, path: Path, field: str) -> Path:
+        """``path`` itself, unless it is a symlink whose target lies outside the repository."""
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(self.root.resolve()):
+                raise UnsafeInput(
+                    f"{path} is a symlink to {target}, outside the repository {self.root}: Triton would "
+                    "serve, and a publish would write into, files that are not the repository's; put the "
+                    "files themselves there (or remove the link)",
+                    field=field,
+                )
+        return path
+
+    def check_links(self, name: str | None = None) -> None:
+        """UnsafeInput naming the first symlink of an entry (every entry when ``name`` is None), at any
+        depth, whose target lies outside the repository."""
+        names = [name] if name is not None else self.models()
+        for entry in names:
+            folder = self.model_dir(entry)
+            for parent, dirs, files in os.walk(folder):  # does not descend into linked folders
+                for child in (*dirs, *files):
+                    self._refuse_escape(Path(parent) / child, "name")
+
     # ---- reading ----
     def model_dir(self, name: str) -> Path:
-        return self.root / validate_name(name)
+        return self._refuse_escape(self.root / validate_name(name), "name")
 
     def models(self) -> list[str]:
         if not self.root.is_dir():
@@ -181,7 +231,9 @@ class Repository:
         return sorted(
             p.name
             for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / CONFIG).is_file()
+            if not p.name.startswith(".")
+            and self._refuse_escape(p, "name").is_dir()
+            and (p / CONFIG).is_file()
         )
 
     def versions(self, name: str) -> list[int]:
@@ -191,7 +243,7 @@ class Repository:
         return sorted(
             int(p.name)
             for p in folder.iterdir()
-            if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")
+            if p.name.isdigit() and not p.name.startswith("0") and self._refuse_escape(p, "version").is_dir()
         )
 
     def require(self, name: str, version: int | None = None) -> int:
@@ -215,7 +267,7 @@ class Repository:
         return versions[-1] if versions else self.require(name)
 
     def version_dir(self, name: str, version: int) -> Path:
-        return self.model_dir(name) / str(version)
+        return self._refuse_escape(self.model_dir(name) / str(version), "version")
 
     def manifest(self, name: str, version: int | None = None) -> dict:
         version = self.require(name, version)
@@ -229,15 +281,59 @@ class Repository:
 
     def served_versions(self, name: str) -> list[int]:
         """The versions Triton serves under the entry's version_policy."""
+        return served_by_policy(self.config(name), self.versions(name))
+
+    def served_history(self, name: str) -> list[dict]:
+        """What the entry has served, oldest first; the last entry (``served``, ``at``, ``by``) is what it
+        serves now. Recorded by every change made through the repository; reconciled with what the
+        config serves now (a config edited by hand joins the history as its newest entry). Without a
+        recorded history (an entry published before there was one) each version is taken to have been
+        served in turn, in number order, up to the ones served now. Entries naming a version that no
+        longer exists are left out."""
         versions = self.versions(name)
-        policy = self.config(name).version_policy
-        kind = policy.WhichOneof("policy_choice")
-        if kind == "all":
-            return versions
-        if kind == "specific":
-            return [v for v in versions if v in set(policy.specific.versions)]
-        count = policy.latest.num_versions if kind == "latest" else 1
-        return versions[-count:]
+        current = served_by_policy(self.config(name), versions)
+        path = self.model_dir(name) / HISTORY
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                entries = [dict(e) for e in data["entries"] if isinstance(e.get("served"), list)]
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise InvalidArgument(
+                    f"{path}: not a served history ({err}); remove it to start a new one", field="name"
+                ) from None
+            entries = [e for e in entries if e["served"] and set(e["served"]) <= set(versions)]
+        else:
+            first = min(current, default=None)
+            entries = [{"served": [v], "at": None, "by": "assumed"} for v in versions if first and v < first]
+        if not entries or entries[-1]["served"] != current:
+            entries.append({"served": current, "at": None, "by": "found in the config"})
+        return entries
+
+    def rollback(self, name: str) -> list[int]:
+        """Serve again what was served before the current versions (the entry before the last of the
+        served history, which is dropped); returns the versions served now. Nothing is deleted."""
+
+        def earlier() -> list[dict]:
+            history = self.served_history(name)
+            if len(history) < 2:
+                served = ", ".join(map(str, history[-1]["served"])) or "none"
+                raise InvalidArgument(
+                    f"{name}: nothing was served before version {served} (the oldest entry of its served "
+                    "history); there is nothing to roll back to",
+                    field="name",
+                )
+            return history
+
+        earlier()  # refused before the lock (and its workspace) is taken: a refusal changes nothing
+        with self.lock(name):
+            history = earlier()
+            history.pop()
+            target = history[-1]["served"]
+            config = self.config(name)
+            config.version_policy.CopyFrom(version_policy(target))
+            self._write_config(name, config, history)
+        log.info("%s: rolled back to version(s) %s", name, target)
+        return target
 
     # ---- workspace, lock ----
     def workspace(self) -> Path:
@@ -326,22 +422,28 @@ class Repository:
                 version = max(self.versions(name), default=0) + 1
                 manifest = dict(manifest)
                 manifest.update(
-                    name=name,
-                    version=version,
-                    size_bytes=tree_size(staged.dir),
-                    created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                    name=name, version=version, size_bytes=tree_size(staged.dir), created_at=_now()
                 )
                 (staged.dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
                 self._hook("manifest_written")
                 versioned = staged.dir.with_name(str(version))
                 os.rename(staged.dir, versioned)
                 model_dir = self.model_dir(name)
+                versions = self.versions(name)
+                serves = served_by_policy(config, [*versions, version])
+                record = {"served": serves, "at": _now(), "by": f"publish {version}"}
                 if not model_dir.exists():
-                    undo = self._publish_new_model(versioned, model_dir, config)
-                elif to_text(self.config(name)) == to_text(config):
-                    undo = self._publish_version(versioned, model_dir / str(version))
+                    undo = self._publish_new_model(versioned, model_dir, config, [record])
                 else:
-                    undo = self._publish_with_config(versioned, model_dir, config)
+                    self.check_links(name)
+                    history = self.served_history(name)
+                    same_config = to_text(self.config(name)) == to_text(config)
+                    if same_config and serves == history[-1]["served"]:
+                        undo = self._publish_version(versioned, model_dir / str(version))
+                    else:  # what is served changes: version, config and history in one step
+                        if serves != history[-1]["served"]:
+                            history.append(record)
+                        undo = self._publish_with_config(versioned, model_dir, config, history)
                 try:
                     self._hook("renamed")
                     self._hook("config_written")
@@ -362,10 +464,11 @@ class Repository:
     # Each of the three ways to publish makes the new version visible in one atomic step and returns
     # how to take that step back.
     def _publish_new_model(
-        self, versioned: Path, model_dir: Path, config: mc.ModelConfig
+        self, versioned: Path, model_dir: Path, config: mc.ModelConfig, history: list[dict]
     ) -> Callable[[], None]:
-        """A new model: <name>/ with its config and first version appears in one rename."""
+        """A new model: <name>/ with its config, history and first version appears in one rename."""
         write_config(versioned.parent / CONFIG, config)
+        _write_history(versioned.parent / HISTORY, history)
         _fsync_tree(versioned.parent)
         os.rename(versioned.parent, model_dir)
         fsync_dir(self.root)
@@ -389,19 +492,28 @@ class Repository:
         return undo
 
     def _publish_with_config(
-        self, versioned: Path, model_dir: Path, config: mc.ModelConfig
+        self,
+        versioned: Path | None,
+        model_dir: Path,
+        config: mc.ModelConfig,
+        history: list[dict],
+        *,
+        swap: Path | None = None,
     ) -> Callable[[], None]:
-        """New version and new config together: build the whole new <name>/ in staging (existing
-        versions hard-linked, not copied) and swap it with the live one in one renameat2 call."""
-        swap = versioned.parent
+        """New version (or none), new config and served history together: build the whole new <name>/ in
+        staging (existing versions hard-linked, not copied; symlinks, all inside the repository, copied
+        as symlinks) and swap it with the live one in one renameat2 call."""
+        swap = versioned.parent if versioned is not None else swap
+        self.check_links(model_dir.name)  # never a hard link to a file outside the repository
         for entry in model_dir.iterdir():
-            if entry.name == CONFIG:
+            if entry.name in (CONFIG, HISTORY):
                 continue
-            if entry.is_dir():
-                shutil.copytree(entry, swap / entry.name, copy_function=os.link)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, swap / entry.name, symlinks=True, copy_function=os.link)
             else:
-                os.link(entry, swap / entry.name)
+                os.link(entry, swap / entry.name, follow_symlinks=False)
         write_config(swap / CONFIG, config)
+        _write_history(swap / HISTORY, history)
         _fsync_tree(swap)
         try:
             exchange(swap, model_dir)
@@ -411,7 +523,7 @@ class Repository:
             log.warning(
                 "%s: this filesystem cannot swap folders (%s); publishing in two steps", self.root, err
             )
-            return self._publish_in_two_steps(versioned, model_dir, config)
+            return self._publish_in_two_steps(versioned, model_dir, config, history)
         fsync_dir(self.root)
 
         def undo() -> None:
@@ -421,22 +533,38 @@ class Repository:
         return undo
 
     def _publish_in_two_steps(
-        self, versioned: Path, model_dir: Path, config: mc.ModelConfig
+        self,
+        versioned: Path | None,
+        model_dir: Path,
+        config: mc.ModelConfig,
+        history: list[dict] | None = None,
     ) -> Callable[[], None]:
-        """Fallback without renameat2: rename the version in, then replace the config. A kill between
-        the two leaves the new version with the old config."""
+        """Fallback without renameat2: rename the version in (if any), then replace the config, then
+        the served history. A kill between them leaves the new version with the old config, or a
+        history one change behind (``served_history`` reconciles it with the config)."""
         old_config = (model_dir / CONFIG).read_bytes()
-        undo_version = self._publish_version(versioned, model_dir / versioned.name)
-        try:
-            write_config(model_dir / CONFIG, config)
-        except BaseException:
-            undo_version()
-            raise
+        history_path = model_dir / HISTORY
+        old_history = history_path.read_bytes() if history_path.is_file() else None
+        undo_version = (
+            self._publish_version(versioned, model_dir / versioned.name) if versioned is not None else None
+        )
 
         def undo() -> None:
             atomic_write(model_dir / CONFIG, old_config)
-            undo_version()
+            if old_history is not None:
+                atomic_write(history_path, old_history)
+            else:
+                history_path.unlink(missing_ok=True)
+            if undo_version is not None:
+                undo_version()
 
+        try:
+            write_config(model_dir / CONFIG, config)
+            if history is not None:
+                _write_history(history_path, history)
+        except BaseException:
+            undo()
+            raise
         return undo
 
     def check_task(self, name: str, task: str | None) -> None:
@@ -452,13 +580,48 @@ class Repository:
             )
 
     def set_version_policy(self, name: str, policy: str | list[int]) -> mc.ModelConfig:
-        """Change which versions Triton serves (atomically); nothing is deleted."""
+        """Change which versions Triton serves (atomically, with the served history); nothing is deleted."""
         return self.update_config(name, lambda config: config.version_policy.CopyFrom(version_policy(policy)))
 
     def update_config(self, name: str, change: Callable[[mc.ModelConfig], None]) -> mc.ModelConfig:
-        """Apply ``change`` to the entry's config under the model lock and write it atomically."""
+        """Apply ``change`` to the entry's config under the model lock and write it atomically; when it
+        changes what is served, the served history records it in the same step."""
         with self.lock(name):
             config = self.config(name)
+            history = self.served_history(name)
             change(config)
-            write_config(self.model_dir(name) / CONFIG, config)
+            serves = served_by_policy(config, self.versions(name))
+            if serves == history[-1]["served"]:
+                self._write_config(name, config, None)
+            else:
+                history.append({"served": serves, "at": _now(), "by": "version policy"})
+                self._write_config(name, config, history)
         return config
+
+    def _write_config(self, name: str, config: mc.ModelConfig, history: list[dict] | None) -> None:
+        """Under the model lock: the config alone in one atomic write (``history`` None: what is served
+        does not change); else the config and the served history together, in one swap of the entry's
+        folder."""
+        model_dir = self.model_dir(name)
+        self.check_links(name)
+        if history is None:
+            write_config(model_dir / CONFIG, config)
+            return
+        try:
+            with self.stage(name) as staged:
+                staged.dir.rmdir()
+                self._publish_with_config(None, model_dir, config, history, swap=staged.dir.parent)
+        except OSError as err:
+            hint = " (disk full)" if err.errno == errno.ENOSPC else ""
+            raise PublishError(
+                f"changing the config of {name!r} in {self.root} failed{hint}: {err}; the repository is "
+                "unchanged"
+            ) from err
+
+
+def _history_text(history: list[dict]) -> bytes:
+    return (json.dumps({"format": HISTORY_FORMAT, "entries": history}, indent=2) + "\n").encode("utf-8")
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    atomic_write(path, _history_text(history))

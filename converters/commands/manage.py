@@ -112,22 +112,14 @@ def run_rollback(args: argparse.Namespace) -> int:
     name = validate_name(args.name)
     repo.require(name)  # NotFound naming the models there, before any version is looked at
     versions = repo.versions(name)
-    if args.to == "latest":
+    if args.to is None:
+        repo.rollback(name)  # what was served before, from the entry's served history
+    elif args.to == "latest":
         repo.set_version_policy(name, "latest")
     else:
-        if args.to is None:
-            current = max(repo.served_versions(name), default=versions[-1])
-            earlier = [v for v in versions if v < current]
-            if not earlier:
-                raise InvalidArgument(
-                    f"{name}: version {current} is the oldest; there is nothing to roll back to", field="name"
-                )
-            target = earlier[-1]
-        else:
-            if not args.to.isdigit():
-                raise InvalidArgument(f"--to: {args.to!r} is not a version number or 'latest'", field="to")
-            target = repo.require(name, int(args.to))
-        repo.set_version_policy(name, [target])
+        if not args.to.isdigit():
+            raise InvalidArgument(f"--to: {args.to!r} is not a version number or 'latest'", field="to")
+        repo.set_version_policy(name, [repo.require(name, int(args.to))])
     print(json.dumps({"name": name, "served": repo.served_versions(name), "versions": versions}))
     return 0
 
@@ -225,9 +217,10 @@ def register(subparsers) -> None:
 
     rollback = subparsers.add_parser(
         "rollback",
-        help="serve the previous version (nothing deleted)",
-        description="Point the entry's version_policy at the version before the one served now (or at "
-        "--to VERSION, or back to 'latest'). No version is deleted; Triton picks the change up on reload.",
+        help="serve what was served before (nothing deleted)",
+        description="Point the entry's version_policy back at the version(s) it served before the current "
+        "ones, from the entry's served history (each rollback goes one change further back), or at --to "
+        "VERSION, or back to 'latest'. No version is deleted; Triton picks the change up on reload.",
     )
     rollback.add_argument("name", metavar="NAME")
     rollback.add_argument("--to", default=None, metavar="VERSION|latest", help="serve this version instead")

@@ -369,7 +369,10 @@ def test_configure_applies_a_tuning_result_to_exactly_its_fields_in_one_write(
     assert [row for row in snapshot(writable_model_repo) if row[0] not in changing] == untouched
     # One atomic replace: a new file renamed over the old one (a new inode), no temporary file left.
     assert config_path.stat().st_ino != inode
-    assert sorted(p.name for p in config_path.parent.iterdir() if not p.name.isdigit()) == ["config.pbtxt"]
+    assert sorted(p.name for p in config_path.parent.iterdir() if not p.name.isdigit()) == [
+        "config.pbtxt",
+        "served_history.json",  # written by the publish; configuring serves the same version
+    ]
 
 
 def _edited(data: dict, edit: str) -> dict:

@@ -39,7 +39,7 @@ def test_publish_and_rollback_on_a_running_server(model_repo, lightning_ckpt, tm
         server.load("image_classifier")
         assert _ready(server) == {("image_classifier", "2")}
 
-        repo.set_version_policy("image_classifier", [1])  # what `rollback image_classifier` writes
+        assert repo.rollback("image_classifier") == [1]  # what `rollback image_classifier` does
         server.load("image_classifier")
         assert _ready(server) == {("image_classifier", "1")}
         assert repo.versions("image_classifier") == [1, 2]  # nothing deleted
