@@ -32,6 +32,7 @@ from pathlib import Path
 from core import processes
 from core.errors import MissingDependency, NotFound, Unavailable
 from core.processes import HOST, check_port_free, free_port
+from core.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,9 @@ class TritonServer:
         if self.running:
             return self
         self.install.check()
+        # Triton follows symlinks: a model or version folder linked outside the repository is refused
+        # (UnsafeInput naming it) before anything starts.
+        Repository(self.repository).check_links()
         auto = self.http_port is None
         for attempt in range(3):
             self._assign_ports()

@@ -21,7 +21,7 @@ import pytest
 
 from converters.inputs import seeded_images
 from converters.runtime import ort_session, run
-from core.errors import InvalidArgument, MissingDependency, NotFound, Unavailable
+from core.errors import InvalidArgument, MissingDependency, NotFound, Unavailable, UnsafeInput
 from core.processes import alive, free_port, group_members
 from core.repository import Repository
 from local_triton.server import TritonServer, failure_reason
@@ -175,6 +175,16 @@ def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
 def test_missing_installation_is_one_clear_error(classifier_repo, tmp_path):
     with pytest.raises(MissingDependency, match=r"tritonserver binary is missing: .* run `make setup`"):
         TritonServer(classifier_repo, root=tmp_path).start()
+
+
+def test_a_repository_with_a_symlink_leaving_it_is_refused_before_starting(classifier_repo, tmp_path):
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(classifier_repo / "image_classifier" / "1", outside)
+    (classifier_repo / "image_classifier" / "2").symlink_to(outside)
+    server = TritonServer(classifier_repo, models=["image_classifier"])
+    with pytest.raises(UnsafeInput, match=r"image_classifier/2 is a symlink to .*elsewhere, outside"):
+        server.start()
+    assert server.pid is None and not server.running
 
 
 def test_missing_repository_is_not_found(tmp_path):
