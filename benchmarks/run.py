@@ -215,7 +215,9 @@ class Run:
         from local_triton.server import TritonServer
 
         server = procs.enter(
-            TritonServer(repo.root, models=models, log_path=self.out / "logs" / "triton.log"),
+            TritonServer(
+                repo.root, models=models, log_path=self.out / "logs" / "triton.log", die_with_parent=True
+            ),
             name="tritonserver",
         )
         return server
@@ -328,7 +330,9 @@ class Run:
         # The run's own service.yaml says where Triton and the repository are (the launcher drops any
         # override from the environment).
         config = self.bento_config(triton_server, repo, models)
-        server = BentoServer(config, self.out / "bentoml_home", self.out / "logs" / "bento.log")
+        server = BentoServer(
+            config, self.out / "bentoml_home", self.out / "logs" / "bento.log", die_with_parent=True
+        )
         procs.enter(server.start(timeout=60), name="bento")  # a failed start leaves nothing running
         return server.url
 
@@ -358,6 +362,7 @@ class Run:
             [*argv, "--port", str(port)],
             log_path=self.out / "logs" / "fastapi_eager.log",
             cwd=ROOT,
+            die_with_parent=True,
         )
         url = f"http://127.0.0.1:{port}"
         waited = proc.wait_ready(f"{url}/healthz", timeout_s=90)

@@ -7,15 +7,65 @@
   version 1) and ``image_classifier`` (version 1), built by the real converters. Treat it as read-only;
   a test that changes a repository takes ``writable_model_repo`` (a fresh copy) instead.
 - ``triton_server`` and ``bento_server``: the real servers over ``model_repo``, started once per
-  session; ``service_config`` writes a service.yaml for a Bento of a test's own.
+  session; ``service_config`` writes a service.yaml for a Bento of a test's own. Every server a test or
+  fixture starts dies with the test run, even a run killed outright (``die_with_parent``).
+
+A test that fails shows, beside its traceback, what every server involved wrote to its log during the
+test: the servers it started, and the session's (``pytest_runtest_makereport`` below).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+LOG_LINES = 80  # of each server's log shown with a failing test
+_SIZES_AT_START = pytest.StashKey[dict]()
+
+
+def _log_sizes() -> dict[Path, int]:
+    from core import processes
+
+    sizes = {}
+    for _name, _pid, log_path, _offset in processes.started():
+        try:
+            sizes[log_path] = os.path.getsize(log_path)
+        except OSError:
+            continue
+    return sizes
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_SIZES_AT_START] = _log_sizes()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test shows the end of what each server wrote to its log during the test (a server
+    started by the test from where it started; one started before, from the test's start)."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.when == "teardown":
+        return
+    from core import processes
+
+    at_start = item.stash.get(_SIZES_AT_START, {})
+    for name, pid, log_path, offset in processes.started():
+        begin = at_start.get(log_path, offset)
+        try:
+            with open(log_path, "rb") as handle:
+                handle.seek(begin)
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if text.strip():
+            tail = "\n".join(text.splitlines()[-LOG_LINES:])
+            report.sections.append((f"{name} (pid {pid}) log {log_path}, last {LOG_LINES} lines", tail))
+
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +115,9 @@ def triton_server(model_repo, tmp_path_factory):
     ends (it comes back on the same ports); ``stop()`` at the end leaves no process behind."""
     from local_triton.server import TritonServer
 
-    server = TritonServer(model_repo, log_path=tmp_path_factory.mktemp("triton") / "tritonserver.log")
+    server = TritonServer(
+        model_repo, log_path=tmp_path_factory.mktemp("triton") / "tritonserver.log", die_with_parent=True
+    )
     server.start()
     yield server
     server.stop()
@@ -110,6 +162,6 @@ def bento_server(model_repo, triton_server, service_config, tmp_path_factory):
             {"name": "image_classifier", "task": "image-classification", "top_k": 3},
         ],
     )
-    server = BentoServer(config, folder / "home", folder / "bento.log").start()
+    server = BentoServer(config, folder / "home", folder / "bento.log", die_with_parent=True).start()
     yield server
     server.stop()

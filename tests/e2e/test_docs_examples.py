@@ -318,7 +318,7 @@ def classifier_server(minilm_path, service_config, tmp_path_factory):
     folder = tmp_path_factory.mktemp("docs_classifier")
     repo = folder / "repository"
     convert_hf(minilm_path, "classifier", task="text-classification", repository=repo)
-    triton = TritonServer(repo, log_path=folder / "tritonserver.log").start()
+    triton = TritonServer(repo, log_path=folder / "tritonserver.log", die_with_parent=True).start()
     try:  # Triton stops even when the Bento fails to start
         config = service_config(
             folder / "service.yaml",
@@ -326,7 +326,7 @@ def classifier_server(minilm_path, service_config, tmp_path_factory):
             triton.grpc_url,
             [{"name": "classifier", "task": "text-classification"}],
         )
-        bento = BentoServer(config, folder / "home", folder / "bento.log").start()
+        bento = BentoServer(config, folder / "home", folder / "bento.log", die_with_parent=True).start()
         try:
             yield bento
         finally:

@@ -84,7 +84,7 @@ def test_exported_repository_serves_on_a_real_triton(model_repo, tmp_path):
     from local_triton.server import TritonServer
 
     out = release.export(model_repo, tmp_path / "release", "cpu").destination
-    with TritonServer(out, log_path=tmp_path / "triton.log") as server:
+    with TritonServer(out, log_path=tmp_path / "triton.log", die_with_parent=True) as server:
         client = httpclient.InferenceServerClient(server.http_url)
         assert client.is_model_ready("minilm") and client.is_model_ready("image_classifier")
         ids = np.array([[101, 7592, 2088, 102], [101, 2023, 102, 0]], dtype=np.int64)

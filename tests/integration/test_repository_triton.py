@@ -31,7 +31,7 @@ def test_publish_and_rollback_on_a_running_server(model_repo, lightning_ckpt, tm
     leftover.mkdir(parents=True)
     (leftover / "model.onnx").write_bytes(b"half written")
 
-    with TritonServer(root, log_path=tmp_path / "triton.log") as server:
+    with TritonServer(root, log_path=tmp_path / "triton.log", die_with_parent=True) as server:
         assert _ready(server) == {("image_classifier", "1")}
         assert [m["name"] for m in server.index()] == ["image_classifier"]
 

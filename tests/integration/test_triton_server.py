@@ -100,7 +100,7 @@ def _shm_regions(pids: list[int]) -> set[Path]:
 
 def test_new_version_goes_live_without_restart(classifier_repo):
     images = seeded_images((3, 32, 32), 2, seed=3)
-    with TritonServer(classifier_repo, models=["image_classifier"]) as server:
+    with TritonServer(classifier_repo, models=["image_classifier"], die_with_parent=True) as server:
         pid = server.pid
         v1 = _classify(server, images)
         v2_dir = _publish_scaled_version(classifier_repo, 0.5)
@@ -120,7 +120,7 @@ def test_new_version_goes_live_without_restart(classifier_repo):
 
 
 def test_stop_kill_and_restart_leave_no_process(classifier_repo):
-    server = TritonServer(classifier_repo, models=["image_classifier"])
+    server = TritonServer(classifier_repo, models=["image_classifier"], die_with_parent=True)
     server.start()
     ports = (server.http_url, server.grpc_url, server.metrics_url)
     members = group_members(server.pid)
@@ -171,7 +171,7 @@ def test_a_load_that_does_not_finish_in_time_fails_clearly_and_the_server_keeps_
         'output { name: "y" data_type: TYPE_FP32 dims: [1] }\n'
     )
     images = seeded_images((3, 32, 32), 1, seed=1)
-    with TritonServer(classifier_repo, models=["image_classifier"]) as server:
+    with TritonServer(classifier_repo, models=["image_classifier"], die_with_parent=True) as server:
         expected = _classify(server, images)
         started = time.monotonic()
         with pytest.raises(Unavailable) as caught:
@@ -203,7 +203,7 @@ def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
 
     images = seeded_images((3, 32, 32), 3, seed=5)
     expected = run(ort_session(entry / "1" / "classifier.onnx"), {"input": images})["logits"]
-    with TritonServer(classifier_repo, models=["image_classifier"]) as server:
+    with TritonServer(classifier_repo, models=["image_classifier"], die_with_parent=True) as server:
         assert np.abs(_classify(server, images) - expected).max() <= 1e-5
         logged = server.log_text()
         assert "'intra_op_thread_count': 1, 'inter_op_thread_count': 1" in logged
@@ -238,7 +238,7 @@ def test_a_repository_with_a_symlink_leaving_it_is_refused_before_starting(class
     outside = tmp_path / "elsewhere"
     shutil.copytree(classifier_repo / "image_classifier" / "1", outside)
     (classifier_repo / "image_classifier" / "2").symlink_to(outside)
-    server = TritonServer(classifier_repo, models=["image_classifier"])
+    server = TritonServer(classifier_repo, models=["image_classifier"], die_with_parent=True)
     with pytest.raises(UnsafeInput, match=r"image_classifier/2 is a symlink to .*elsewhere, outside"):
         server.start()
     assert server.pid is None and not server.running
@@ -434,7 +434,9 @@ def test_status_without_a_server_says_how_to_start_one():
 
 
 def test_unavailable_is_raised_when_the_server_dies(classifier_repo):
-    server = TritonServer(classifier_repo, models=["image_classifier"], extra_args=["--not-a-flag"])
+    server = TritonServer(
+        classifier_repo, models=["image_classifier"], extra_args=["--not-a-flag"], die_with_parent=True
+    )
     with pytest.raises(Unavailable, match="tritonserver exited with status"):
         server.start(timeout=30)
     assert not server.running
