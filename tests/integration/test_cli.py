@@ -29,7 +29,9 @@ def snapshot(root: Path) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def cli_repo(model_repo, tmp_path_factory) -> Path:
-    """One copy of the session repository for this module's commands."""
+    """One copy of the session repository for this module's commands that must change nothing: the
+    tests that take it assert it is left as it was. A test that changes a repository takes a
+    repository of its own (``writable_model_repo``, or a new one), so the tests pass in any order."""
     copy = tmp_path_factory.mktemp("cli") / "repository"
     shutil.copytree(model_repo, copy)
     return copy
@@ -247,7 +249,8 @@ def test_serving_flags_reach_the_config(lightning_ckpt, tmp_path, capsys):
     assert [i.name for i in config.input] == ["input"] and list(config.input[0].dims) == [3, 32, 32]
 
 
-def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
+def test_list_rollback_configure_validate(writable_model_repo, lightning_ckpt, capsys):
+    repo = writable_model_repo  # this test publishes, rolls back and configures: a copy of its own
     code, out, _ = cli(
         "lightning",
         lightning_ckpt,
@@ -256,50 +259,48 @@ def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
         "--name",
         "image_classifier",
         "--repository",
-        cli_repo,
+        repo,
         capsys=capsys,
     )
     assert code == 0 and json.loads(out)["version"] == 2
 
-    code, out, _ = cli("list", "--json", "--repository", cli_repo, capsys=capsys)
+    code, out, _ = cli("list", "--json", "--repository", repo, capsys=capsys)
     rows = {(r["name"], r["version"]): r for r in json.loads(out)}
     assert set(rows) == {("minilm", 1), ("image_classifier", 1), ("image_classifier", 2)}
     assert rows[("image_classifier", 2)]["served"] and not rows[("image_classifier", 1)]["served"]
     assert rows[("minilm", 1)]["parity_passed"] and rows[("minilm", 1)]["size_bytes"] > 80e6
 
-    code, out, _ = cli("list", "--repository", cli_repo, capsys=capsys)
+    code, out, _ = cli("list", "--repository", repo, capsys=capsys)
     assert code == 0 and out.splitlines()[0].split()[:3] == ["NAME", "VER", "SERVED"]
     assert "image_classifier       2 yes" in out
 
-    foreign = cli_repo / "image_classifier" / "9"  # a version put there by hand, without a manifest
+    foreign = repo / "image_classifier" / "9"  # a version put there by hand, without a manifest
     foreign.mkdir()
     (foreign / "model.onnx").write_bytes(b"x" * 10)
-    code, out, _ = cli("list", "--json", "--repository", cli_repo, capsys=capsys)
+    code, out, _ = cli("list", "--json", "--repository", repo, capsys=capsys)
     row = {(r["name"], r["version"]): r for r in json.loads(out)}[("image_classifier", 9)]
     assert row["size_bytes"] == 10 and row["task"] is None and row["served"]
     shutil.rmtree(foreign)
 
-    code, out, _ = cli("rollback", "image_classifier", "--repository", cli_repo, capsys=capsys)
+    code, out, _ = cli("rollback", "image_classifier", "--repository", repo, capsys=capsys)
     assert code == 0 and json.loads(out) == {"name": "image_classifier", "served": [1], "versions": [1, 2]}
-    assert (cli_repo / "image_classifier" / "2" / "model.onnx").is_file()  # nothing deleted
-    code, out, _ = cli(
-        "rollback", "image_classifier", "--to", "latest", "--repository", cli_repo, capsys=capsys
-    )
+    assert (repo / "image_classifier" / "2" / "model.onnx").is_file()  # nothing deleted
+    code, out, _ = cli("rollback", "image_classifier", "--to", "latest", "--repository", repo, capsys=capsys)
     assert json.loads(out)["served"] == [2]
 
     code, out, _ = cli(
-        "configure", "image_classifier", "--accelerator", "tensorrt", "--repository", cli_repo, capsys=capsys
+        "configure", "image_classifier", "--accelerator", "tensorrt", "--repository", repo, capsys=capsys
     )
     assert code == 0 and json.loads(out)["gpu_execution_accelerator"] == ["tensorrt"]
     assert json.loads(out)["instance_kinds"] == ["KIND_GPU"]
     code, out, _ = cli(
-        "configure", "image_classifier", "--accelerator", "none", "--repository", cli_repo, capsys=capsys
+        "configure", "image_classifier", "--accelerator", "none", "--repository", repo, capsys=capsys
     )
     assert json.loads(out)["gpu_execution_accelerator"] == []
-    assert not read_config(cli_repo / "image_classifier" / "config.pbtxt").HasField("optimization")
+    assert not read_config(repo / "image_classifier" / "config.pbtxt").HasField("optimization")
 
     code, out, err = cli(
-        "validate", "image_classifier:1", "--trust-module", "--repository", cli_repo, capsys=capsys
+        "validate", "image_classifier:1", "--trust-module", "--repository", repo, capsys=capsys
     )
     assert code == 0, err
     assert json.loads(out)["passed"] is True
@@ -459,16 +460,17 @@ def test_configure_refuses_a_tuning_result_for_another_model(tuning_file, cli_re
     assert snapshot(cli_repo.parent) == before
 
 
-def test_validate_fails_when_the_source_changed(cli_repo, lightning_ckpt, tmp_path, capsys):
+def test_validate_fails_when_the_source_changed(lightning_ckpt, tmp_path, capsys):
+    repo = tmp_path / "repository"  # this test publishes: a repository of its own
     moved = tmp_path / "changed.ckpt"
     shutil.copy(lightning_ckpt, moved)
     code, _, err = cli(
-        "lightning", moved, "--module", MODULE, "--name", "changing", "--repository", cli_repo, capsys=capsys
+        "lightning", moved, "--module", MODULE, "--name", "changing", "--repository", repo, capsys=capsys
     )
     assert code == 0, err
     with moved.open("ab") as handle:
         handle.write(b"\0")
-    code, _, err = cli("validate", "changing", "--repository", cli_repo, capsys=capsys)
+    code, _, err = cli("validate", "changing", "--repository", repo, capsys=capsys)
     assert code == 1 and "changed since export" in err
 
 

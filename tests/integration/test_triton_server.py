@@ -26,7 +26,7 @@ from converters.runtime import ort_session, run
 from core.errors import InvalidArgument, MissingDependency, NotFound, Unavailable, UnsafeInput
 from core.processes import alive, free_port, group_members
 from core.repository import Repository
-from local_triton.server import TritonServer, failure_reason
+from local_triton.server import CALL_TIMEOUT_S, TritonServer, failure_reason
 
 pytestmark = pytest.mark.triton
 
@@ -40,7 +40,9 @@ def _classify(server: TritonServer, images: np.ndarray, version: str = "") -> np
     tensor = grpcclient.InferInput("input", list(images.shape), "FP32")
     tensor.set_data_from_numpy(images)
     try:
-        return client.infer("image_classifier", [tensor], model_version=version).as_numpy("logits")
+        return client.infer(
+            "image_classifier", [tensor], model_version=version, client_timeout=CALL_TIMEOUT_S
+        ).as_numpy("logits")
     finally:
         client.close()
 
