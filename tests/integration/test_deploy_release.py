@@ -75,19 +75,27 @@ def test_cli(model_repo, tmp_path, capsys):
 
 
 @pytest.mark.triton
-def test_exported_repository_serves_on_a_real_triton(model_repo, tmp_path):
+def test_exported_repository_serves_on_a_real_triton(model_repo, minilm_path, tmp_path):
     """The exported configs load in tritonserver with explicit model control, and the text model
-    answers a [batch, seq] request (now batched by shape instead of ragged)."""
+    answers a [batch, seq] request (now batched by shape instead of ragged) with the embeddings
+    sentence-transformers gives for the same sentences."""
     import numpy as np
     import tritonclient.http as httpclient
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
 
     from local_triton.server import TritonServer
 
+    texts = ["hello world", "this"]
+    tokenizer = AutoTokenizer.from_pretrained(model_repo / "minilm" / "1" / "tokenizer")
+    encoded = tokenizer(texts, padding=True, return_tensors="np")
+    expected = SentenceTransformer(str(minilm_path), device="cpu").encode(texts, normalize_embeddings=True)
     out = release.export(model_repo, tmp_path / "release", "cpu").destination
     with TritonServer(out, log_path=tmp_path / "triton.log", die_with_parent=True) as server:
         client = httpclient.InferenceServerClient(server.http_url)
         assert client.is_model_ready("minilm") and client.is_model_ready("image_classifier")
         ids = np.array([[101, 7592, 2088, 102], [101, 2023, 102, 0]], dtype=np.int64)
+        np.testing.assert_array_equal(encoded["input_ids"], ids)  # the two sentences, padded
         inputs = []
         for name, value in (("input_ids", ids), ("attention_mask", (ids > 0).astype(np.int64))):
             tensor = httpclient.InferInput(name, list(value.shape), "INT64")
@@ -96,3 +104,4 @@ def test_exported_repository_serves_on_a_real_triton(model_repo, tmp_path):
         embeddings = client.infer("minilm", inputs).as_numpy("embeddings")
     assert embeddings.shape == (2, 384)
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(embeddings, expected, atol=1e-4)
