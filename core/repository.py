@@ -15,9 +15,11 @@ How a version is published without ever exposing a half-written one:
 2. ``commit()`` takes the model's lock (``fcntl.flock`` on ``<workspace>/locks/<name>.lock``), picks
    the next version number, writes ``manifest.json``, fsyncs everything, and makes the version visible
    in ONE atomic step: ``os.rename`` of the whole ``<name>/`` folder for a new model; ``os.rename`` of
-   ``<name>/<version>/`` when the config stays the same; and when the config changes too, a new
-   ``<name>/`` is built in staging (existing versions hard-linked) and swapped with the live one by
-   ``renameat2(RENAME_EXCHANGE)``. A failure after that step takes it back.
+   ``<name>/<version>/`` when the config stays the same and the new version is not served (a
+   ``specific`` policy); and when the config changes, or the new version is served (its served
+   history changes with it), a new ``<name>/`` is built in staging (existing versions hard-linked)
+   and swapped with the live one by ``renameat2(RENAME_EXCHANGE)``. A failure after that step takes
+   it back.
 3. Any exception inside ``stage()`` removes the staging folder. A process killed mid-way leaves only a
    staging folder in the workspace, which the next ``stage()`` removes once its owner is gone.
 
