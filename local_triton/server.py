@@ -392,9 +392,38 @@ class TritonServer:
         """(Re)load a model: versions come and go by its version_policy. Returns the ready versions;
         Unavailable naming the model, the version and Triton's last log line about it when the load
         does not finish within ``timeout_s`` (default ``LOAD_TIMEOUT_S``)."""
-        return load_model(
-            self.http_url, name, config=config, timeout_s=timeout_s or LOAD_TIMEOUT_S, log_path=self.log_path
-        )
+        try:
+            return load_model(
+                self.http_url,
+                name,
+                config=config,
+                timeout_s=timeout_s or LOAD_TIMEOUT_S,
+                log_path=self.log_path,
+            )
+        except Unavailable as err:
+            if "did not finish loading" not in str(err):
+                raise
+            # The evidence for the next stalled load: which stubs exist (one per loaded version and
+            # instance) and what state each process is in (S sleeping, R running, D disk, Z zombie).
+            raise Unavailable(f"{err}; its processes: {self.processes()}") from None
+
+    def processes(self) -> str:
+        """``tritonserver 123 S, stub image_classifier/1/model.onnx 456 S, ...``: the server's family."""
+        import psutil
+
+        described = []
+        for pid, proc in sorted(self._child.family().items() if self._child else []):
+            try:
+                argv = proc.cmdline()
+                status = proc.status()
+            except psutil.Error:
+                continue
+            if "triton_python_backend_stub" in " ".join(argv[:1]):
+                what = "stub " + "/".join(Path(argv[1]).parts[-3:]) if len(argv) > 1 else "stub"
+            else:
+                what = Path(argv[0]).name if argv else "?"
+            described.append(f"{what} {pid} {status}")
+        return ", ".join(described) or "none"
 
     def unload(self, name: str) -> None:
         unload_model(self.http_url, name)

@@ -182,6 +182,7 @@ def test_a_load_that_does_not_finish_in_time_fails_clearly_and_the_server_keeps_
         message = str(caught.value)
         assert "model 'slow': Triton did not finish loading version 1 within 5 s" in message, message
         assert "loading: slow:1" in message and str(server.log_path) in message, message
+        assert "its processes: tritonserver" in message and "stub slow/1/model.py" in message, message
         assert np.abs(_classify(server, images) - expected).max() == 0  # still serving
         with server.client() as client:
             assert client.is_server_live() and client.is_model_ready("image_classifier")
