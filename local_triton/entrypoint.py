@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from core.errors import MissingDependency
-from local_triton.server import Installation
+from local_triton.installation import Installation
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,6 +4,8 @@ the build options refuse, what the image inputs digest notices, the CPU image's 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -86,8 +88,22 @@ def test_triton_context_holds_the_set_up_the_entry_point_and_the_pinned_wheel(tm
         f".cache/wheels/{wheel}",
     } <= files
     assert not any("__pycache__" in f for f in files)
-    # What the entry point imports is all there: it runs with nothing but the context on sys.path.
+    # What the entry point imports is all there: it imports with nothing but the context and the
+    # standard library on sys.path (no site-packages: the image's python has none of ours).
     assert os.access(context / "local_triton" / "setup.sh", os.R_OK)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(context)!r}); import local_triton.entrypoint",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
 
 
 def test_image_names_carry_the_project_version():
