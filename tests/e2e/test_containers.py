@@ -84,7 +84,7 @@ def test_both_images_serve_the_repository_in_one_pod(built, model_repo):
         result.cosine_bento >= container_test.MIN_COSINE and result.cosine_triton >= container_test.MIN_COSINE
     )
     assert result.healthy == {"triton": True, "bento": True}
-    assert sorted(result.models) == ["image_classifier", "minilm"]
+    assert sorted(result.models) == ["image_classifier", "minilm", "minilm_text", "minilm_tokenizer"]
     assert result.triton_ready_s > 0 and result.bento_ready_s > 0
     assert _pods_of(os.getpid()) == []
 
