@@ -6,7 +6,8 @@ output becomes its answer, is the task registry's (``core/tasks.py``); the machi
 (settings, preprocessing, models and version routing, the Triton client, HTTP glue, observability).
 docs/service.md gives each route's body and answer. Besides the POST routes below:
 ``GET /models``, and BentoML's ``/healthz``, ``/readyz`` (Triton and every routable model version
-ready) and ``/metrics``.
+ready) and ``/metrics``. With ``access.require_keys`` every route but those three (and ``/livez``)
+needs an API key (serving/access.py).
 
 Run it: ``bentoml serve service:ModelService`` from the repository root (configuration from
 ``$MODELPACK_SERVICE_CONFIG``, default ``service.yaml`` beside this file).
@@ -20,6 +21,7 @@ from pydantic import Field
 
 from core.processes import die_with_parent
 from core.tasks import ROUTES
+from serving.access import AccessMiddleware
 from serving.http import RequestContextMiddleware
 from serving.models import describe
 from serving.observability import configure_logging
@@ -138,4 +140,7 @@ class ModelService:
         return describe(self.requests.models)
 
 
+# The first added is the outermost: the request id and body limit first, then API keys and rate limits
+# (serving/access.py), in front of every route, BentoML's and the mounted app's included.
 ModelService.add_asgi_middleware(RequestContextMiddleware)
+ModelService.add_asgi_middleware(AccessMiddleware)

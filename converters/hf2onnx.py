@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from converters import torch2onnx
+from converters.determinism import random_ops
 from converters.inputs import tokenize
 from converters.manifest import build_manifest
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
@@ -244,4 +245,5 @@ def convert_hf(
             opset=opset,
             labels=labels,
         )
-        return publish(repo, staged, steps, manifest=manifest, config=serving.build(name, inputs, outputs))
+        config = serving.build(name, inputs, outputs, random_ops=random_ops(model_path))
+        return publish(repo, staged, steps, manifest=manifest, config=config)

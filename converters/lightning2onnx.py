@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from converters import torch2onnx
+from converters.determinism import random_ops
 from converters.inputs import IMAGE_SEED, seeded_images
 from converters.manifest import build_manifest
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
@@ -268,4 +269,5 @@ def convert_lightning(
             labels=labels,
             extra={"module": module_ref},
         )
-        return publish(repo, staged, steps, manifest=manifest, config=serving.build(name, inputs, outputs))
+        config = serving.build(name, inputs, outputs, random_ops=random_ops(model_path))
+        return publish(repo, staged, steps, manifest=manifest, config=config)

@@ -16,13 +16,15 @@ import logging
 import random
 import time
 
+import numpy as np
 from starlette.responses import Response
 
 from core.errors import ToolkitError
 from core.tasks import ROUTES
+from serving.cache import ResponseCache, row_shape_of, take_rows
 from serving.health import TritonHealth
 from serving.http import error_response, json_response
-from serving.models import find_model, load_models
+from serving.models import ModelEntry, VersionEntry, find_model, load_models
 from serving.observability import metrics
 from serving.settings import ServiceSettings
 from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Images, Request, Texts
@@ -48,7 +50,11 @@ class RequestPath:
             waiting=self.metrics["waiting"],
         )
         # Triton checked in the background: /readyz reads it, requests fail fast while Triton is down.
-        self.health = TritonHealth(self.triton, self._routable, settings.triton)
+        self.health = TritonHealth(
+            self.triton, self._routable, settings.triton, ready_gauge=self.metrics["triton_ready"]
+        )
+        # The shared response cache in Redis (serving/cache.py), when service.yaml turns it on.
+        self.cache = ResponseCache(settings.cache, self.metrics) if settings.cache.enabled else None
         log.info(
             "serving %s from %s via Triton at %s",
             ", ".join(f"{m.name} ({m.task}, split {m.split})" for m in self.models.values()),
@@ -78,10 +84,7 @@ class RequestPath:
             if inputs.kind != task.input_kind:
                 raise TypeError(f"{route} takes {task.input_kind} inputs, the endpoint gave {inputs.kind}")
             tensors = PREPROCESS[task.input_kind](inputs, chosen, self.settings.limits)
-            self.health.raise_if_down()
-            output, served = await self.calls.run(
-                entry.name, chosen.version, chosen.output_name, entry.max_batch_size, tensors
-            )
+            output, served = await self._infer(entry, chosen, inputs, tensors)
             results = POSTPROCESS[task.postprocess](output, request, entry, chosen)
             body = {"model": entry.name, "version": served, **REPLIES[reply.reply](results, request)}
             version_label = str(served)
@@ -106,6 +109,37 @@ class RequestPath:
             )
         self._observe(route, model_label, version_label, response.status_code, time.perf_counter() - started)
         return response
+
+    async def _infer(
+        self, entry: ModelEntry, chosen: VersionEntry, inputs: Texts | Images, tensors: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, int]:
+        """Triton's output rows for ``tensors`` and the version that served them; with the response cache
+        on, the rows cached for this version are taken from it and only the others go to Triton."""
+        keys = self.cache.keys(entry.name, chosen, inputs) if self.cache is not None else None
+        rows = None
+        if keys is not None:
+            labels = {"model": entry.name, "version": str(chosen.version)}
+            rows = await self.cache.get(keys, row_shape_of(chosen), labels)
+        if rows is None:  # no cache, or Redis down: every row from Triton
+            self.health.raise_if_down()
+            return await self.calls.run(
+                entry.name, chosen.version, chosen.output_name, entry.max_batch_size, tensors
+            )
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if not missing:  # every row cached: Triton is not needed
+            return np.stack(rows), chosen.version
+        self.health.raise_if_down()
+        computed, served = await self.calls.run(
+            entry.name, chosen.version, chosen.output_name, entry.max_batch_size, take_rows(tensors, missing)
+        )
+        if served != chosen.version:  # never mix versions: the rows Triton gave are the answer's only rows
+            return await self.calls.run(
+                entry.name, chosen.version, chosen.output_name, entry.max_batch_size, tensors
+            )
+        await self.cache.put({keys[i]: computed[j] for j, i in enumerate(missing)})
+        for j, i in enumerate(missing):
+            rows[i] = computed[j]
+        return np.stack(rows).astype(computed.dtype, copy=False), served
 
     def _observe(self, route: str, model: str, version: str, status: int, elapsed: float) -> None:
         labels = {"model": model, "version": version, "endpoint": route}
@@ -140,4 +174,6 @@ class RequestPath:
 
     async def close(self) -> None:
         await self.health.close()
+        if self.cache is not None:
+            await self.cache.close()
         await self.triton.close()
