@@ -177,7 +177,9 @@ def test_bento_cache_rows_round_trip_and_redis_down_is_a_bypass(redis_server, mi
         await cache.close()
         return seen
 
-    before = {r: _sample("modelpack_cache_items_total", **labels, result=r) for r in ("hit", "miss", "bypassed")}
+    before = {
+        r: _sample("modelpack_cache_items_total", **labels, result=r) for r in ("hit", "miss", "bypassed")
+    }
     seen = asyncio.run(scenario())
     counted = {r: _sample("modelpack_cache_items_total", **labels, result=r) - before[r] for r in before}
     assert seen["miss"] == [None, None]
