@@ -21,7 +21,7 @@ from pydantic import Field
 
 from core.processes import die_with_parent
 from core.tasks import ROUTES
-from serving.access import AccessMiddleware
+from serving.access import AccessMiddleware, AccessPolicy
 from serving.http import RequestContextMiddleware
 from serving.models import describe
 from serving.observability import configure_logging
@@ -53,7 +53,11 @@ class ModelService:
     def __init__(self) -> None:
         configure_logging()
         die_with_parent()
-        self.requests = RequestPath(load_settings())
+        settings = load_settings()
+        # The keys are read now, so a service that requires keys nobody has refuses to start (the
+        # middleware itself is built at the first request).
+        AccessPolicy.from_settings(settings.access)
+        self.requests = RequestPath(settings)
 
     @bentoml.on_shutdown
     async def shutdown(self) -> None:

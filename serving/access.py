@@ -222,18 +222,26 @@ class AccessMiddleware:
     Sits inside ``RequestContextMiddleware`` (the refusal carries the request id)."""
 
     def __init__(self, app: Any, policy: AccessPolicy | None = None) -> None:
-        from serving.observability import metrics
-        from serving.settings import load_settings
-
+        # Nothing here may fail: Starlette builds its middleware when the first event (the lifespan)
+        # arrives, and uvicorn takes an error then for "no lifespan" and serves on. The policy is read
+        # at the first request; ModelService.__init__ reads it at start-up, where an error stops it.
         self.app = app
-        self.policy = policy if policy is not None else AccessPolicy.from_settings(load_settings().access)
-        self.denied = metrics()["access_denied"]
-        if self.policy.require_keys:
-            log.info(
-                "access: %d API key(s); rate limit %s",
-                len(self.policy.keys),
-                f"{self.policy.rate:g}/s, burst {self.policy.burst}" if self.policy.rate > 0 else "none",
-            )
+        self._policy = policy
+
+    @property
+    def policy(self) -> AccessPolicy:
+        if self._policy is None:
+            from serving.settings import load_settings
+
+            self._policy = AccessPolicy.from_settings(load_settings().access)
+            if self._policy.require_keys:
+                rate = self._policy.rate
+                log.info(
+                    "access: %d API key(s); rate limit %s",
+                    len(self._policy.keys),
+                    f"{rate:g}/s, burst {self._policy.burst} per key" if rate > 0 else "none",
+                )
+        return self._policy
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or not self.policy.require_keys or scope.get("path") in OPEN_PATHS:
@@ -250,11 +258,12 @@ class AccessMiddleware:
 
     async def _refuse(self, err: ToolkitError, presented: str | None, scope, receive, send) -> None:
         from serving.http import error_response
+        from serving.observability import metrics
 
         reason = (
             "rate_limited" if isinstance(err, RateLimited) else "invalid_key" if presented else "missing_key"
         )
-        self.denied.labels(reason=reason).inc()
+        metrics()["access_denied"].labels(reason=reason).inc()
         status = err.http_status
         log.warning(
             "%s %s %d: %s",
