@@ -44,7 +44,7 @@ def _preferred_sets(text: str) -> list[list[int]]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The run's options, and the ``tune`` sub-command (so that --help lists it)."""
-    from benchmarks.run import STACK_CHOICES
+    from benchmarks.run import DEFAULT_STACKS, STACK_CHOICES
     from benchmarks.workloads import WORKLOADS
 
     parser = argparse.ArgumentParser(
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--stacks",
         type=_csv_list,
         default=None,
-        help=f"comma-separated subset of: {', '.join(STACK_CHOICES)} (default: all)",
+        help=f"comma-separated subset of: {', '.join(STACK_CHOICES)} (default: {','.join(DEFAULT_STACKS)}; "
+        "cache: the response caches at hit rates 0, 0.5, 0.95; batch: a batch job against the ceiling)",
     )
     parser.add_argument(
         "--time-scale",
@@ -157,7 +158,7 @@ def _setup_logging(verbose: bool) -> None:
 def main_run(args: argparse.Namespace, argv: list[str]) -> int:
     from benchmarks import report
     from benchmarks.plans import PLANS
-    from benchmarks.run import STACK_CHOICES, RunOptions, default_out_dir, run_benchmarks
+    from benchmarks.run import DEFAULT_STACKS, STACK_CHOICES, RunOptions, default_out_dir, run_benchmarks
     from benchmarks.workloads import get_workloads
 
     plan = PLANS["quick" if args.quick else "full"]
@@ -171,7 +172,7 @@ def main_run(args: argparse.Namespace, argv: list[str]) -> int:
             ) from None
     if scale is not None:
         plan = plan.scaled(scale)
-    stacks = tuple(args.stacks) if args.stacks else STACK_CHOICES
+    stacks = tuple(args.stacks) if args.stacks else DEFAULT_STACKS
     unknown = [s for s in stacks if s not in STACK_CHOICES]
     if unknown:
         raise InvalidArgument(

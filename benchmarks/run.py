@@ -9,7 +9,10 @@ Order, so that the stacks do not compete with each other for the 2 cores:
    CPU time per item of the server and of perf_analyzer at each level;
 4. the Bento service in front of that Triton, then Locust (a users sweep); Bento and Triton stop;
 5. the FastAPI-eager baseline alone, then the same Locust user and sweep; it stops;
-6. ratios, goals, CPU per item (Triton against ONNX Runtime alone), ``summary.json``, ``report.md``,
+6. the opt-in stacks, each alone: ``cache`` (Triton's response cache and the Bento's Redis cache
+   against none, at hit rates 0, 0.5, 0.95: ``benchmarks/caching.py``) and ``batch`` (a batch job
+   through the Bento against the ceiling: ``benchmarks/batchjob.py``);
+7. ratios, goals, CPU per item (Triton against ONNX Runtime alone), ``summary.json``, ``report.md``,
    plots.
 
 A stack that fails is recorded under ``errors`` and the run goes on with the others (exit code 1 at
@@ -44,7 +47,9 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "benchmarks" / "locustfile.py"
-STACK_CHOICES = ("ceiling", "triton", "bento", "baseline")
+STACK_CHOICES = ("ceiling", "triton", "bento", "baseline", "cache", "batch")
+# What a run measures unless --stacks says otherwise; cache and batch are asked for by name.
+DEFAULT_STACKS = ("ceiling", "triton", "bento", "baseline")
 # The route of the Bento service (and of the baseline, which mirrors it) for one item of each kind.
 ROUTES = {"text": "/embed", "image": "/predict"}
 WARM_UP_REQUESTS = 8
@@ -55,7 +60,7 @@ class RunOptions:
     out_dir: Path
     plan: Plan
     workloads: list[Workload]
-    stacks: tuple[str, ...] = STACK_CHOICES
+    stacks: tuple[str, ...] = DEFAULT_STACKS
     repository: Path | None = None
     command: str = "python -m benchmarks"
 
@@ -79,7 +84,12 @@ class Run:
         self.options = options
         self.plan = options.plan
         self.out = options.out_dir
-        self.budget = Budget(options.plan.budget_s)
+        from benchmarks import batchjob, caching
+
+        # The opt-in stacks bring their own time (the plan's budget is sized for the default ones).
+        extra = caching.need_s(options.plan) if "cache" in options.stacks else 0.0
+        extra += batchjob.need_s(options.plan) if "batch" in options.stacks else 0.0
+        self.budget = Budget(options.plan.budget_s + extra)
         self.errors: list[str] = []
         self.notes: list[str] = []
         self.inputs: dict[str, Inputs] = {}
@@ -303,7 +313,9 @@ class Run:
                         f"{result.point.requests} requests failed (see {self._rel(prefix)}_failures.csv)"
                     )
 
-    def bento_config(self, triton_server, repo: Repository, models: list[str]) -> Path:
+    def bento_config(
+        self, triton_server, repo: Repository, models: list[str], name: str = "service.yaml"
+    ) -> Path:
         """The project's ``service.yaml`` with this run's repository, Triton and only the models the
         run serves (the service is ready only when every configured model is)."""
         import yaml
@@ -318,7 +330,7 @@ class Run:
                 f"service.yaml: no entry for model(s) {', '.join(missing)}; add them under models:",
                 field="models",
             )
-        path = self.out / "service.yaml"
+        path = self.out / name
         path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return path
 
@@ -411,6 +423,7 @@ class Run:
                     except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                         self._fail("fastapi-eager baseline", err)
                 procs.close()
+                self.opt_in_stacks(procs, repo)
                 if "ceiling" in stacks and self.plan.ceiling_again:
                     self.ceiling(repo, "after the servers", share=0.5)
         finally:
@@ -423,6 +436,31 @@ class Run:
             summary["notes"] = self.notes
             summary["processes"] = self.processes
         return summary
+
+    def opt_in_stacks(self, procs: ProcessSet, repo: Repository) -> None:
+        """``cache`` and ``batch``, each with servers of its own, stopped before the next; on the first
+        text workload of the run."""
+        from benchmarks import batchjob, caching
+
+        stacks = self.options.stacks
+        text = next((name for name, i in self.inputs.items() if i.workload.kind == "text"), None)
+        for stack, need, measure, key in (
+            ("cache", caching.need_s, lambda w: caching.CacheBench(self).measure(procs, repo, w), "cache"),
+            ("batch", batchjob.need_s, lambda w: batchjob.run_job(self, procs, repo, w), "batch_job"),
+        ):
+            if stack not in stacks:
+                continue
+            if text is None:
+                self._fail(stack, CheckFailed("needs a text workload (e.g. --workloads minilm-short)"))
+                continue
+            if self._skip(f"{stack} stack", need(self.plan) * 0.5):
+                continue
+            try:
+                self.summary[key] = measure(text)
+            except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                self._fail(f"{stack} stack", err)
+            finally:
+                procs.close()
 
     def _finish_workloads(self) -> dict:
         result = {}
