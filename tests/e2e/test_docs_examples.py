@@ -6,7 +6,8 @@
   ``"<string>"``, ``"<bool>"``, ``"..."``); keys, types, status codes and every literal must match.
   The examples run in the order written, as a reader would send them: ``bento_server`` (minilm and
   image_classifier) answers them, except ``/classify``, which a Triton and a Bento of this module's
-  own answer (an entry ``classifier``: MiniLM with a random two-label head).
+  own answer (an entry ``classifier``: MiniLM with a random two-label head), and the examples that send
+  an API key (``Authorization`` or ``X-API-Key``), which a Bento requiring keys answers (``keyed_server``).
 - every route in the service's OpenAPI schema has at least one example there;
 - every ``curl`` line in README.md and docs/*.md is sent to the running service (``localhost:3000``)
   or Triton (``localhost:8000``) and must answer 200;
@@ -335,16 +336,49 @@ def classifier_server(minilm_path, service_config, tmp_path_factory):
         triton.stop()
 
 
-def server_for(path: str, bento_server, classifier_server):
+# The key of the page's Access examples, and that section's service: keys required, one key, a rate of
+# one request per 100 s in bursts of 2 (so its examples show a 200, a 401 and a 429).
+DOCS_KEY = "docs-example-key-0000000001"
+KEY_HEADERS = ("authorization", "x-api-key")
+
+
+@pytest.fixture(scope="module")
+def keyed_server(model_repo, triton_server, service_config, tmp_path_factory):
+    import hashlib
+
+    from serving.launcher import BentoServer
+
+    folder = tmp_path_factory.mktemp("docs_keyed")
+    keys = folder / "api-keys"
+    keys.write_text(f"sha256:{hashlib.sha256(DOCS_KEY.encode()).hexdigest()} docs\n", encoding="utf-8")
+    config = service_config(
+        folder / "service.yaml",
+        model_repo,
+        triton_server.grpc_url,
+        [{"name": "minilm", "task": "feature-extraction"}],
+        access={
+            "require_keys": True,
+            "keys_file": str(keys),
+            "rate_limit": {"requests_per_s": 0.01, "burst": 2},
+        },
+    )
+    server = BentoServer(config, folder / "home", folder / "bento.log").start()
+    yield server
+    server.stop()
+
+
+def server_for(path: str, bento_server, classifier_server, keyed_server=None, headers=None):
+    if keyed_server is not None and any(name.lower() in KEY_HEADERS for name in headers or {}):
+        return keyed_server
     return classifier_server if path.startswith("/classify") else bento_server
 
 
 @pytest.fixture(scope="module")
-def answers(bento_server, classifier_server) -> dict[str, httpx.Response]:
+def answers(bento_server, classifier_server, keyed_server) -> dict[str, httpx.Response]:
     """Every example of the page sent in the order written (a later one, /metrics, sees the earlier)."""
     result = {}
     for example in EXAMPLES:
-        server = server_for(example.path, bento_server, classifier_server)
+        server = server_for(example.path, bento_server, classifier_server, keyed_server, example.headers)
         result[example.id] = server.client.request(
             example.method,
             example.path,
