@@ -1,5 +1,6 @@
 """What the service tells its operators: Prometheus series (``modelpack_*`` on BentoML's /metrics),
-JSON log lines carrying the request id of the request being served."""
+JSON log lines carrying the request id of the request being served. The dashboard and alert rules of
+``deploy/observability/`` read these series (a test checks that each one they name is exported)."""
 
 import contextvars
 import functools

@@ -5,7 +5,8 @@ task serves the route; the model is the one named (or the one configured with th
 the pinned one (or the configured split's draw, e.g. a canary's {1: 90, 2: 10}); the inputs are checked
 and preprocessed as the task's input kind says, sent to Triton (merged with concurrent requests), and
 its output post-processed and shaped into the answer as the task and route say. The answer names
-``model`` and the ``version`` that served it.
+``model`` and the ``version`` that served it. With the response cache on (``cache:``), the rows Redis
+holds for that version are taken from it and only the other items go to Triton (serving/cache.py).
 
 Errors are JSON ``{"error", "field", "request_id"}`` with a 4xx naming the field, or 503 with
 ``Retry-After`` when Triton is down or slower than ``triton.timeout_s``; a bug is a 500 naming the
