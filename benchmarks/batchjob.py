@@ -108,5 +108,8 @@ def run_job(run, procs, repo, workload: str) -> dict:
         "items_per_s": summary["items_per_s"],
         "ceiling": ceiling,
         "of_ceiling": summary["items_per_s"] / ceiling["items_per_s"] if ceiling["items_per_s"] else None,
-        "command": " ".join(["python", *command[1:4], "OUT", *command[5:6], "BENTO_URL", *command[7:]]),
+        # As run, with the paths of this run's folder and the Bento's address left out.
+        "command": " ".join(
+            ["python -m serving.batch corpus.jsonl embeddings.jsonl --url BENTO_URL", *command[7:]]
+        ),
     }
