@@ -2,8 +2,10 @@
 
 python -m benchmarks [--quick] [--out DIR] [--repository DIR] [--workloads a,b] [--stacks a,b]
 python -m benchmarks tune NAME --p99-ms X [--repository DIR]
+python -m benchmarks faults [--quick] [--out DIR] [--repository DIR] [--sections a,b]
 
-The run is the command itself (no sub-command); ``tune`` is its one sub-command, listed in --help.
+The run is the command itself (no sub-command); ``tune`` and ``faults`` are its sub-commands, listed in
+--help.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         usage="python -m benchmarks [--quick] [--out DIR] [--repository DIR] [--workloads A,B] "
         "[--stacks A,B] [--time-scale F] [-v]\n       python -m benchmarks tune NAME --p99-ms X [...] "
-        "(python -m benchmarks tune --help)",
+        "(python -m benchmarks tune --help)\n       python -m benchmarks faults [--quick] [...] "
+        "(python -m benchmarks faults --help)",
         description="Measure the ONNX Runtime ceiling, Triton direct (perf_analyzer, with CPU time per "
         "item), the Bento service and a FastAPI-eager baseline (Locust) in one run; write summary.json, "
         "report.md and plots. With the sub-command `tune`: Triton's batching settings, by measurement.",
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stacks",
         type=_csv_list,
         default=None,
-        help=f"comma-separated subset of: {', '.join(STACK_CHOICES)} (default: {','.join(DEFAULT_STACKS)}; "
+        help=f"comma-separated subset of: {', '.join(STACK_CHOICES)} (default: {', '.join(DEFAULT_STACKS)}; "
         "cache: the response caches at hit rates 0, 0.5, 0.95; batch: a batch job against the ceiling)",
     )
     parser.add_argument(
@@ -90,6 +93,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", title="sub-commands", metavar="COMMAND")
     add_tune_parser(commands)
+    add_faults_parser(commands)
+    return parser
+
+
+def add_faults_parser(commands) -> argparse.ArgumentParser:
+    from benchmarks.faults.run import SECTIONS
+
+    parser = commands.add_parser(
+        "faults",
+        prog="python -m benchmarks faults",
+        help="the fault suite: bad inputs, fuzzing, Triton killed and frozen, live swaps, killed publishes",
+        description="Start a Triton and a Bento of the run's own over a copy of the repository and do what "
+        "a hostile user and a bad day would: a matrix of bad inputs, a bounded schemathesis run of the "
+        "OpenAPI schema, /healthz while the largest allowed request decodes, /metrics after many unknown "
+        "paths, live version swaps under load, Triton SIGKILLed and SIGSTOPped under load, publishes "
+        "SIGKILLed at each step. Writes faults.json (every figure) and faults.md (each goal met or not).",
+    )
+    parser.add_argument("--quick", action="store_true", help="the CI-sized run (a few minutes)")
+    parser.add_argument(
+        "--out", type=Path, help="run folder (default runs/faults-<UTC timestamp>/); must be new or empty"
+    )
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        help="model repository holding minilm and image_classifier (default: model_repository/ when it "
+        "holds both, else they are built into the run folder); it is copied, never changed",
+    )
+    parser.add_argument(
+        "--sections",
+        type=_csv_list,
+        default=None,
+        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
@@ -219,11 +256,51 @@ def main_tune(args: argparse.Namespace) -> int:
     return 0 if result.chosen is not None else 1
 
 
+def main_faults(args: argparse.Namespace, argv: list[str]) -> int:
+    from datetime import UTC, datetime
+
+    from benchmarks.faults.run import PLANS, SECTIONS, FaultOptions, run_faults, table
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request of the load otherwise
+    sections = tuple(args.sections) if args.sections else SECTIONS
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise InvalidArgument(
+            f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", field="sections"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = (args.out or Path("runs") / f"faults-{stamp}").absolute()
+    result, paths = run_faults(
+        FaultOptions(
+            out_dir=out,
+            plan=PLANS["quick" if args.quick else "full"],
+            repository=args.repository,
+            sections=sections,
+            command="python -m benchmarks " + shlex.join(argv),
+        )
+    )
+    for error in result["errors"]:
+        print(f"error: {error.splitlines()[0]}", file=sys.stderr)
+    sys.stderr.flush()
+    print(f"run folder: {out}")
+    print(f"figures: {paths['json']}")
+    print(table(result))  # last
+    return 1 if result["errors"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        if args.command == "faults":
+            if argv[0] != "faults":
+                raise InvalidArgument(
+                    f"{argv[0]}: the options before `faults` are the run's; give the suite's after it: "
+                    "python -m benchmarks faults [--quick] [--out DIR] ...",
+                    field="command",
+                )
+            return main_faults(args, argv)
         if args.command == "tune":
             if argv[0] != "tune":
                 raise InvalidArgument(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.companions import TEXT_INPUT
 from core.errors import InvalidArgument, NotFound
 from core.repository import Repository
 
@@ -163,16 +164,26 @@ def _image_inputs(workload: Workload, manifest: dict, samples: int) -> Inputs:
     return Inputs(workload, tensors, png_b64=pngs)
 
 
-def write_perf_analyzer_data(inputs: Inputs, path: Path) -> Path:
-    """perf_analyzer's ``--input-data`` JSON: one entry per item, shapes without the batch axis
-    (needed for the ragged token inputs, whose length is not in the config)."""
-    data = [
-        {
-            name: {"content": value.reshape(-1).tolist(), "shape": list(value.shape)}
-            for name, value in item.items()
-        }
-        for item in inputs.tensors
-    ]
+def write_perf_analyzer_data(inputs: Inputs, path: Path, *, texts: bool = False) -> Path:
+    """perf_analyzer's ``--input-data`` JSON: one entry per item, shapes without the batch axis (the
+    token inputs' length is not in the config). ``texts``: the items' texts as the one string of the
+    ``text`` input of the entry's ensemble ``NAME_text``."""
+    if texts:
+        if inputs.texts is None:
+            raise InvalidArgument(
+                f"{inputs.workload.name}: an {inputs.workload.kind} workload has no texts to send to a "
+                "text model",
+                field="workloads",
+            )
+        data = [{TEXT_INPUT: {"content": [text], "shape": [1]}} for text in inputs.texts]
+    else:
+        data = [
+            {
+                name: {"content": value.reshape(-1).tolist(), "shape": list(value.shape)}
+                for name, value in item.items()
+            }
+            for item in inputs.tensors
+        ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": data}), encoding="utf-8")
     return path
@@ -207,22 +218,34 @@ def repeats(data: dict, rate: float, triton: bool, rng: random.Random) -> Iterat
     known = data["triton_bodies"] if triton else data["bodies"]
     words = sorted({w for text in data["texts"] for w in text.split()})
     ids = sorted({i for seq in data["token_ids"] for i in seq[1:-1]})
+    names = [i["name"] for i in json.loads(data["triton_bodies"][0])["inputs"]] if triton else []
+    known_set = set(known)
     while True:
         if rng.random() < rate:
             yield rng.choice(known)
-        elif triton:
-            seq = list(rng.choice(data["token_ids"]))
-            seq[1:-1] = [rng.choice(ids) for _ in seq[1:-1]]
-            inputs = [
-                {"name": name, "shape": [1, len(seq)], "datatype": "INT64", "data": values}
-                for name, values in (("input_ids", seq), ("attention_mask", [1] * len(seq)))
-            ]
-            yield json.dumps({"inputs": inputs, "outputs": [{"name": data["output"]}]})
-        else:
-            text = rng.choice(data["texts"]).split()
-            rng.shuffle(text)
-            text[: len(text) // 3] = [rng.choice(words) for _ in range(len(text) // 3)]
-            body = {"text": " ".join(text)}
-            if data["version"] is not None:
-                body["version"] = data["version"]
-            yield json.dumps(body)
+            continue
+        body = known[0]
+        while body in known_set:  # a new item is never one of the known ones
+            body = new_body(data, triton, words, ids, names, rng)
+        yield body
+
+
+def new_body(data: dict, triton: bool, words: list, ids: list, names: list, rng: random.Random) -> str:
+    """One item made from the known ones (see ``repeats``)."""
+    if triton:
+        seq = list(rng.choice(data["token_ids"]))
+        seq[1:-1] = [rng.choice(ids) for _ in seq[1:-1]]
+        # The entry's own token inputs, as the known bodies name them (token_type_ids: zeros).
+        fill = {"input_ids": seq, "attention_mask": [1] * len(seq), "token_type_ids": [0] * len(seq)}
+        inputs = [
+            {"name": name, "shape": [1, len(seq)], "datatype": "INT64", "data": fill[name]} for name in names
+        ]
+        return json.dumps({"inputs": inputs, "outputs": [{"name": data["output"]}]})
+    else:
+        text = rng.choice(data["texts"]).split()
+        rng.shuffle(text)
+        text[: len(text) // 3] = [rng.choice(words) for _ in range(len(text) // 3)]
+        body = {"text": " ".join(text)}
+        if data["version"] is not None:
+            body["version"] = data["version"]
+        return json.dumps(body)

@@ -4,6 +4,7 @@
                                [--cache-size SIZE]
     python -m converters status [--url HOST:PORT] [--json]
     python -m converters load NAME [--url HOST:PORT]      # a new version goes live, no restart
+                                                          # (with NAME_tokenizer and NAME_text, if any)
     python -m converters unload NAME [--url HOST:PORT]
 
 `serve` runs until Ctrl-C or SIGTERM and then stops tritonserver and its stub processes. While it
@@ -124,7 +125,8 @@ def run_serve(args: argparse.Namespace) -> int:
         cache_size=args.cache_size,
     )
     repository = server.repository
-    names = Repository(repository).models()
+    repo = Repository(repository)
+    names = repo.models()
     if args.models:
         unknown = sorted(set(args.models) - set(names))
         if unknown:
@@ -133,6 +135,9 @@ def run_serve(args: argparse.Namespace) -> int:
                 f"(it has {', '.join(names) or 'no models'})",
                 field="model",
             )
+        # A text entry comes with its companions (NAME_tokenizer, NAME_text), so text can be sent.
+        wanted = list(dict.fromkeys(m for name in args.models for m in (name, *repo.companions(name))))
+        server.models = wanted
     elif not names:
         log.warning("%s holds no model (no */config.pbtxt): serving an empty repository", repository)
 
@@ -140,7 +145,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         server.start(timeout=args.timeout)
         _write_state(server)
-        served = ", ".join(args.models or names) or "no models"
+        served = ", ".join(server.models or names) or "no models"
         print(
             f"serving {served} from {repository}\n"
             f"  http    {server.http_url}\n  grpc    {server.grpc_url}\n"

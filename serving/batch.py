@@ -59,16 +59,27 @@ class BatchRoute:
     path: str
     kind: str  # "text" or "image" (the task registry's input kind)
     request_field: str  # "texts" or "images"
-    reply: str  # the task registry's reply name: "embeddings" or "results"
+    reply: str  # the task registry's reply name: "embeddings", "results" or "entity_results"
+
+    @property
+    def answer_field(self) -> str:
+        """The answer's list, one element per item: ``embeddings``, else ``results``."""
+        return "embeddings" if self.reply == "embeddings" else "results"
+
+
+# The replies of the routes that take a list (serving/tasks.py REPLIES), and the input kinds a file of
+# texts or image paths gives; feature rows and named tensors are not read from such files.
+BATCH_REPLIES = ("embeddings", "results", "entity_results")
+BATCH_KINDS = {"text": "texts", "image": "images"}
 
 
 def batch_routes() -> dict[str, BatchRoute]:
-    """The service's routes that take a list, from the task registry (``core/tasks.py``)."""
+    """The service's routes that take a list of texts or images, from the task registry
+    (``core/tasks.py``)."""
     found = {}
     for path, (task, route) in ROUTES.items():
-        if route.reply in ("embeddings", "results"):
-            request_field = "texts" if task.input_kind == "text" else "images"
-            found[path] = BatchRoute(path, task.input_kind, request_field, route.reply)
+        if route.reply in BATCH_REPLIES and task.input_kind in BATCH_KINDS:
+            found[path] = BatchRoute(path, task.input_kind, BATCH_KINDS[task.input_kind], route.reply)
     return found
 
 
@@ -317,11 +328,11 @@ class Job:
             self.sent_items += len(positions)
             body = orjson.loads(response.content)
             head = {"model": body.get("model"), "version": body.get("version")}
-            items = body.get(self.route.reply)
+            items = body.get(self.route.answer_field)
             if not isinstance(items, list) or len(items) != len(positions):
                 raise ToolkitError(
                     f"{self.args.url}{self.route.path} answered 200 without {len(positions)} "
-                    f"{self.route.reply!r}: {response.text[:200]}"
+                    f"{self.route.answer_field!r}: {response.text[:200]}"
                 )
             for i, item in zip(positions, items, strict=True):
                 out[i] = {**head, "embedding": item} if self.route.reply == "embeddings" else {**head, **item}

@@ -10,10 +10,17 @@ A row is stored under ``{prefix}:r1:{model}:{version}:{version digest}:{item dig
 - the version digest hashes everything that decides which tensors an item becomes and what the model
   answers: the version's manifest (its tensors, parity, ``created_at``: a version published again is
   another digest), the tokenizer files and ``max_length`` for texts, the image settings for images,
-  and the output's name. A row is therefore never served for another version, another model or
-  another preprocessing, even by a Bento of an older release sharing the same Redis;
-- the item digest hashes the item as sent: a text's UTF-8 bytes, an image file's base64 (a ``data:``
-  prefix dropped), a pixel array's JSON.
+  the output's name, and where Triton runs it (``NAME`` given token tensors, or the texts sent to the
+  ensemble ``NAME_text``, tokenized by ``NAME_tokenizer`` in Triton: ``tokenize: triton``). A row is
+  therefore never served for another version, another model or another preprocessing, even by a Bento
+  of an older release sharing the same Redis;
+- the item digest hashes the item as sent, with its kind: a text's UTF-8 bytes, an image file's base64
+  (a ``data:`` prefix dropped), a pixel array's JSON, a feature row's JSON.
+
+Cached: the tasks that answer from one output with a fixed FP32 row per item (embeddings, the
+classifiers' logits, ``/classify/features``); not cached: outputs with a dynamic axis (token
+classification's per-token rows), the tensors task and the Open Inference Protocol route (every output,
+any datatype), which go to Triton as before (Triton's own response cache still serves their repeats).
 
 Redis down, slow (``cache.timeout_s`` per call) or answering errors: the request goes to Triton as
 if there were no cache, the items are counted as ``bypassed`` and the failure in
@@ -38,7 +45,7 @@ from serving.settings import CacheSettings
 
 if TYPE_CHECKING:
     from serving.models import VersionEntry
-    from serving.tasks import Images, Texts
+    from serving.tasks import Features, Images, Tensors, Texts
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,8 @@ def version_digest(version: VersionEntry) -> str | None:
 
     part("manifest", json.dumps(version.manifest, sort_keys=True, default=str).encode())
     part("output", version.output_name.encode())
+    # Where Triton runs it: the texts through NAME_text (tokenized in Triton) or tensors to NAME.
+    part("triton", f"{version.triton_model}:{version.triton_version}:{version.via_text_model}".encode())
     if version.text is not None:
         part("max_length", str(version.text.max_length).encode())
         part("tokenizer", version.text.tokenizer.to_str().encode())
@@ -71,19 +80,30 @@ def version_digest(version: VersionEntry) -> str | None:
 
 
 def row_shape_of(version: VersionEntry) -> tuple[int, ...] | None:
-    """The shape of one output row (the manifest's output shape without the batch axis), or None when
-    an axis of it is dynamic."""
+    """The shape of one row of the output the task reads (the manifest's shape without the batch axis),
+    or None when an axis of it is dynamic or it is not FP32 (such a version is not cached)."""
     try:
-        shape = tuple(int(d) for d in version.manifest["outputs"][0]["shape"][1:])
+        spec = version.manifest["outputs"][0]  # the output the task reads is the first
+        if (
+            spec.get("name", version.output_name) != version.output_name
+            or spec.get("datatype", "FP32") != "FP32"
+        ):
+            return None
+        shape = tuple(int(d) for d in spec["shape"][1:])
     except (KeyError, IndexError, TypeError, ValueError):
         return None
     return shape if shape and all(d > 0 for d in shape) else None
 
 
-def item_digests(inputs: Texts | Images) -> list[str]:
-    """One digest per item, in the order the preprocessing stacks them (texts: field after field)."""
+def item_digests(inputs: Texts | Images | Features | Tensors) -> list[str] | None:
+    """One digest per item, in the order the preprocessing stacks them (texts: field after field); None
+    for inputs that are not items (named tensors)."""
     if inputs.kind == "text":
         items = [b"t\0" + text.encode("utf-8") for field in inputs.fields for text in field.texts]
+    elif inputs.kind == "features":
+        items = [b"r\0" + orjson.dumps(row) for row in inputs.rows]
+    elif inputs.kind != "image":
+        return None
     elif inputs.files is not None:
         items = [
             b"f\0" + (f.partition(",")[2] if f.startswith("data:") else f).encode() for f in inputs.files
@@ -131,7 +151,9 @@ class ResponseCache:
         self._client: Any = None
         self.client()  # redis is imported now, at start-up, not inside a request's timeout
         self._down_until = 0.0  # time.monotonic() before which the cache is bypassed
-        self._digests: dict[int, str | None] = {}  # id(VersionEntry) -> its version digest
+        # (model, version, via NAME_text) -> (the manifest it was computed from, the version digest):
+        # a version published again, or reloaded by the live watcher, is another manifest object.
+        self._digests: dict[tuple[str, int, bool], tuple[dict, str | None]] = {}
 
     def client(self) -> Any:
         if self._client is None:
@@ -149,11 +171,21 @@ class ResponseCache:
             )
         return self._client
 
-    def keys(self, model: str, version: VersionEntry, inputs: Texts | Images) -> list[str] | None:
-        """The key of every item of ``inputs`` for this model version; None: this version is not cached."""
-        digest = self._digests.get(id(version), ...)
-        if digest is ...:
-            digest = self._digests[id(version)] = version_digest(version)
+    def keys(
+        self, model: str, version: VersionEntry, inputs: Texts | Images | Features | Tensors
+    ) -> list[str] | None:
+        """The key of every item of ``inputs`` for this model version; None: not cached (this version's
+        output, or inputs that are not items)."""
+        items = item_digests(inputs)
+        if items is None:
+            return None
+        memo = (model, version.version, version.via_text_model)
+        known = self._digests.get(memo)
+        if known is not None and known[0] is version.manifest:
+            digest = known[1]
+        else:
+            digest = version_digest(version)
+            self._digests[memo] = (version.manifest, digest)
             if digest is None:
                 log.warning(
                     "cache: %s version %d has no fixed output row shape; not cached", model, version.version
@@ -161,7 +193,7 @@ class ResponseCache:
         if digest is None:
             return None
         prefix = f"{self.settings.key_prefix}:{ROW_FORMAT}:{model}:{version.version}:{digest}:"
-        return [prefix + item for item in item_digests(inputs)]
+        return [prefix + item for item in items]
 
     @property
     def bypassing(self) -> bool:

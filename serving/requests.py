@@ -8,30 +8,61 @@ its output post-processed and shaped into the answer as the task and route say. 
 ``model`` and the ``version`` that served it. With the response cache on (``cache:``), the rows Redis
 holds for that version are taken from it and only the other items go to Triton (serving/cache.py).
 
+``RequestPath.infer(name, version, body)``: the Open Inference Protocol route, for any configured
+model: the request's tensors checked against the chosen version's manifest (``serving/protocol.py``),
+the same version choice, Triton call, errors, counting and logging.
+
+Images, pixel arrays, feature rows and tensors are decoded in a small thread pool
+(``limits.decode_threads``), within ``limits.decode_timeout_s``, so that a large request never stalls
+the event loop (``/healthz`` and every other request); so are texts past ``OFFLOAD_TEXT_CHARS``. The
+versions follow the repository and Triton live (``serving/live.py``); an unpinned request that finds
+its version unloaded is sent once more, to a version still routable.
+
 Errors are JSON ``{"error", "field", "request_id"}`` with a 4xx naming the field, or 503 with
-``Retry-After`` when Triton is down or slower than ``triton.timeout_s``; a bug is a 500 naming the
-request id. Every request is counted and timed (``modelpack_*`` series) and logged as one JSON line.
+``Retry-After`` when Triton is down, slower than ``triton.timeout_s`` or lacks the version, or decoding
+took longer than ``limits.decode_timeout_s``; a bug is a 500 naming the request id. Every request is
+counted and timed (``modelpack_*`` series) and logged as one JSON line.
 """
 
+import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from starlette.responses import Response
 
-from core.errors import ToolkitError
-from core.tasks import ROUTES
+from core.companions import ENSEMBLE_VERSION, text_name
+from core.errors import InvalidArgument, ToolkitError, Unavailable
+from core.tasks import INFER_ROUTES, ROUTES, TASK_SPECS
 from serving.cache import ResponseCache, row_shape_of, take_rows
 from serving.health import TritonHealth
 from serving.http import error_response, json_response
-from serving.models import ModelEntry, VersionEntry, find_model, load_models
+from serving.live import ModelWatcher
+from serving.models import ModelEntry, VersionEntry, find_model, load_models, served_model
 from serving.observability import metrics
+from serving.protocol import infer_response, parse_infer_request
 from serving.settings import ServiceSettings
-from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Images, Request, Texts
-from serving.triton_client import TritonCalls, TritonGateway
+from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Features, Images, Request, Tensors, Texts
+from serving.triton_client import TritonCalls, TritonGateway, TritonUnavailable
 
 log = logging.getLogger(__name__)
+
+# Texts are tokenized on the event loop (a short request takes ~0.1 ms, less than a thread hop) unless
+# the request carries more characters than this; every other input kind goes to the decoding threads.
+OFFLOAD_TEXT_CHARS = 20_000
+
+
+def as_declared(outputs: dict[str, np.ndarray], chosen: VersionEntry) -> dict[str, np.ndarray]:
+    """Triton's outputs in the manifest's shapes: a [batch] output comes back as [batch, 1] (its config
+    declares dims [1], reshaped to [] for the model) and is given as [batch]."""
+    ranks = {spec.name: len(spec.shape) for spec in chosen.outputs}
+    return {
+        name: array.reshape(len(array)) if ranks.get(name) == 1 and array.ndim == 2 else array
+        for name, array in outputs.items()
+    }
 
 
 class RequestPath:
@@ -54,6 +85,9 @@ class RequestPath:
         self.health = TritonHealth(
             self.triton, self._routable, settings.triton, ready_gauge=self.metrics["triton_ready"]
         )
+        # The versions follow the repository and Triton while the service runs.
+        self.watcher = ModelWatcher(settings, self.models, self.triton)
+        self.decoder = ThreadPoolExecutor(settings.limits.decode_threads, thread_name_prefix="decode")
         # The shared response cache in Redis (serving/cache.py), when service.yaml turns it on.
         self.cache = ResponseCache(settings.cache, self.metrics) if settings.cache.enabled else None
         log.info(
@@ -68,28 +102,86 @@ class RequestPath:
         route: str,
         model: str | None,
         version: int | None,
-        inputs: Texts | Images,
+        inputs: Texts | Images | Features | Tensors,
         *,
         top_k: int | None = None,
     ) -> Response:
         """The answer to one request of ``route``, errors included; counted, timed and logged."""
         task, reply = ROUTES[route]
         request = Request(inputs, top_k)
-        started = time.perf_counter()
-        model_label, version_label = "unknown", ""
-        try:
+
+        async def answer(labels: dict[str, str]) -> Response:
+            self.watcher.start()
             entry = find_model(self.models, model, task.task, route)
-            model_label = entry.name
+            labels["model"] = entry.name
             chosen = entry.choose(version, self.rng)
-            version_label = str(chosen.version)
+            labels["version"] = str(chosen.version)
             if inputs.kind != task.input_kind:
                 raise TypeError(f"{route} takes {task.input_kind} inputs, the endpoint gave {inputs.kind}")
-            tensors = PREPROCESS[task.input_kind](inputs, chosen, self.settings.limits)
-            output, served = await self._infer(entry, chosen, inputs, tensors)
-            results = POSTPROCESS[task.postprocess](output, request, entry, chosen)
-            body = {"model": entry.name, "version": served, **REPLIES[reply.reply](results, request)}
-            version_label = str(served)
-            response = json_response(body)
+            tensors = await self._preprocess(task.input_kind, inputs, chosen)
+            # Text rows may merge with others zero-padded (masked out); other tensors merge only with
+            # rows of their own shapes. The tensors task answers with every output, the others with one.
+            every_output = task.postprocess == "tensors"
+            pad = task.input_kind == "text"
+            (output, served), chosen = await self._cached(
+                entry, chosen, version, inputs, tensors, every_output, pad
+            )
+            results = POSTPROCESS[task.postprocess](as_declared(output, chosen), request, entry, chosen)
+            labels["version"] = str(served)
+            return json_response(
+                {"model": entry.name, "version": served, **REPLIES[reply.reply](results, request)}
+            )
+
+        return await self._handle(route, answer)
+
+    async def infer(self, name: str, version: str | None, body: bytes) -> Response:
+        """An Open Inference Protocol request for any configured model: its tensors checked against
+        the chosen version's manifest, sent to Triton, every output (or those asked for) returned.
+        ``version``: the path's (None: the configured split)."""
+        route = INFER_ROUTES[0] if version is None else INFER_ROUTES[1]
+
+        async def answer(labels: dict[str, str]) -> Response:
+            self.watcher.start()
+            entry = served_model(self.models, name)
+            labels["model"] = entry.name
+            if version is not None and not (version.isdigit() and int(version) > 0):
+                raise InvalidArgument(
+                    f"version: {version!r} is not a version number; write e.g. "
+                    f"/v2/models/{name}/versions/1/infer",
+                    field="version",
+                )
+            chosen = entry.choose(None if version is None else int(version), self.rng)
+            labels["version"] = str(chosen.version)
+            # The body is parsed and its tensors built in the decoding threads (a large tensor is a
+            # large JSON list), within limits.decode_timeout_s.
+            request = await self._decoded(
+                parse_infer_request,
+                body,
+                entry.name,
+                list(chosen.inputs),
+                list(chosen.outputs),
+                self.settings.limits.max_items,
+            )
+            pad = TASK_SPECS[entry.task].input_kind == "text"
+            self.health.raise_if_down()
+            outputs, served = await self.calls.run(
+                entry.name, chosen.version, request.outputs, entry.max_batch_size, request.inputs, pad=pad
+            )
+            labels["version"] = str(served)
+            outputs = as_declared(outputs, chosen)
+            return json_response(
+                infer_response(entry.name, served, request.id, outputs, list(chosen.outputs))
+            )
+
+        return await self._handle(route, answer)
+
+    async def _handle(self, route: str, answer: Callable[[dict[str, str]], Awaitable[Response]]) -> Response:
+        """``answer``'s response, or the error's; counted, timed and logged under ``route`` and the
+        model and version ``answer`` put in the labels as it learns them."""
+        started = time.perf_counter()
+        labels = {"model": "unknown", "version": ""}
+        try:
+            response = await answer(labels)
         except ToolkitError as err:
             response = error_response(err)
             level = logging.WARNING if response.status_code < 500 else logging.ERROR
@@ -108,39 +200,127 @@ class RequestPath:
             response = error_response(
                 ToolkitError(f"{route}: internal error; the service log has it under this request_id")
             )
-        self._observe(route, model_label, version_label, response.status_code, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._observe(route, labels["model"], labels["version"], response.status_code, elapsed)
         return response
 
-    async def _infer(
-        self, entry: ModelEntry, chosen: VersionEntry, inputs: Texts | Images, tensors: dict[str, np.ndarray]
-    ) -> tuple[np.ndarray, int]:
-        """Triton's output rows for ``tensors`` and the version that served them; with the response cache
-        on, the rows cached for this version are taken from it and only the others go to Triton."""
-        keys = self.cache.keys(entry.name, chosen, inputs) if self.cache is not None else None
+    async def _preprocess(
+        self, kind: str, inputs: Texts | Images | Features | Tensors, chosen: VersionEntry
+    ) -> dict:
+        """The request's tensors for ``chosen``: short texts on the event loop, everything else in the
+        decoding threads (``_decoded``)."""
+        limits = self.settings.limits
+        if kind == "text" and sum(len(t) for f in inputs.fields for t in f.texts) <= OFFLOAD_TEXT_CHARS:
+            return PREPROCESS[kind](inputs, chosen, limits)
+        return await self._decoded(PREPROCESS[kind], inputs, chosen, limits)
+
+    async def _decoded(self, work: Callable, *args):
+        """``work(*args)`` in the decoding threads, within ``limits.decode_timeout_s`` (a job still
+        queued then is cancelled): a large request never stalls the event loop."""
+        limits = self.settings.limits
+        job = asyncio.get_running_loop().run_in_executor(self.decoder, work, *args)
+        try:
+            return await asyncio.wait_for(job, limits.decode_timeout_s)
+        except TimeoutError:
+            raise Unavailable(
+                f"the request's inputs were not decoded within {limits.decode_timeout_s:g} s "
+                "(limits.decode_timeout_s): the service is busy decoding others; retry later, or send "
+                "fewer or smaller inputs",
+                retry_after_s=self.settings.triton.retry_after_s,
+            ) from None
+
+    async def _cached(
+        self,
+        entry: ModelEntry,
+        chosen: VersionEntry,
+        pinned: int | None,
+        inputs: Texts | Images | Features | Tensors,
+        tensors: dict,
+        every_output: bool,
+        pad: bool,
+    ) -> tuple:
+        """``_infer``'s answer; with the response cache on, the rows cached for ``chosen`` are taken from
+        it and only the other items go to Triton. Rows of two versions are never mixed: when Triton
+        answers the missing items from another version (``chosen`` unloaded meanwhile), the cached rows
+        are dropped and the whole request is answered without the cache."""
+        keys = None
+        if self.cache is not None and not every_output:
+            keys = self.cache.keys(entry.name, chosen, inputs)
         rows = None
         if keys is not None:
             labels = {"model": entry.name, "version": str(chosen.version)}
             rows = await self.cache.get(keys, row_shape_of(chosen), labels)
-        if rows is None:  # no cache, or Redis down: every row from Triton
+        if rows is None:  # no cache, a version it does not hold, or Redis bypassed
             self.health.raise_if_down()
-            return await self.calls.run(
-                entry.name, chosen.version, chosen.output_name, entry.max_batch_size, tensors
-            )
+            return await self._infer(entry, chosen, pinned, inputs, tensors, every_output, pad)
         missing = [i for i, row in enumerate(rows) if row is None]
         if not missing:  # every row cached: Triton is not needed
-            return np.stack(rows), chosen.version
+            return ({chosen.output_name: np.stack(rows)}, chosen.version), chosen
         self.health.raise_if_down()
-        computed, served = await self.calls.run(
-            entry.name, chosen.version, chosen.output_name, entry.max_batch_size, take_rows(tensors, missing)
+        (output, served), used = await self._infer(
+            entry, chosen, pinned, inputs, take_rows(tensors, missing), every_output, pad
         )
-        if served != chosen.version:  # never mix versions: the rows Triton gave are the answer's only rows
-            return await self.calls.run(
-                entry.name, chosen.version, chosen.output_name, entry.max_batch_size, tensors
-            )
+        if used is not chosen or served != chosen.version:
+            return await self._infer(entry, chosen, pinned, inputs, tensors, every_output, pad)
+        computed = output[chosen.output_name]
         await self.cache.put({keys[i]: computed[j] for j, i in enumerate(missing)})
         for j, i in enumerate(missing):
             rows[i] = computed[j]
-        return np.stack(rows).astype(computed.dtype, copy=False), served
+        return ({chosen.output_name: np.stack(rows).astype(computed.dtype, copy=False)}, served), chosen
+
+    async def _infer(
+        self,
+        entry: ModelEntry,
+        chosen: VersionEntry,
+        pinned: int | None,
+        inputs: Texts | Images | Features | Tensors,
+        tensors: dict,
+        every_output: bool,
+        pad: bool,
+    ) -> tuple:
+        """Triton's output (every output of the version, else its first), the version that served it and
+        its entry. An unpinned request whose version Triton no longer has (unloaded while it was routed)
+        goes once more, to a version still routable."""
+        try:
+            return await self._run(entry, chosen, tensors, every_output, pad), chosen
+        except TritonUnavailable as err:
+            other = self._other_version(entry, chosen, pinned, err)
+            if other is None:
+                raise
+        log.info(
+            "%s version %d is not loaded on Triton; sent to version %d",
+            entry.name,
+            chosen.version,
+            other.version,
+        )
+        if other.image is None or other.image != chosen.image or other.input_names != chosen.input_names:
+            tensors = await self._preprocess(inputs.kind, inputs, other)
+        return await self._run(entry, other, tensors, every_output, pad), other
+
+    async def _run(
+        self, entry: ModelEntry, chosen: VersionEntry, tensors: dict, every_output: bool, pad: bool
+    ) -> tuple:
+        """Triton's output for ``chosen`` (at ``chosen.triton_model``: NAME, or the texts to NAME_text)
+        and the version that served it."""
+        outputs = chosen.output_names if every_output else (chosen.output_name,)
+        output, served = await self.calls.run(
+            chosen.triton_model, chosen.triton_version, outputs, entry.max_batch_size, tensors, pad=pad
+        )
+        if chosen.via_text_model:  # the ensemble reports its own version, not its steps'
+            served = chosen.version
+        return output, served
+
+    def _other_version(
+        self, entry: ModelEntry, chosen: VersionEntry, pinned: int | None, err: TritonUnavailable
+    ) -> VersionEntry | None:
+        """Where an unpinned request goes when Triton no longer has its version: another version of the
+        split (after routing around the gone one), or None."""
+        if pinned is not None or not err.version_gone:
+            return None
+        self.watcher.version_gone(entry, chosen.version)
+        if chosen.version in entry.split:
+            return None
+        return entry.choose(None, self.rng)
 
     def _observe(self, route: str, model: str, version: str, status: int, elapsed: float) -> None:
         labels = {"model": model, "version": version, "endpoint": route}
@@ -166,15 +346,26 @@ class RequestPath:
             )
 
     def _routable(self) -> list[tuple[str, int]]:
-        return [(m.name, v) for m in self.models.values() for v in m.split]
+        """Every routable (model, version) of Triton: each model's split, and the ensemble NAME_text
+        where the split's texts go through it."""
+        routable = [(m.name, v) for m in self.models.values() for v in m.split]
+        routable += [
+            (text_name(m.name), ENSEMBLE_VERSION)
+            for m in self.models.values()
+            if any(m.via_text(v) for v in m.split)
+        ]
+        return routable
 
     async def ready(self) -> bool:
         """Triton and every routable model version ready, as the background check last found them
         (serving/health.py); a change of the answer is logged once."""
+        self.watcher.start()
         return await self.health.ready()
 
     async def close(self) -> None:
         await self.health.close()
+        await self.watcher.close()
+        self.decoder.shutdown(wait=False, cancel_futures=True)
         if self.cache is not None:
             await self.cache.close()
         await self.triton.close()

@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_batch_routes_come_from_the_task_registry():
     routes = batch_routes()
-    assert sorted(routes) == ["/classify/batch", "/embed/batch", "/predict/batch"]
+    # Every route that takes a list of texts or images; feature rows and named tensors are no file lines.
+    assert sorted(routes) == ["/classify/batch", "/embed/batch", "/entities/batch", "/predict/batch"]
+    assert (routes["/entities/batch"].kind, routes["/entities/batch"].answer_field) == ("text", "results")
     assert (routes["/embed/batch"].request_field, routes["/embed/batch"].reply) == ("texts", "embeddings")
     assert (routes["/predict/batch"].kind, routes["/predict/batch"].request_field) == ("image", "images")
 

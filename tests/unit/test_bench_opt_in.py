@@ -21,7 +21,23 @@ DATA = {
     "token_ids": [[101, 1996, 4937, 2938, 102], [101, 3000, 2003, 1996, 102]],
 }
 DATA["bodies"] = [json.dumps({"text": t}) for t in DATA["texts"]]
-DATA["triton_bodies"] = [json.dumps({"ids": ids}) for ids in DATA["token_ids"]]
+# As benchmarks/locustfile.py writes them: the entry's token inputs (a BERT's three here).
+DATA["triton_bodies"] = [
+    json.dumps(
+        {
+            "inputs": [
+                {"name": name, "shape": [1, len(ids)], "datatype": "INT64", "data": data}
+                for name, data in (
+                    ("input_ids", ids),
+                    ("attention_mask", [1] * len(ids)),
+                    ("token_type_ids", [0] * len(ids)),
+                )
+            ],
+            "outputs": [{"name": "embeddings"}],
+        }
+    )
+    for ids in DATA["token_ids"]
+]
 
 
 @pytest.mark.parametrize("triton", [False, True])
@@ -40,6 +56,9 @@ def test_repeats_send_known_items_at_the_rate_and_new_ones_otherwise(triton):
             seq = body["inputs"][0]["data"]
             assert len(seq) == 5 and seq[0] == 101 and seq[-1] == 102 and set(seq[1:-1]) <= ids
             assert body["inputs"][1]["data"] == [1] * 5 and body["outputs"] == [{"name": "embeddings"}]
+            # Every input the known bodies send, and no other.
+            assert [i["name"] for i in body["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+            assert body["inputs"][2]["data"] == [0] * 5
     else:
         assert all(set(b) == {"text"} for b in new)
     never = repeats(DATA, 0.0, triton, random.Random(7))

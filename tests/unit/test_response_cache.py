@@ -18,7 +18,7 @@ from core.triton_config import ServingOptions, parse_text, set_response_cache, t
 from serving.cache import item_digests, redacted, row_shape_of, take_rows, version_digest
 from serving.models import VersionEntry
 from serving.preprocess import ImagePipeline, TextPipeline
-from serving.tasks import Images, Texts
+from serving.tasks import Features, Images, Tensors, Texts
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,60 @@ def test_a_version_without_a_fixed_row_shape_is_not_cached(tokenizer_dir):
     dynamic = _text_version(tokenizer_dir, outputs=[{"name": "embeddings", "shape": [-1, -1]}])
     assert row_shape_of(dynamic) is None and version_digest(dynamic) is None
     assert row_shape_of(_text_version(tokenizer_dir)) == (384,)
+
+
+def test_texts_through_name_text_are_another_digest(tokenizer_dir):
+    """With ``tokenize: triton`` the newest version's texts go to the ensemble NAME_text and are
+    tokenized in Triton: its rows are kept apart from those of the token tensors sent to NAME."""
+    import dataclasses
+
+    direct = _text_version(tokenizer_dir)
+    direct.triton_model, direct.triton_version = "minilm", 1
+    via_text = dataclasses.replace(direct, triton_model="minilm_text", triton_version=1, via_text_model=True)
+    assert version_digest(direct) != version_digest(via_text) is not None
+
+
+def test_keys_follow_the_version_entry_the_request_was_routed_to(tokenizer_dir):
+    """``ModelEntry.choose`` gives a fresh entry per request for NAME_text, and the live watcher a fresh
+    one when a version is published again: the keys follow each, the digest is computed once per
+    manifest and the table stays one row per (model, version, path)."""
+    import dataclasses
+
+    from serving.cache import ResponseCache
+    from serving.observability import metrics
+    from serving.settings import CacheSettings
+
+    cache = ResponseCache(CacheSettings(enabled=True), metrics())
+    texts = Texts.of(text="a")
+    direct = _text_version(tokenizer_dir)
+    key = cache.keys("minilm", direct, texts)[0]
+    assert key.startswith("modelpack:r1:minilm:1:") and key == cache.keys("minilm", direct, texts)[0]
+    routed = [dataclasses.replace(direct, triton_model="minilm_text", via_text_model=True) for _ in range(3)]
+    via_keys = {cache.keys("minilm", v, texts)[0] for v in routed}
+    assert len(via_keys) == 1 and key not in via_keys
+    again = _text_version(tokenizer_dir, created_at="2026-12-02T00:00:00Z")  # published again
+    assert cache.keys("minilm", again, texts)[0] not in {key, *via_keys}
+    assert len(cache._digests) == 2
+    assert cache.keys("minilm", direct, Tensors({"x": [[1.0]]})) is None
+
+
+def test_outputs_other_than_one_fp32_row_are_not_cached(tokenizer_dir):
+    fp16 = _text_version(
+        tokenizer_dir, outputs=[{"name": "embeddings", "datatype": "FP16", "shape": [-1, 8]}]
+    )
+    renamed = _text_version(tokenizer_dir, outputs=[{"name": "other", "datatype": "FP32", "shape": [-1, 8]}])
+    tokens = _text_version(
+        tokenizer_dir, outputs=[{"name": "embeddings", "datatype": "FP32", "shape": [-1, -1, 9]}]
+    )
+    assert [row_shape_of(v) for v in (fp16, renamed, tokens)] == [None, None, None]
+
+
+def test_feature_rows_are_items_and_named_tensors_are_not():
+    rows = item_digests(Features.of([[1.0, 2.0], [1.0, 2.5], [1.0, 2.0]]))
+    assert len(rows) == 3 and rows[0] == rows[2] != rows[1]
+    assert item_digests(Features.one([1.0, 2.0])) == rows[:1]
+    assert rows[0] not in item_digests(Images.one(None, [1.0, 2.0]))  # the kind is part of the item
+    assert item_digests(Tensors({"x": [[1.0]]})) is None
 
 
 def test_item_digests_follow_the_items_in_tensor_order():
