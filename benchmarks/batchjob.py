@@ -72,10 +72,13 @@ def run_job(run, procs, repo, workload: str) -> dict:
     model = inputs.workload.model
     logs = run.out / "logs"
     triton = procs.enter(
-        TritonServer(repo.root, models=[model], log_path=logs / "triton-batch.log"), "tritonserver"
+        TritonServer(repo.root, models=[model], log_path=logs / "triton-batch.log", die_with_parent=True),
+        "tritonserver",
     )
     config = run.bento_config(triton, repo, [model], name="service-batch.yaml")
-    bento = procs.enter(BentoServer(config, run.out / "bentoml_home", logs / "bento-batch.log"), "bento")
+    bento = procs.enter(
+        BentoServer(config, run.out / "bentoml_home", logs / "bento-batch.log", die_with_parent=True), "bento"
+    )
     output = folder / "embeddings.jsonl"
     command = [
         sys.executable,

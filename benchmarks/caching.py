@@ -167,11 +167,15 @@ class CacheBench:
         logs = self.run.out / "logs"
         triton = procs.enter(
             TritonServer(
-                repo.root, models=[model], log_path=logs / "triton-cache.log", cache_size=CACHE_SIZE
+                repo.root,
+                models=[model],
+                log_path=logs / "triton-cache.log",
+                cache_size=CACHE_SIZE,
+                die_with_parent=True,
             ),
             name="tritonserver (cache)",
         )
-        redis = procs.enter(RedisServer(self.out / "redis"), name="redis-server")
+        redis = procs.enter(RedisServer(self.out / "redis", die_with_parent=True), name="redis-server")
         triton_url = f"http://{triton.http_url}"
         output = repo.manifest(model)["outputs"][0]["name"]
         bodies = {
@@ -243,7 +247,9 @@ class CacheBench:
             data["cache"] = {"enabled": True, "redis_url": redis_url}
             path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         logs = self.run.out / "logs"
-        bento = BentoServer(path, self.run.out / f"bentoml_home_{label}", logs / f"bento-{label}.log")
+        bento = BentoServer(
+            path, self.run.out / f"bentoml_home_{label}", logs / f"bento-{label}.log", die_with_parent=True
+        )
         return self.procs.enter(bento, name=f"bento ({label})")
 
     def _row(self, stack: str, cache: str, rate: float) -> dict | None:

@@ -46,12 +46,16 @@ class BentoServer:
         *,
         root: str | os.PathLike = ROOT,
         env: dict[str, str] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.config = Path(config)
         self.extra_env = dict(env or {})  # e.g. MODELPACK_API_KEYS for the service
         self.home = Path(home)
         self.log_path = Path(log_path)
         self.root = Path(root)
+        # Linux SIGTERMs the server when the thread that starts it ends: the tests' and the benchmarks'
+        # servers go with a runner killed outright (SIGKILL, a CI timeout), leaving no orphan.
+        self.die_with_parent = die_with_parent
         self.port: int | None = None
         self.ready_after_s: float | None = None  # how long the latest start() waited
         self._child: processes.Child | None = None
@@ -109,6 +113,7 @@ class BentoServer:
             log_path=self.log_path,
             env=self.environment(),
             cwd=self.root,
+            die_with_parent=self.die_with_parent,
         )
         probe = f"{self.url}/readyz" if ready else f"{self.url}/healthz"
         try:
@@ -145,9 +150,12 @@ class RedisServer:
             settings = {"cache": {"enabled": True, "redis_url": redis.url}}
     """
 
-    def __init__(self, folder: str | os.PathLike, *, port: int | None = None) -> None:
+    def __init__(
+        self, folder: str | os.PathLike, *, port: int | None = None, die_with_parent: bool = False
+    ) -> None:
         self.folder = Path(folder)
         self.port = port
+        self.die_with_parent = die_with_parent  # as BentoServer's
         self._child: processes.Child | None = None
 
     @property
@@ -184,6 +192,7 @@ class RedisServer:
             "redis-server",
             self.command(),
             log_path=self.folder / "redis.log",
+            die_with_parent=self.die_with_parent,
             hint="install Debian's redis-server (`make setup` does, as root)",
         )
         try:

@@ -342,7 +342,7 @@ def keyed_server(model_repo, triton_server, service_config, tmp_path_factory):
             "rate_limit": {"requests_per_s": 0.01, "burst": 2},
         },
     )
-    server = BentoServer(config, folder / "home", folder / "bento.log").start()
+    server = BentoServer(config, folder / "home", folder / "bento.log", die_with_parent=True).start()
     yield server
     server.stop()
 

@@ -53,8 +53,10 @@ def stack(model_repo, service_config, tmp_path_factory):
         "".join(f"sha256:{hashlib.sha256(k.encode()).hexdigest()} {n}\n" for n, k in KEYS.items()),
         encoding="utf-8",
     )
-    redis = RedisServer(folder / "redis").start()
-    triton = TritonServer(repo, models=["minilm"], log_path=folder / "triton.log", cache_size=16 << 20)
+    redis = RedisServer(folder / "redis", die_with_parent=True).start()
+    triton = TritonServer(
+        repo, models=["minilm"], log_path=folder / "triton.log", cache_size=16 << 20, die_with_parent=True
+    )
     bento = None
     try:
         triton.start()
@@ -71,7 +73,11 @@ def stack(model_repo, service_config, tmp_path_factory):
             },
         )
         bento = BentoServer(
-            config, folder / "home", folder / "bento.log", env={"MODELPACK_API_KEYS": f"{ENV_KEY} from-env"}
+            config,
+            folder / "home",
+            folder / "bento.log",
+            env={"MODELPACK_API_KEYS": f"{ENV_KEY} from-env"},
+            die_with_parent=True,
         ).start()
         yield {"bento": bento, "triton": triton, "redis": redis, "config": config}
     finally:
@@ -292,7 +298,11 @@ def test_service_refuses_to_start_when_it_requires_keys_nobody_has(model_repo, s
     server = BentoServer(config, tmp_path / "home", tmp_path / "bento.log")
     server.port = free_port()
     child = processes.start(
-        "bentoml serve", server.command(), log_path=server.log_path, env=server.environment()
+        "bentoml serve",
+        server.command(),
+        log_path=server.log_path,
+        env=server.environment(),
+        die_with_parent=True,
     )
     try:
         child.wait_ready(lambda: "Application startup failed" in child.log_text(), timeout_s=180)

@@ -97,7 +97,13 @@ def test_triton_answers_a_repeat_from_its_cache_and_counts_the_hit(model_repo, t
             inputs.append(tensor)
         return client.infer("minilm", inputs).as_numpy("embeddings")
 
-    server = TritonServer(model_repo, models=["minilm"], log_path=tmp_path / "triton.log", cache_size=8 << 20)
+    server = TritonServer(
+        model_repo,
+        models=["minilm"],
+        log_path=tmp_path / "triton.log",
+        cache_size=8 << 20,
+        die_with_parent=True,
+    )
     with server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         before = _hits(server.metrics(), "minilm")
@@ -120,7 +126,7 @@ def test_triton_answers_a_repeat_from_its_cache_and_counts_the_hit(model_repo, t
 def redis_server(tmp_path_factory):
     from serving.launcher import RedisServer
 
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    server = RedisServer(tmp_path_factory.mktemp("redis"), die_with_parent=True).start()
     yield server
     server.stop()
 
