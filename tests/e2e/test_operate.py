@@ -190,6 +190,62 @@ def _row_key(config, version: int, text: str) -> str:
     return f"modelpack:r1:minilm:{version}:{version_digest(entry)}:{item_digests(Texts.of(text=text))[0]}"
 
 
+def test_texts_through_name_text_are_cached_apart_and_served_from_redis(stack, service_config, tmp_path):
+    """A second Bento on the same Triton and Redis, ``tokenize: triton``: version 2's texts go to the
+    ensemble minilm_text. The row the stack's Bento cached for the same text and version (tokenized in
+    the service, sent to minilm) is not served to it (another key); its own repeat is (minilm_text does
+    not run again), equal to what the ensemble answered."""
+    import time
+
+    import redis as redis_sync
+
+    from serving.launcher import BentoServer
+
+    triton, store = stack["triton"], redis_sync.Redis.from_url(stack["redis"].url)
+    triton.load("minilm")  # through minilm_text: the ensemble and its tokenizer come with it
+    config = service_config(
+        tmp_path / "service.yaml",
+        triton.repository,
+        triton.grpc_url,
+        [{"name": "minilm", "task": "feature-extraction", "versions": {2: 100}, "tokenize": "triton"}],
+        cache={"enabled": True, "redis_url": stack["redis"].url},
+    )
+    text = "Tokenized in Triton, cached apart."
+    direct = (
+        stack["bento"]
+        .client.post("/embed", json={"text": text, "version": 2}, headers=_bearer("cache"))
+        .json()
+    )
+    assert direct["version"] == 2 and len(store.keys("modelpack:r1:minilm:2:*")) >= 1
+
+    def ensemble_count() -> int:
+        return int(triton.statistics("minilm_text")["model_stats"][0].get("inference_count", 0))
+
+    bento = BentoServer(config, tmp_path / "home", tmp_path / "bento.log", die_with_parent=True).start()
+    try:
+        counts = [ensemble_count()]
+        answers = []
+        for _ in range(2):
+            response = bento.client.post("/embed", json={"text": text})
+            assert response.status_code == 200, response.text
+            answers.append(response.json())
+            deadline = time.monotonic() + 10  # Triton counts a request after answering it
+            while len(counts) == 1 and ensemble_count() == counts[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            counts.append(ensemble_count())
+        metrics = bento.client.get("/metrics").text
+    finally:
+        bento.stop()
+    assert [a["version"] for a in answers] == [2, 2]
+    assert counts[1] - counts[0] == 1 and counts[2] == counts[1]  # the repeat did not reach Triton
+    assert _metric(metrics, "modelpack_cache_items_total", version="2", result="miss") == 1
+    assert _metric(metrics, "modelpack_cache_items_total", version="2", result="hit") == 1
+    assert answers[0]["embedding"] == answers[1]["embedding"]
+    np.testing.assert_allclose(answers[0]["embedding"], direct["embedding"], atol=1e-5)
+    item = _row_key(stack["config"], 2, text).rsplit(":", 1)[1]
+    assert len(store.keys(f"modelpack:r1:minilm:2:*:{item}")) == 2  # one row per path, same item
+
+
 def test_redis_down_the_service_still_answers_and_counts_it(stack):
     client, headers, redis = stack["bento"].client, _bearer("cache"), stack["redis"]
     errors = _metric(client.get("/metrics").text, "modelpack_cache_errors_total")
