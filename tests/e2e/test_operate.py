@@ -280,7 +280,7 @@ def test_triton_cache_hits_are_in_its_metrics(stack):
             tensor = grpcclient.InferInput(name, list(value.shape), "INT64")
             tensor.set_data_from_numpy(value)
             tensors.append(tensor)
-        client.infer("minilm", tensors, model_version="1")
+        client.infer("minilm", tensors, model_version="1", client_timeout=30)
     assert _metric(triton.metrics(), "nv_cache_num_hits_per_model", model="minilm", version="1") == hits + 1
 
 
