@@ -123,7 +123,8 @@ def test_images_from_a_csv_with_a_missing_file_and_a_bad_one(bento_server, tmp_p
     assert len(lines[0]["predictions"]) == 2 and len(lines[3]["predictions"]) == 2
     assert lines[1]["status"] is None and "cannot read image 'missing.png'" in lines[1]["error"]
     # The service refused the broken file: the batch was split until that record was alone.
-    assert lines[2]["status"] == 400 and "not in an image format" in lines[2]["error"]
+    assert lines[2]["status"] == 400 and "this model takes PNG, JPEG files" in lines[2]["error"]
+    assert lines[2]["error"].startswith("images[0]: ")  # alone in its request
     assert json.loads(done.stdout)["errors"] == 2
 
 
