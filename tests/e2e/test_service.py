@@ -373,12 +373,12 @@ def test_canary_split_and_pinning(canary):
 
 
 @pytest.fixture(scope="module")
-def text_bento(canary, service_config, tmp_path_factory):
+def text_bento(canary_servers, service_config, tmp_path_factory):
     """A second Bento on the canary's Triton, its text models with ``tokenize: triton``: the newest
     served version's texts go to NAME_text, the others' are tokenized here (an ensemble is not pinned)."""
     from serving.launcher import BentoServer
 
-    _, triton = canary
+    _, triton = canary_servers
     folder = tmp_path_factory.mktemp("text_bento")
     config = service_config(
         folder / "service.yaml",
@@ -484,7 +484,12 @@ def test_triton_killed_mid_run_gives_503_then_recovers(canary):
             down = wait_for(not_200, "an answer other than 200 after Triton was killed")
             assert down.status_code == 503 and down.headers["Retry-After"] == "3", down.text
             assert "Triton" in down.json()["error"]
-            assert bento.client.get("/readyz", timeout=CLIENT_TIMEOUT_S).status_code == 503
+            # /readyz answers from the background check (every triton.ready_interval_s): the next one
+            # finds Triton gone.
+            wait_for(
+                lambda: bento.client.get("/readyz", timeout=CLIENT_TIMEOUT_S).status_code == 503,
+                "/readyz 503 after Triton was killed",
+            )
             triton.start()
             restarted = len(outcomes)
             wait_for(lambda: any(s == 200 for s, _, _ in outcomes[restarted:]), "a 200 after the restart")
