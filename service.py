@@ -8,7 +8,9 @@ docs/service.md gives each route's body and answer. Besides the POST routes belo
 Inference Protocol's ``POST /v2/models/{name}/infer`` (and ``.../versions/{version}/infer``) for any
 configured model, ``GET /models`` (on the FastAPI app mounted beside them: routes with path parameters
 live there), and BentoML's ``/healthz``, ``/readyz`` (Triton and every routable model version ready)
-and ``/metrics``.
+and ``/metrics``. With ``access.require_keys`` every
+route but those three (and ``/livez``) needs an API key (serving/access.py), the protocol's and
+``/models`` included.
 
 Run it: ``bentoml serve service:ModelService`` from the repository root (configuration from
 ``$MODELPACK_SERVICE_CONFIG``, default ``service.yaml`` beside this file). It listens on 127.0.0.1
@@ -24,6 +26,7 @@ from pydantic import Field
 
 from core.processes import die_with_parent
 from core.tasks import ROUTES
+from serving.access import AccessMiddleware, AccessPolicy
 from serving.http import GuardedService, RequestContextMiddleware
 from serving.models import describe
 from serving.observability import configure_logging
@@ -57,7 +60,11 @@ class ModelService:
     def __init__(self) -> None:
         configure_logging()
         die_with_parent()
-        self.requests = RequestPath(load_settings())
+        settings = load_settings()
+        # The keys are read now, so a service that requires keys nobody has refuses to start (the
+        # middleware itself is built at the first request).
+        AccessPolicy.from_settings(settings.access)
+        self.requests = RequestPath(settings)
         # What start-up built lives as long as the worker: take it out of the collector's full passes,
         # which otherwise scan it all while a large body is parsed (a 224 x 224 pixel array: 30-390 ms
         # of the event loop, 50-80 ms frozen; measured on 2 busy cores).
@@ -214,4 +221,7 @@ class ModelService:
         return describe(self.requests.models)
 
 
+# The first added is the outermost: the request id and body limit first, then API keys and rate limits
+# (serving/access.py), in front of every route, BentoML's and the mounted app's included.
 ModelService.add_asgi_middleware(RequestContextMiddleware)
+ModelService.add_asgi_middleware(AccessMiddleware)

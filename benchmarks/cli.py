@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--stacks",
         type=_csv_list,
         default=None,
-        help=f"comma-separated subset of: {', '.join(STACK_CHOICES)} (default: {', '.join(DEFAULT_STACKS)})",
+        help=f"comma-separated subset of: {', '.join(STACK_CHOICES)} (default: {', '.join(DEFAULT_STACKS)}; "
+        "cache: the response caches at hit rates 0, 0.5, 0.95; batch: a batch job against the ceiling)",
     )
     parser.add_argument(
         "--time-scale",

@@ -24,6 +24,9 @@ Environment:
     MODELPACK_WORKLOAD    a workload of benchmarks.workloads (default ``minilm-short``)
     MODELPACK_REPOSITORY  the model repository holding the entry (default ``model_repository/``)
     MODELPACK_VERSION     pin a version (default: Bento's configured split / Triton's latest)
+    MODELPACK_HIT_RATE    a workload with repeats, for the caches (text workloads): each request is one
+                          of the workload's items with this probability, else an item never sent before
+                          (its words, or token ids, shuffled and redrawn); unset: the items in turn
 
     locust -f benchmarks/locustfile.py --headless -u 8 -r 8 -t 30s --host http://127.0.0.1:3000 BentoUser
 """
@@ -32,6 +35,7 @@ import functools
 import itertools
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -91,7 +95,22 @@ def workload_data() -> dict:
         "triton_bodies": triton_bodies,
         "output": output["name"],
         "width": int(output["shape"][-1]),
+        "kind": workload.kind,
+        "texts": inputs.texts or [],
+        "token_ids": [item["input_ids"].tolist() for item in inputs.tensors]
+        if workload.kind == "text"
+        else [],
     }
+
+
+def body_stream(data: dict, triton: bool):
+    """The items in turn, or with ``$MODELPACK_HIT_RATE`` a stream with repeats (benchmarks/workloads.py)."""
+    from benchmarks.workloads import hit_rate, repeats
+
+    rate = hit_rate(os.environ.get("MODELPACK_HIT_RATE"))
+    if rate is None:
+        return itertools.cycle(data["triton_bodies"] if triton else data["bodies"])
+    return repeats(data, rate, triton, random.Random())
 
 
 @events.init.add_listener
@@ -111,7 +130,7 @@ class BentoUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.data = workload_data()
-        self.bodies = itertools.cycle(self.data["bodies"])
+        self.bodies = body_stream(self.data, triton=False)
 
     @task
     def infer(self) -> None:
@@ -139,7 +158,7 @@ class TritonUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.data = workload_data()
-        self.bodies = itertools.cycle(self.data["triton_bodies"])
+        self.bodies = body_stream(self.data, triton=True)
         version = self.data["version"]
         pinned = f"/versions/{version}" if version else ""
         self.path = f"/v2/models/{self.data['model']}{pinned}/infer"

@@ -431,6 +431,10 @@ def render_markdown(summary: dict) -> str:
             lines += [f"![latency against throughput, {name}]({workload['plot']})", ""]
     lines += _tokenize_cpu_lines(summary["workloads"])
     lines += _cold_start_lines(summary.get("cold_start"))
+    if summary.get("cache"):
+        lines += cache_lines(summary["cache"])
+    if summary.get("batch_job"):
+        lines += batch_job_lines(summary["batch_job"])
     if summary.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in summary["errors"]] + [""]
     machine = summary["machine"]
@@ -452,6 +456,59 @@ def render_markdown(summary: dict) -> str:
     ]
     lines += [f"- {name} {version or 'not installed'}" for name, version in summary["versions"].items()]
     return "\n".join(lines) + "\n"
+
+
+CACHE_LABELS = {
+    "none": "Triton direct, no cache",
+    "triton": "Triton direct, response cache",
+    "bento-none": "Bento, no cache",
+    "redis": "Bento, Redis cache",
+}
+
+
+def cache_lines(cache: dict) -> list[str]:
+    """The ``cache`` stack: every row, then cached over uncached at each hit rate."""
+    lines = [
+        "## Response caches",
+        "",
+        f"{cache['workload']}, Locust at {cache['users']} users for {cache['locust_s']:.0f} s per row; each "
+        "request a known item with the asked probability (sent once before the row), else a new one; the "
+        "measured hit rate is from the cache's own counters.",
+        "",
+        "| stack | hit rate | measured | items/s | p50 ms | p99 ms | failures |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in cache["rows"]:
+        measured = "-" if row["measured_hit_rate"] is None else f"{row['measured_hit_rate']:.2f}"
+        lines.append(
+            f"| {CACHE_LABELS.get(row['cache'], row['cache'])} | {row['hit_rate']:.2f} | {measured} | "
+            f"{row['throughput']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['failures']} |"
+        )
+    lines += [
+        "",
+        "| cache | hit rate | throughput, cached / none | p99, cached / none |",
+        "|---|---|---|---|",
+    ]
+    for ratio in cache["ratios"]:
+        lines.append(
+            f"| {CACHE_LABELS[ratio['cache']]} | {ratio['hit_rate']:.2f} | "
+            f"{ratio['throughput_ratio']:.2f}x | {ratio['p99_ratio']:.2f}x |"
+        )
+    return [*lines, ""]
+
+
+def batch_job_lines(job: dict) -> list[str]:
+    ceiling = job["ceiling"]
+    share = "-" if job["of_ceiling"] is None else f"{job['of_ceiling'] * 100:.0f}%"
+    return [
+        "## Batch job",
+        "",
+        f"`{job['command']}`: {job['records']} records ({job['workload']}), batch {job['batch_size']}, "
+        f"concurrency {job['concurrency']}: {job['items_per_s']:.1f} items/s in {job['seconds']:.1f} s, "
+        f"{share} of the in-process ceiling at batch {ceiling['batch_size']} ({ceiling['items_per_s']:.1f} "
+        "items/s).",
+        "",
+    ]
 
 
 def plot_workload(name: str, workload: dict, out_dir: Path) -> Path | None:
@@ -533,6 +590,18 @@ def summary_table(summary: dict) -> str:
                 figure = alone["cpu_ms_per_item"]
                 line += f"; ONNX Runtime alone, one thread, batch {alone['batch']}: {figure:.3f} ms"
             text.append(line)
+    for ratio in (summary.get("cache") or {}).get("ratios", []):
+        text.append(
+            f"cache: {CACHE_LABELS[ratio['cache']]} at hit rate {ratio['hit_rate']:.2f}: "
+            f"{ratio['throughput_ratio']:.2f}x the throughput, {ratio['p99_ratio']:.2f}x the p99 of no cache"
+        )
+    job = summary.get("batch_job")
+    if job:
+        share = "-" if job["of_ceiling"] is None else f"{job['of_ceiling'] * 100:.0f}%"
+        text.append(
+            f"batch job: {job['items_per_s']:.1f} items/s over {job['records']} records, {share} of the "
+            f"in-process ceiling at batch {job['ceiling']['batch_size']}"
+        )
     return "\n".join(text)
 
 

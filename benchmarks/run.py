@@ -9,7 +9,10 @@ Order, so that the stacks do not compete with each other for the 2 cores:
    CPU time per item of the server and of perf_analyzer at each level;
 4. the Bento service in front of that Triton, then Locust (a users sweep); Bento and Triton stop;
 5. the FastAPI-eager baseline alone, then the same Locust user and sweep; it stops;
-6. ratios, goals, CPU per item (Triton against ONNX Runtime alone), ``summary.json``, ``report.md``,
+6. the opt-in stacks, each alone: ``cache`` (Triton's response cache and the Bento's Redis cache
+   against none, at hit rates 0, 0.5, 0.95: ``benchmarks/caching.py``) and ``batch`` (a batch job
+   through the Bento against the ceiling: ``benchmarks/batchjob.py``);
+7. ratios, goals, CPU per item (Triton against ONNX Runtime alone), ``summary.json``, ``report.md``,
    plots.
 
 Stacks a run measures only when ``--stacks`` names them: ``triton-text`` (perf_analyzer sending the
@@ -63,8 +66,10 @@ STACK_CHOICES = (
     "bento-tokenize-service",
     "bento-tokenize-triton",
     "cold-start",
+    "cache",
+    "batch",
 )
-# What a run measures when --stacks is not given.
+# What a run measures when --stacks is not given; the others are asked for by name.
 DEFAULT_STACKS = ("ceiling", "triton", "bento", "baseline")
 # The Bento with text models' `tokenize` forced: stack -> the setting.
 TOKENIZE_STACKS = {"bento-tokenize-service": "service", "bento-tokenize-triton": "triton"}
@@ -104,7 +109,12 @@ class Run:
         self.options = options
         self.plan = options.plan
         self.out = options.out_dir
-        self.budget = Budget(options.plan.budget_s)
+        from benchmarks import batchjob, caching
+
+        # The opt-in stacks bring their own time (the plan's budget is sized for the default ones).
+        extra = caching.need_s(options.plan) if "cache" in options.stacks else 0.0
+        extra += batchjob.need_s(options.plan) if "batch" in options.stacks else 0.0
+        self.budget = Budget(options.plan.budget_s + extra)
         self.errors: list[str] = []
         self.notes: list[str] = []
         self.inputs: dict[str, Inputs] = {}
@@ -397,7 +407,12 @@ class Run:
                     )
 
     def bento_config(
-        self, triton_server, repo: Repository, models: list[str], tokenize: str | None = None
+        self,
+        triton_server,
+        repo: Repository,
+        models: list[str],
+        tokenize: str | None = None,
+        name: str | None = None,
     ) -> Path:
         """The project's ``service.yaml`` with this run's repository, Triton and only the models the
         run serves (the service is ready only when every configured model is); ``tokenize`` forces
@@ -418,7 +433,9 @@ class Run:
                 f"service.yaml: no entry for model(s) {', '.join(missing)}; add them under models:",
                 field="models",
             )
-        path = self.out / ("service.yaml" if tokenize is None else f"service-tokenize-{tokenize}.yaml")
+        if name is None:
+            name = "service.yaml" if tokenize is None else f"service-tokenize-{tokenize}.yaml"
+        path = self.out / name
         path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return path
 
@@ -545,6 +562,7 @@ class Run:
                     except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                         self._fail("fastapi-eager baseline", err)
                 procs.close()
+                self.opt_in_stacks(procs, repo)
                 if "ceiling" in stacks and self.plan.ceiling_again:
                     self.ceiling(repo, "after the servers", share=0.5)
         finally:
@@ -557,6 +575,31 @@ class Run:
             summary["notes"] = self.notes
             summary["processes"] = self.processes
         return summary
+
+    def opt_in_stacks(self, procs: ProcessSet, repo: Repository) -> None:
+        """``cache`` and ``batch``, each with servers of its own, stopped before the next; on the first
+        text workload of the run."""
+        from benchmarks import batchjob, caching
+
+        stacks = self.options.stacks
+        text = next((name for name, i in self.inputs.items() if i.workload.kind == "text"), None)
+        for stack, need, measure, key in (
+            ("cache", caching.need_s, lambda w: caching.CacheBench(self).measure(procs, repo, w), "cache"),
+            ("batch", batchjob.need_s, lambda w: batchjob.run_job(self, procs, repo, w), "batch_job"),
+        ):
+            if stack not in stacks:
+                continue
+            if text is None:
+                self._fail(stack, CheckFailed("needs a text workload (e.g. --workloads minilm-short)"))
+                continue
+            if self._skip(f"{stack} stack", need(self.plan) * 0.5):
+                continue
+            try:
+                self.summary[key] = measure(text)
+            except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                self._fail(f"{stack} stack", err)
+            finally:
+                procs.close()
 
     def _finish_workloads(self) -> dict:
         result = {}

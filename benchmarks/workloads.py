@@ -3,7 +3,8 @@
 Each workload names a repository entry and the shape of one item. Text items are real sentences
 (``converters.sentences``) cut to exactly ``tokens`` tokens by the entry's own tokenizer, so the
 ceiling, Triton, the Bento service and the FastAPI baseline all see the same sequences; image items
-are seeded random images of the entry's declared shape. Every request carries one item.
+are seeded random images of the entry's declared shape. Every request carries one item. ``repeats`` is
+the cache stack's workload: known items at a given rate, new ones otherwise.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,3 +187,65 @@ def write_perf_analyzer_data(inputs: Inputs, path: Path, *, texts: bool = False)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": data}), encoding="utf-8")
     return path
+
+
+# ---- a workload with repeats (the cache stack, benchmarks/caching.py) ----------------------------------
+
+
+def hit_rate(value: str | None) -> float | None:
+    """``$MODELPACK_HIT_RATE`` (a share of repeats in [0, 1]), or None when unset (the items in turn)."""
+    if not value:
+        return None
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate <= 1:
+        raise InvalidArgument(
+            f"MODELPACK_HIT_RATE={value!r}: give a share of repeats from 0 to 1", field="MODELPACK_HIT_RATE"
+        )
+    return rate
+
+
+def repeats(data: dict, rate: float, triton: bool, rng: random.Random) -> Iterator[str]:
+    """Request bodies: a known item with probability ``rate`` (the caches hold them after the warm-up),
+    else a new one: for the Bento, the words of a known text shuffled with a few redrawn; for Triton,
+    a known sequence's inner token ids redrawn from the ids the items use (same length)."""
+    if data["kind"] != "text":
+        raise InvalidArgument(
+            "MODELPACK_HIT_RATE: the cache workload needs a text workload", field="workload"
+        )
+    known = data["triton_bodies"] if triton else data["bodies"]
+    words = sorted({w for text in data["texts"] for w in text.split()})
+    ids = sorted({i for seq in data["token_ids"] for i in seq[1:-1]})
+    names = [i["name"] for i in json.loads(data["triton_bodies"][0])["inputs"]] if triton else []
+    known_set = set(known)
+    while True:
+        if rng.random() < rate:
+            yield rng.choice(known)
+            continue
+        body = known[0]
+        while body in known_set:  # a new item is never one of the known ones
+            body = new_body(data, triton, words, ids, names, rng)
+        yield body
+
+
+def new_body(data: dict, triton: bool, words: list, ids: list, names: list, rng: random.Random) -> str:
+    """One item made from the known ones (see ``repeats``)."""
+    if triton:
+        seq = list(rng.choice(data["token_ids"]))
+        seq[1:-1] = [rng.choice(ids) for _ in seq[1:-1]]
+        # The entry's own token inputs, as the known bodies name them (token_type_ids: zeros).
+        fill = {"input_ids": seq, "attention_mask": [1] * len(seq), "token_type_ids": [0] * len(seq)}
+        inputs = [
+            {"name": name, "shape": [1, len(seq)], "datatype": "INT64", "data": fill[name]} for name in names
+        ]
+        return json.dumps({"inputs": inputs, "outputs": [{"name": data["output"]}]})
+    else:
+        text = rng.choice(data["texts"]).split()
+        rng.shuffle(text)
+        text[: len(text) // 3] = [rng.choice(words) for _ in range(len(text) // 3)]
+        body = {"text": " ".join(text)}
+        if data["version"] is not None:
+            body["version"] = data["version"]
+        return json.dumps(body)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from converters import torch2onnx
+from converters.determinism import random_ops
 from converters.inputs import tokenize
 from converters.manifest import build_manifest
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
@@ -575,7 +576,8 @@ def convert_image_classifier(
             labels=labels,
             extra={"architecture": architecture},
         )
-        return publish(repo, staged, steps, manifest=manifest, config=serving.build(name, inputs, outputs))
+        config = serving.build(name, inputs, outputs, random_ops=random_ops(model_path))
+        return publish(repo, staged, steps, manifest=manifest, config=config)
 
 
 # ---- the command ----------------------------------------------------------------------------------
@@ -654,4 +656,5 @@ def convert_hf(
             labels=labels,
             extra={"architecture": architecture},
         )
-        return publish(repo, staged, steps, manifest=manifest, config=serving.build(name, inputs, outputs))
+        config = serving.build(name, inputs, outputs, random_ops=random_ops(model_path))
+        return publish(repo, staged, steps, manifest=manifest, config=config)

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from converters import torch2onnx
+from converters.determinism import random_ops
 from converters.manifest import build_manifest
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
 from converters.pipeline import parity_step, publish
@@ -397,7 +398,7 @@ def convert_lightning(
             labels=entry_labels,
             extra={"module": module_ref, "signature": signature.to_manifest()},
         )
-        config = serving.build(name, input_specs, output_specs)
+        config = serving.build(name, input_specs, output_specs, random_ops=random_ops(model_path))
         return publish(repo, staged, steps, manifest=manifest, config=config)
 
 

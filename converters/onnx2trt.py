@@ -201,5 +201,6 @@ def convert_trt(
             preferred_batch_sizes=preferred,
             max_queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds,
             instance_kind="gpu",
+            response_cache=config.response_cache.enable,  # as the ONNX entry it is built from
         )
         return publish(repo, staged, steps, manifest=new_manifest, config=new_config)

@@ -7,6 +7,7 @@ Each class carries the CLI exit code and the HTTP status it maps to, so the comm
   names the field or path, the bad value and, where there is one, the fix.
 - ``CheckFailed``: the input was fine but a check on the result failed, e.g. parity (exit 1).
 - ``Unavailable``: a backend (Triton) is down or too slow (exit 1, HTTP 503).
+- ``Unauthorized`` (HTTP 401) and ``RateLimited`` (HTTP 429): the service's access checks.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ class UnsafeInput(InvalidArgument):
     """Refused for safety: an untrusted pickle, a model name that escapes the repository."""
 
     http_status = 400
+
+
+class Unauthorized(InvalidArgument):
+    """A request without a valid API key, where the service requires one."""
+
+    http_status = 401
 
 
 class PayloadTooLarge(InvalidArgument):
@@ -84,3 +91,15 @@ class Unavailable(ToolkitError):
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class RateLimited(ToolkitError):
+    """More requests than an API key's rate limit allows; retry after ``retry_after_s`` seconds."""
+
+    exit_code = 1
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, field: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.field = field

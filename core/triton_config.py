@@ -5,7 +5,14 @@ The message is ``tritonclient.grpc.model_config_pb2.ModelConfig`` and the text f
 (naming the field, the bad value and the fix), ``write_config`` replaces the file atomically and
 checks that what it wrote parses back to the same message, ``read_config`` parses one back.
 ``set_batching`` changes the batching of an existing config (the tuner's settings); ``set_warmup``
-declares the requests Triton runs through a model when it loads it.
+declares the requests Triton runs through a model when it loads it; ``set_response_cache`` turns
+Triton's response cache on or off for an entry.
+
+Triton's response cache (``response_cache { enable: true }``) answers a request whose inputs it has seen
+from memory instead of running the model, when the server runs with a cache (``--cache-config
+local,size=...``; a server without one serves the entry as if the flag were not there). It is right
+only for a model that answers the same input the same way every time: the converters turn it on for a
+graph without random operators (``RANDOM_OPS``) and refuse to turn it on for one with them.
 """
 
 from __future__ import annotations
@@ -30,6 +37,16 @@ ACCELERATOR_PRECISIONS = ("FP16", "FP32")
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_PREFERRED_BATCH_SIZES = (16, 32)
 DEFAULT_MAX_QUEUE_DELAY_US = 2000
+# ONNX operators whose output is not a function of their input: a graph with one of them is not
+# deterministic, so Triton's response cache would replay one draw for ever.
+RANDOM_OPS = (
+    "Bernoulli",
+    "Multinomial",
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+)
 
 _DATA_TYPES = {
     "INT64": mc.TYPE_INT64,
@@ -97,6 +114,7 @@ def build_config(
     parameters: dict[str, str] | None = None,
     accelerator: str | None = None,
     accelerator_precision: str = "FP16",
+    response_cache: bool = False,
 ) -> mc.ModelConfig:
     """A validated ModelConfig. Shapes in ``inputs``/``outputs`` include the batch axis, which
     Triton leaves out of ``dims`` when ``max_batch_size`` > 0."""
@@ -132,6 +150,8 @@ def build_config(
     config.version_policy.CopyFrom(version_policy(policy))
     for key, value in (parameters or {}).items():
         config.parameters[key].string_value = str(value)
+    if response_cache:
+        config.response_cache.enable = True
     if accelerator is not None:
         set_accelerator(config, accelerator, accelerator_precision)
         if instance_kind != "gpu":
@@ -194,6 +214,25 @@ def set_batching(
         config.instance_group.add()
     for group in config.instance_group:
         group.count = instance_count
+    return config
+
+
+def set_response_cache(
+    config: mc.ModelConfig, enable: bool, random_ops: Sequence[str] = ()
+) -> mc.ModelConfig:
+    """Turn Triton's response cache on or off in ``config`` (in place); turning it on for a model whose
+    graph has random operators (``random_ops``, found by the caller) is refused, naming them."""
+    if enable and random_ops:
+        raise InvalidArgument(
+            f"--response-cache on: the graph has random operators ({', '.join(sorted(set(random_ops)))}), so "
+            "the same input does not always give the same output and a cached answer would be replayed for "
+            "ever; leave the cache off (--response-cache off)",
+            field="response_cache",
+        )
+    if enable:
+        config.response_cache.enable = True
+    else:
+        config.ClearField("response_cache")
     return config
 
 
@@ -371,18 +410,28 @@ class ServingOptions:
     instance_count: int = 1
     intra_op_threads: int | None = None
     accelerator: str | None = None
+    response_cache: bool | None = None  # None: on when the graph is deterministic (no RANDOM_OPS)
 
     def check(self) -> ServingOptions:
         """Validate every option now, before any slow work (the tensors come later)."""
         self.build("check", [], [])
         return self
 
-    def build(self, name: str, inputs, outputs, *, platform: str = "onnxruntime_onnx") -> mc.ModelConfig:
+    def build(
+        self,
+        name: str,
+        inputs,
+        outputs,
+        *,
+        platform: str = "onnxruntime_onnx",
+        random_ops: Sequence[str] = (),
+    ) -> mc.ModelConfig:
+        """The config; ``random_ops``: the random operators of the graph (the response cache's default)."""
         parameters = {}
         if self.intra_op_threads is not None:
             _positive("intra_op_thread_count", self.intra_op_threads, "set --intra-op-threads to 1 or more")
             parameters["intra_op_thread_count"] = str(self.intra_op_threads)
-        return build_config(
+        config = build_config(
             name,
             inputs,
             outputs,
@@ -395,3 +444,5 @@ class ServingOptions:
             parameters=parameters,
             accelerator=self.accelerator,
         )
+        enable = self.response_cache if self.response_cache is not None else not random_ops
+        return set_response_cache(config, enable, random_ops if self.response_cache else ())

@@ -9,11 +9,16 @@
    Deployment of the same file;
 3. checkov scans the rendered manifests and every Dockerfile under ``deploy/`` in one run; a failed
    check fails, and a skipped one must carry its reason in the file (checkov skip annotation/comment);
-4. hadolint lints every Dockerfile under ``deploy/``.
+4. hadolint lints every Dockerfile under ``deploy/``;
+5. the dashboard and alert rules of ``deploy/observability/``: ``promtool check rules`` and ``promtool test
+   rules`` (alerts.test.yaml: synthetic series, the alerts that must and must not fire) on the rules; the
+   dashboard's JSON checked (unique panel ids, the datasource variable, a grid of 24 columns) and every
+   one of its queries parsed by promtool (as recording rules of a scratch file).
 
 Each check returns a ``CheckResult``; ``main`` prints one line per check and exits 1 if any failed.
 Tools: kubectl (the machine's, else ``.venv-checkov/bin/kubectl``), checkov in ``.venv-checkov/``,
-hadolint and kubernetes-validate in the main venv (``make setup`` installs them).
+hadolint and kubernetes-validate in the main venv, promtool from Debian's ``prometheus`` package (``make
+setup`` installs them all).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +48,10 @@ OVERLAYS = ("cpu", "gpu", "canary")
 # The Kubernetes version the manifests are validated against (EKS 1.32; kubectl 1.32 renders them).
 KUBERNETES_VERSION = "1.32.0"
 CHECKOV_VENV = ROOT / ".venv-checkov"
+OBSERVABILITY = DEPLOY / "observability"
+DASHBOARD = OBSERVABILITY / "grafana-dashboard.json"
+ALERTS = OBSERVABILITY / "alerts.yaml"
+ALERT_TESTS = OBSERVABILITY / "alerts.test.yaml"
 
 
 @dataclass
@@ -226,12 +236,168 @@ def run_hadolint(dockerfile: Path) -> CheckResult:
     )
 
 
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found:
+        return found
+    raise MissingDependency(
+        "promtool: not found on PATH; install Debian's prometheus package (apt-get install prometheus; "
+        "`make setup` does, as root)"
+    )
+
+
+# ---- PromQL: the series a query reads -------------------------------------------------------------------
+
+# Words of PromQL that are not series names (aggregations and functions are recognised by the "(" after
+# them; these are the ones that may stand without one).
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or"}
+_PROMQL_WORDS |= {"unless", "offset", "inf", "nan", "atan2"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The series names a PromQL expression reads (``x_bucket``, ``x_sum`` as written), for checking
+    that each is exported: strings, label matchers, ranges and grouping lists removed, then every word
+    that is neither a function call nor a keyword."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w:.$])[A-Za-z_:][\w:]*", text):
+        word = match.group(0)
+        if text[match.end() :].lstrip().startswith("(") or word.lower() in _PROMQL_WORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def dashboard_queries(path: Path = DASHBOARD) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target of every panel, rows' own panels included."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    found = []
+
+    def walk(panels: list[dict]) -> None:
+        for panel in panels:
+            for target in panel.get("targets", []):
+                found.append((panel.get("title", "?"), target["expr"]))
+            walk(panel.get("panels", []))
+
+    walk(data.get("panels", []))
+    return found
+
+
+def alert_queries(path: Path = ALERTS) -> list[tuple[str, str]]:
+    """(alert name, PromQL) of every rule of the rules file."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return [
+        (rule.get("alert") or rule.get("record"), rule["expr"])
+        for group in data["groups"]
+        for rule in group["rules"]
+    ]
+
+
+# Grafana's variables in the dashboard's queries, as values promtool can parse.
+_GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$namespace": ".*"}
+
+
+def check_rules(rules: Path = ALERTS, tests: Path = ALERT_TESTS) -> CheckResult:
+    """``promtool check rules`` and ``promtool test rules`` (run in the tests' folder, as they name the
+    rules file relative to it)."""
+    start = time.perf_counter()
+    problems = []
+    for argv, cwd in (
+        ([promtool(), "check", "rules", str(rules)], None),
+        ([promtool(), "test", "rules", tests.name], tests.parent),
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=cwd)
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).strip()
+            problems.append(f"{' '.join(argv[1:3])} {argv[-1]}: " + " | ".join(output.splitlines()[-12:]))
+    return CheckResult(
+        name=f"promtool check rules + test rules {rules.name}",
+        passed=not problems,
+        problems=problems,
+        duration_s=time.perf_counter() - start,
+    )
+
+
+def check_dashboard(path: Path = DASHBOARD) -> CheckResult:
+    """The dashboard's JSON: panels with unique ids on a 24-column grid, every query on the
+    ``${datasource}`` variable, and every query parsed by promtool."""
+    import yaml
+
+    start = time.perf_counter()
+    problems = []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        return CheckResult(f"dashboard {path.name}", False, [f"{path.name}: not JSON: {err}"])
+    ids, panels = [], []
+
+    def walk(items: list[dict]) -> None:
+        for panel in items:
+            panels.append(panel)
+            walk(panel.get("panels", []))
+
+    walk(data.get("panels", []))
+    for panel in panels:
+        title = panel.get("title", "?")
+        ids.append(panel.get("id"))
+        grid = panel.get("gridPos") or {}
+        if not all(isinstance(grid.get(k), int) for k in "hwxy") or grid["x"] + grid["w"] > 24:
+            problems.append(f"{title}: gridPos {grid} is not inside the 24-column grid")
+        for target in panel.get("targets", []):
+            if (target.get("datasource") or panel.get("datasource") or {}).get("uid") != "${datasource}":
+                problems.append(
+                    f"{title}: target {target.get('refId')} is not on the ${{datasource}} variable"
+                )
+    duplicates = sorted({i for i in ids if ids.count(i) > 1}, key=str)
+    if duplicates:
+        problems.append(f"panel ids used more than once: {duplicates}")
+    queries = dashboard_queries(path)
+    if not queries:
+        problems.append(f"{path.name}: no query in any panel")
+    rules = []
+    for number, (title, expr) in enumerate(queries):
+        for variable, value in _GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        if "$" in expr:
+            problems.append(f"{title}: a Grafana variable the check does not know in {expr!r}")
+        rules.append({"record": f"dashboard:query_{number}", "expr": expr})
+    with tempfile.TemporaryDirectory(prefix="dashboard-") as tmp:
+        scratch = Path(tmp) / "dashboard-queries.yaml"
+        scratch.write_text(
+            yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8"
+        )
+        done = subprocess.run(
+            [promtool(), "check", "rules", str(scratch)], capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            for line in (done.stdout + done.stderr).splitlines():
+                match = re.search(r"dashboard:query_(\d+)", line)
+                where = queries[int(match.group(1))][0] if match else "?"
+                if "error" in line.lower() or match:
+                    problems.append(f"{where}: {line.strip()}")
+            problems = problems or [f"promtool check rules: {(done.stdout + done.stderr).strip()[-500:]}"]
+    return CheckResult(
+        name=f"dashboard {path.name} ({len(panels)} panels, {len(queries)} queries parsed by promtool)",
+        passed=not problems,
+        problems=problems,
+        details={"queries": len(queries)},
+        duration_s=time.perf_counter() - start,
+    )
+
+
 def run_all(out_dir: Path) -> list[CheckResult]:
     rendered = render_all(out_dir)
     results = [validate_manifests(path) for path in rendered.values()]
     files = dockerfiles()
     results.append(run_checkov([*rendered.values(), *files]))
     results.extend(run_hadolint(path) for path in files)
+    results.append(check_rules())
+    results.append(check_dashboard())
     return results
 
 

@@ -1,6 +1,7 @@
 """`serve`, `status`, `load`, `unload`: a local Triton server for the model repository.
 
     python -m converters serve [--repository DIR] [--http-port P] [--grpc-port P] [--metrics-port P]
+                               [--cache-size SIZE]
     python -m converters status [--url HOST:PORT] [--json]
     python -m converters load NAME [--url HOST:PORT]      # a new version goes live, no restart
                                                           # (with NAME_tokenizer and NAME_text, if any)
@@ -31,6 +32,18 @@ ROOT = Path(__file__).resolve().parent.parent
 STATE_FILE = ROOT / "runs" / "triton" / "serve.json"
 DEFAULT_LOG = ROOT / "runs" / "triton" / "tritonserver.log"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own defaults
+# Triton's local response cache: ~40,000 MiniLM embeddings (1.5 kB each plus the cache's overhead).
+DEFAULT_CACHE_SIZE = "64M"
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """``64M``, ``512K``, ``1G`` (binary units) or a number of bytes; ``0`` for none."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (value[:-1], value[-1]) if value and value[-1] in _SIZE_UNITS else (value, "")
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 64M, 512K, 1G or 0 (no cache)")
+    return int(number) * _SIZE_UNITS[unit]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,6 +68,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         metavar="NAME",
         help="load only this model (repeatable; default: every model in the repository)",
+    )
+    serve.add_argument(
+        "--cache-size",
+        type=parse_size,
+        default=parse_size(DEFAULT_CACHE_SIZE),
+        metavar="SIZE",
+        help=f"Triton's local response cache, for the entries whose config enables it (the converters' "
+        f"--response-cache): 64M, 1G, ... or 0 for none (default {DEFAULT_CACHE_SIZE})",
     )
     serve.add_argument("--log", type=Path, default=DEFAULT_LOG, help="server log file (default %(default)s)")
     serve.add_argument(
@@ -111,6 +132,7 @@ def run_serve(args: argparse.Namespace) -> int:
         models=args.models,
         log_path=args.log,
         die_with_parent=True,
+        cache_size=args.cache_size,
     )
     repository = server.repository
     repo = Repository(repository)
@@ -139,6 +161,7 @@ def run_serve(args: argparse.Namespace) -> int:
             f"serving {served} from {repository}\n"
             f"  http    {server.http_url}\n  grpc    {server.grpc_url}\n"
             f"  metrics http://{server.metrics_url}/metrics\n  log     {server.log_path}\n"
+            f"  cache   {_size_text(server.cache_size)}\n"
             "Ctrl-C stops it.",
             flush=True,
         )
@@ -156,6 +179,15 @@ def run_serve(args: argparse.Namespace) -> int:
         server.stop()
         _remove_state(state_pid)
         signal.signal(signal.SIGTERM, previous)
+
+
+def _size_text(size: int | None) -> str:
+    if not size:
+        return "none"
+    for unit in ("G", "M", "K"):
+        if size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit} (local response cache)"
+    return f"{size} bytes (local response cache)"
 
 
 def _remove_state(pid: int | None) -> None:

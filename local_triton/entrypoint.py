@@ -6,7 +6,8 @@ The python backend's stub takes ``sys.prefix`` from the first ``python3`` on PAT
 libraries and libpython, so the server needs ``Installation.environment()`` (the backend venv's
 ``bin/`` first on PATH, ``.triton/lib`` and the venv interpreter's libdir on LD_LIBRARY_PATH). This
 module applies exactly that environment, adds ``--backend-directory`` (the installation's backends:
-the python backend and the python-based onnxruntime backend) before the given arguments, and replaces
+the python backend and the python-based onnxruntime backend) and ``--cache-directory`` (Triton's
+response caches) before the given arguments, and replaces
 itself with tritonserver (``execve``), so the server is the container's PID 1 and receives its stop
 signal. The arguments are the image's CMD, or the ``args``/``command`` of a Kubernetes or ECS
 container: the same flags NVIDIA's image takes; the ONNX Runtime thread counts of
@@ -51,8 +52,15 @@ def backend_config_environment(args: list[str]) -> dict[str, str]:
 
 
 def command(install: Installation, args: list[str]) -> list[str]:
-    """tritonserver's argv: the installation's backend directory first, so a later flag overrides it."""
-    return [str(install.binary), f"--backend-directory={install.backends}", *args]
+    """tritonserver's argv: the installation's backend and cache directories first (so that
+    ``--cache-config local,size=N`` finds the local response cache, as in NVIDIA's image), so a later
+    flag overrides them."""
+    return [
+        str(install.binary),
+        f"--backend-directory={install.backends}",
+        f"--cache-directory={install.caches}",
+        *args,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,12 @@ class Installation:
     def venv(self) -> Path:
         return self.root / ".venv-triton"
 
+    @property
+    def caches(self) -> Path:
+        """Triton's response cache implementations (``local/libtritoncache_local.so``), for
+        ``--cache-directory``; the server looks in /opt/tritonserver/caches otherwise."""
+        return self.root / ".triton" / "caches"
+
     def check(self) -> Installation:
         """Raise MissingDependency naming the first missing piece and how to get it."""
         needed = [
@@ -44,6 +50,7 @@ class Installation:
             (self.backends / "python" / "libtriton_python.so", "Triton's python backend"),
             (self.backends / "python" / "triton_python_backend_stub", "the python backend stub"),
             (self.backends / "onnxruntime" / "model.py", "the python-based onnxruntime backend"),
+            (self.caches / "local" / "libtritoncache_local.so", "Triton's local response cache"),
             (self.venv / "bin" / "python3", "the backend venv .venv-triton"),
         ]
         for path, what in needed:

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from core import processes
-from core.errors import NotFound, Unavailable
+from core.errors import InvalidArgument, NotFound, Unavailable
 from core.processes import HOST, check_port_free, free_port
 from core.repository import Repository
 from local_triton.installation import SETUP_HINT, Installation
@@ -101,6 +101,7 @@ class TritonServer:
         exit_timeout_s: int = 5,
         die_with_parent: bool = False,
         extra_args: Iterable[str] = (),
+        cache_size: int | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
@@ -115,6 +116,14 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.die_with_parent = die_with_parent
         self.extra_args = list(extra_args)
+        # Bytes of Triton's local response cache (--cache-config local,size=N), for the entries whose config
+        # enables it; None or 0: no cache (those entries are served uncached).
+        if cache_size is not None and (isinstance(cache_size, bool) or cache_size < 0):
+            raise InvalidArgument(
+                f"--cache-size: {cache_size!r} is not a size in bytes >= 0; give e.g. 64M, or 0 for no cache",
+                field="cache_size",
+            )
+        self.cache_size = cache_size or None
         self._requested = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
         self.http_port = self.grpc_port = self.metrics_port = None
         self._child: processes.Child | None = None
@@ -185,6 +194,11 @@ class TritonServer:
             "--pinned-memory-pool-byte-size=0",
             "--log-info=true",
         ]
+        if self.cache_size:
+            args += [
+                f"--cache-directory={self.install.caches}",
+                f"--cache-config=local,size={self.cache_size}",
+            ]
         if self.models is None:
             args.append("--load-model=*")
         else:
@@ -367,6 +381,14 @@ class TritonServer:
 
     def index(self) -> list[dict]:
         return repository_index(self.http_url)
+
+    def metrics(self) -> str:
+        """Triton's Prometheus text (``/metrics`` on the metrics port): ``nv_inference_*``, and with a
+        response cache ``nv_cache_num_hits_per_model`` / ``nv_cache_num_misses_per_model``."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.metrics_url}/metrics", timeout=10) as response:
+            return response.read().decode()
 
     def statistics(self, name: str, version: str = "") -> dict:
         """Triton's inference statistics of a model (inference_count, execution_count, ...)."""

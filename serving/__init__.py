@@ -9,7 +9,12 @@
 - ``triton_client``: the async gRPC client, request merging and chunking, Triton's failures told apart;
   ``http``: request ids, JSON bodies only, body limits, unknown paths, strict integers, bounded metrics
   labels (``GuardedService``), error shapes and request checks; ``observability``: metrics and JSON logs
-- ``launcher``: ``bentoml serve`` as a child process, ready when it returns (tests, benchmarks)
+- ``cache``: the optional shared response cache (Redis), per item; ``access``: API keys and rate
+  limits (ASGI middleware)
+- ``launcher``: ``bentoml serve`` (and the cache's ``redis-server``) as a child process, ready when it
+  returns (tests, benchmarks)
+- ``batch``: not the service but a client of it: ``python -m serving.batch`` runs a file through the
+  batch endpoints (ordered output, resumable); it imports no model code
 
 Only ``core/`` and the packages of requirements-service.txt are imported here: the bento ships this
 package and ``core/``, nothing else of the repository.

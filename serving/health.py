@@ -46,9 +46,15 @@ class TritonHealth:
     must be ready (read at every check, so a change of the served versions is followed)."""
 
     def __init__(
-        self, gateway: Any, routable: Callable[[], list[tuple[str, int]]], settings: TritonSettings
+        self,
+        gateway: Any,
+        routable: Callable[[], list[tuple[str, int]]],
+        settings: TritonSettings,
+        *,
+        ready_gauge: Any = None,
     ) -> None:
         self.gateway = gateway
+        self.ready_gauge = ready_gauge  # a Prometheus Gauge set to 1/0 after every check
         self.routable = routable
         self.settings = settings
         self.state = NOT_CHECKED
@@ -84,6 +90,8 @@ class TritonHealth:
             level = logging.WARNING if state.reason else logging.INFO
             log.log(level, "readiness: %s", state.reason or "ready")
         self.state = state
+        if self.ready_gauge is not None:
+            self.ready_gauge.set(1 if state.ready else 0)
         self.checks += 1
         self._checked.set()
         return state

@@ -20,7 +20,9 @@ from core.errors import (
     InvalidArgument,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     ToolkitError,
+    Unauthorized,
     Unavailable,
     UnsupportedMediaType,
 )
@@ -296,8 +298,10 @@ def json_response(body: dict, status: int = 200, headers: dict[str, str] | None 
 def error_response(err: ToolkitError) -> Response:
     body = {"error": str(err), "field": getattr(err, "field", None), "request_id": REQUEST_ID.get()}
     headers = {}
-    if isinstance(err, Unavailable):
+    if isinstance(err, Unavailable | RateLimited):
         headers["Retry-After"] = str(err.retry_after_s)
+    if isinstance(err, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="modelpack"'
     return json_response(body, err.http_status, headers)
 
 

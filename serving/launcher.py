@@ -7,7 +7,8 @@ and the benchmarks use (``TritonServer`` is its counterpart for Triton).
 The server listens on a free 127.0.0.1 port, reads the service.yaml ``config`` (MODELPACK_SERVICE_CONFIG;
 the inherited MODELPACK_TRITON_URL / MODELPACK_REPOSITORY are dropped, so the file alone says where
 Triton and the repository are), keeps BentoML's state under ``home`` (BENTOML_HOME) and sends no usage
-data. ``stop()`` ends it with its workers, which BentoML runs in sessions of their own.
+data. ``stop()`` ends it with its workers, which BentoML runs in sessions of their own. ``RedisServer``
+runs the response cache's Redis the same way.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "service:ModelService"
-# Settings from the environment that would override the service.yaml given to the launcher.
-OVERRIDES = ("MODELPACK_TRITON_URL", "MODELPACK_REPOSITORY")
+# Settings from the environment that would override the service.yaml given to the launcher (``env`` may
+# set them again on purpose).
+OVERRIDES = ("MODELPACK_TRITON_URL", "MODELPACK_REPOSITORY", "MODELPACK_ACCESS", "MODELPACK_API_KEYS")
 
 
 class BentoServer:
@@ -43,9 +45,11 @@ class BentoServer:
         log_path: str | os.PathLike,
         *,
         root: str | os.PathLike = ROOT,
+        env: dict[str, str] | None = None,
         die_with_parent: bool = False,
     ) -> None:
         self.config = Path(config)
+        self.extra_env = dict(env or {})  # e.g. MODELPACK_API_KEYS for the service
         self.home = Path(home)
         self.log_path = Path(log_path)
         self.root = Path(root)
@@ -95,6 +99,7 @@ class BentoServer:
         env["MODELPACK_SERVICE_CONFIG"] = str(self.config)
         env["BENTOML_HOME"] = str(self.home)
         env["BENTOML_DO_NOT_TRACK"] = "True"
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 90.0, *, ready: bool = True) -> BentoServer:
@@ -130,6 +135,89 @@ class BentoServer:
             child.stop(grace_s=timeout)
 
     def __enter__(self) -> BentoServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class RedisServer:
+    """A ``redis-server`` (Debian's package) on a free 127.0.0.1 port, for the response cache in tests and
+    benchmarks: no persistence, its files in ``folder``; ``stop()`` ends it, ``start()`` again brings it
+    back on the same port (to test the service across a Redis outage).
+
+        with RedisServer(folder) as redis:
+            settings = {"cache": {"enabled": True, "redis_url": redis.url}}
+    """
+
+    def __init__(
+        self, folder: str | os.PathLike, *, port: int | None = None, die_with_parent: bool = False
+    ) -> None:
+        self.folder = Path(folder)
+        self.port = port
+        self.die_with_parent = die_with_parent  # as BentoServer's
+        self._child: processes.Child | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._child is not None and self._child.alive()
+
+    def command(self) -> list[str]:
+        return [
+            "redis-server",
+            "--bind",
+            HOST,
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.folder),
+            "--protected-mode",
+            "yes",
+        ]
+
+    def start(self, timeout: float = 20.0) -> RedisServer:
+        if self.running:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self._child = processes.start(
+            "redis-server",
+            self.command(),
+            log_path=self.folder / "redis.log",
+            die_with_parent=self.die_with_parent,
+            hint="install Debian's redis-server (`make setup` does, as root)",
+        )
+        try:
+            self._child.wait_ready(self._ping, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ping(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1.0) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop(grace_s=timeout)
+
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

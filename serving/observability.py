@@ -1,5 +1,6 @@
 """What the service tells its operators: Prometheus series (``modelpack_*`` on BentoML's /metrics),
-JSON log lines carrying the request id of the request being served."""
+JSON log lines carrying the request id of the request being served. The dashboard and alert rules of
+``deploy/observability/`` read these series (a test checks that each one they name is exported)."""
 
 import contextvars
 import functools
@@ -61,6 +62,32 @@ def metrics() -> dict[str, Any]:
             documentation="Requests waiting in the service for a Triton call slot, by model and version",
             labelnames=["model", "version"],
             multiprocess_mode="livesum",
+        ),
+        # Triton as the background check last saw it (serving/health.py): 1 ready, 0 not; what the
+        # "Triton not ready" alert reads (deploy/observability/alerts.yaml).
+        "triton_ready": prometheus_client.Gauge(
+            name="modelpack_triton_ready",
+            documentation="1 when Triton and every routable model version were ready at the last check",
+            multiprocess_mode="livemin",
+        ),
+        # The shared response cache (serving/cache.py), per item: hit, miss, or bypassed (Redis down).
+        "cache_items": prometheus_client.Counter(
+            name="modelpack_cache_items_total",
+            documentation="Items looked up in the response cache, by model, version and result "
+            "(hit, miss, bypassed: Redis down or slow)",
+            labelnames=["model", "version", "result"],
+        ),
+        "cache_errors": prometheus_client.Counter(
+            name="modelpack_cache_errors_total",
+            documentation="Redis calls of the response cache that failed or timed out, by operation",
+            labelnames=["operation"],
+        ),
+        # API keys and rate limits (serving/access.py): requests refused before any route ran.
+        "access_denied": prometheus_client.Counter(
+            name="modelpack_access_denied_total",
+            documentation="Requests refused by the access checks, by reason (missing_key, invalid_key: "
+            "401; rate_limited: 429)",
+            labelnames=["reason"],
         ),
     }
 

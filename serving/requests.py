@@ -5,7 +5,8 @@ task serves the route; the model is the one named (or the one configured with th
 the pinned one (or the configured split's draw, e.g. a canary's {1: 90, 2: 10}); the inputs are checked
 and preprocessed as the task's input kind says, sent to Triton (merged with concurrent requests), and
 its output post-processed and shaped into the answer as the task and route say. The answer names
-``model`` and the ``version`` that served it.
+``model`` and the ``version`` that served it. With the response cache on (``cache:``), the rows Redis
+holds for that version are taken from it and only the other items go to Triton (serving/cache.py).
 
 ``RequestPath.infer(name, version, body)``: the Open Inference Protocol route, for any configured
 model: the request's tensors checked against the chosen version's manifest (``serving/protocol.py``),
@@ -36,6 +37,7 @@ from starlette.responses import Response
 from core.companions import ENSEMBLE_VERSION, text_name
 from core.errors import InvalidArgument, ToolkitError, Unavailable
 from core.tasks import INFER_ROUTES, ROUTES, TASK_SPECS
+from serving.cache import ResponseCache, row_shape_of, take_rows
 from serving.health import TritonHealth
 from serving.http import error_response, json_response
 from serving.live import ModelWatcher
@@ -80,10 +82,14 @@ class RequestPath:
             waiting=self.metrics["waiting"],
         )
         # Triton checked in the background: /readyz reads it, requests fail fast while Triton is down.
-        self.health = TritonHealth(self.triton, self._routable, settings.triton)
+        self.health = TritonHealth(
+            self.triton, self._routable, settings.triton, ready_gauge=self.metrics["triton_ready"]
+        )
         # The versions follow the repository and Triton while the service runs.
         self.watcher = ModelWatcher(settings, self.models, self.triton)
         self.decoder = ThreadPoolExecutor(settings.limits.decode_threads, thread_name_prefix="decode")
+        # The shared response cache in Redis (serving/cache.py), when service.yaml turns it on.
+        self.cache = ResponseCache(settings.cache, self.metrics) if settings.cache.enabled else None
         log.info(
             "serving %s from %s via Triton at %s",
             ", ".join(f"{m.name} ({m.task}, split {m.split})" for m in self.models.values()),
@@ -113,12 +119,11 @@ class RequestPath:
             if inputs.kind != task.input_kind:
                 raise TypeError(f"{route} takes {task.input_kind} inputs, the endpoint gave {inputs.kind}")
             tensors = await self._preprocess(task.input_kind, inputs, chosen)
-            self.health.raise_if_down()
             # Text rows may merge with others zero-padded (masked out); other tensors merge only with
             # rows of their own shapes. The tensors task answers with every output, the others with one.
             every_output = task.postprocess == "tensors"
             pad = task.input_kind == "text"
-            (output, served), chosen = await self._infer(
+            (output, served), chosen = await self._cached(
                 entry, chosen, version, inputs, tensors, every_output, pad
             )
             results = POSTPROCESS[task.postprocess](as_declared(output, chosen), request, entry, chosen)
@@ -220,6 +225,45 @@ class RequestPath:
                 retry_after_s=self.settings.triton.retry_after_s,
             ) from None
 
+    async def _cached(
+        self,
+        entry: ModelEntry,
+        chosen: VersionEntry,
+        pinned: int | None,
+        inputs: Texts | Images | Features | Tensors,
+        tensors: dict,
+        every_output: bool,
+        pad: bool,
+    ) -> tuple:
+        """``_infer``'s answer; with the response cache on, the rows cached for ``chosen`` are taken from
+        it and only the other items go to Triton. Rows of two versions are never mixed: when Triton
+        answers the missing items from another version (``chosen`` unloaded meanwhile), the cached rows
+        are dropped and the whole request is answered without the cache."""
+        keys = None
+        if self.cache is not None and not every_output:
+            keys = self.cache.keys(entry.name, chosen, inputs)
+        rows = None
+        if keys is not None:
+            labels = {"model": entry.name, "version": str(chosen.version)}
+            rows = await self.cache.get(keys, row_shape_of(chosen), labels)
+        if rows is None:  # no cache, a version it does not hold, or Redis bypassed
+            self.health.raise_if_down()
+            return await self._infer(entry, chosen, pinned, inputs, tensors, every_output, pad)
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if not missing:  # every row cached: Triton is not needed
+            return ({chosen.output_name: np.stack(rows)}, chosen.version), chosen
+        self.health.raise_if_down()
+        (output, served), used = await self._infer(
+            entry, chosen, pinned, inputs, take_rows(tensors, missing), every_output, pad
+        )
+        if used is not chosen or served != chosen.version:
+            return await self._infer(entry, chosen, pinned, inputs, tensors, every_output, pad)
+        computed = output[chosen.output_name]
+        await self.cache.put({keys[i]: computed[j] for j, i in enumerate(missing)})
+        for j, i in enumerate(missing):
+            rows[i] = computed[j]
+        return ({chosen.output_name: np.stack(rows).astype(computed.dtype, copy=False)}, served), chosen
+
     async def _infer(
         self,
         entry: ModelEntry,
@@ -318,4 +362,6 @@ class RequestPath:
         await self.health.close()
         await self.watcher.close()
         self.decoder.shutdown(wait=False, cancel_futures=True)
+        if self.cache is not None:
+            await self.cache.close()
         await self.triton.close()

@@ -18,6 +18,10 @@ from core.tasks import TASK_SPECS
 CONFIG_ENV = "MODELPACK_SERVICE_CONFIG"
 TRITON_URL_ENV = "MODELPACK_TRITON_URL"
 REPOSITORY_ENV = "MODELPACK_REPOSITORY"
+# The `access` section as YAML/JSON (containers without a config file of their own: ECS), and the API
+# keys themselves (a secret: Kubernetes/ECS put it in the environment or a file, never service.yaml).
+ACCESS_ENV = "MODELPACK_ACCESS"
+API_KEYS_ENV = "MODELPACK_API_KEYS"
 # The bento ships service.yaml beside service.py, one folder above this package.
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "service.yaml"
 # The tasks of the registry: pydantic refuses any other, listing these.
@@ -148,6 +152,63 @@ Tokenize = Literal["service", "triton"]
 DEFAULT_TOKENIZE: Tokenize = "service"
 
 
+class CacheSettings(_Strict):
+    """The Bento's shared response cache (serving/cache.py): each item's model output row in Redis, keyed
+    by model, version, a digest of what makes its tensors (manifest, tokenizer, max_length, image
+    settings) and the item itself. Off by default; Redis down or slow means the cache is bypassed."""
+
+    enabled: bool = False
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="redis://host:port/db, rediss:// (TLS) or unix:///path"
+    )
+    ttl_s: int = Field(86_400, ge=1, le=30 * 86_400, description="how long a cached row is kept")
+    timeout_s: float = Field(0.25, gt=0, le=5, description="per Redis call; a slower call is a bypass")
+    retry_after_s: float = Field(
+        5.0, ge=0, le=600, description="after a Redis failure the cache is bypassed this long"
+    )
+    key_prefix: str = Field("modelpack", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"{value!r} is not a Redis URL; write redis://host:6379/0, rediss://host:6380/0 or "
+                "unix:///path/to/redis.sock"
+            )
+        return value
+
+
+class RateLimit(_Strict):
+    """A token bucket per API key (per Bento worker: replicas x workers multiply it)."""
+
+    requests_per_s: float = Field(0.0, ge=0, le=1_000_000, description="refill rate; 0: no limit")
+    burst: int = Field(20, ge=1, le=1_000_000, description="requests a key may send at once")
+
+
+class AccessSettings(_Strict):
+    """API keys and rate limits (serving/access.py). Off by default; the deploy overlays turn them on."""
+
+    require_keys: bool = Field(
+        False, description="every route but /healthz, /livez, /readyz and /metrics needs a valid API key"
+    )
+    keys_file: Path | None = Field(
+        None, description="one key per line, plain or as sha256:<hex> (relative paths: to this file's folder)"
+    )
+    keys_env: str = Field(
+        API_KEYS_ENV, description="an environment variable holding keys, comma or newline separated"
+    )
+    rate_limit: RateLimit = RateLimit()
+
+    @model_validator(mode="after")
+    def _keys_for_limits(self) -> "AccessSettings":
+        if self.rate_limit.requests_per_s > 0 and not self.require_keys:
+            raise ValueError(
+                "rate_limit is per API key: set require_keys: true (and give keys), or requests_per_s: 0"
+            )
+        return self
+
+
 class ModelSettings(_Strict):
     name: str
     task: TaskName
@@ -214,6 +275,8 @@ class ServiceSettings(_Strict):
         le=60,
         description="how often the repository's served versions and Triton's ready ones are read again",
     )
+    cache: CacheSettings = CacheSettings()
+    access: AccessSettings = AccessSettings()
     models: list[ModelSettings] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -253,6 +316,17 @@ def read_settings(path: str | os.PathLike, *, environ: dict[str, str] | None = N
             data["triton"]["url"] = environ[TRITON_URL_ENV]
     if environ.get(REPOSITORY_ENV):
         data["repository"] = environ[REPOSITORY_ENV]
+    if environ.get(ACCESS_ENV):
+        try:
+            access = yaml.safe_load(environ[ACCESS_ENV])
+        except yaml.YAMLError as err:
+            raise InvalidArgument(f"${ACCESS_ENV}: not valid YAML or JSON: {err}", field="access") from None
+        if not isinstance(access, dict):
+            raise InvalidArgument(
+                f'${ACCESS_ENV}: expected a mapping such as {{"require_keys": true}}, got {access!r}',
+                field="access",
+            )
+        data["access"] = access
     try:
         settings = ServiceSettings.model_validate(data)
     except ValidationError as err:
@@ -267,6 +341,10 @@ def read_settings(path: str | os.PathLike, *, environ: dict[str, str] | None = N
         ) from None
     if not settings.repository.is_absolute():
         settings = settings.model_copy(update={"repository": (path.parent / settings.repository).resolve()})
+    keys_file = settings.access.keys_file
+    if keys_file is not None and not keys_file.is_absolute():
+        access = settings.access.model_copy(update={"keys_file": (path.parent / keys_file).resolve()})
+        settings = settings.model_copy(update={"access": access})
     return settings
 
 

@@ -74,6 +74,14 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
         help="write ONNX Runtime's TensorRT execution accelerator (FP16) into the config, "
         "for GPU deployments",
     )
+    serving.add_argument(
+        "--response-cache",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="Triton's response cache for the entry (response_cache { enable: true }; used when the server "
+        "runs with --cache-config): auto turns it on when the graph is deterministic (no random operators); "
+        "on refuses a graph with them (default %(default)s)",
+    )
 
 
 def serving_options(args: argparse.Namespace) -> ServingOptions:
@@ -85,6 +93,7 @@ def serving_options(args: argparse.Namespace) -> ServingOptions:
         instance_count=args.instance_count,
         intra_op_threads=args.intra_op_threads,
         accelerator=args.accelerator,
+        response_cache={"auto": None, "on": True, "off": False}[args.response_cache],
     )
 
 

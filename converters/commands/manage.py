@@ -142,11 +142,12 @@ def run_rollback(args: argparse.Namespace) -> int:
 def run_configure(args: argparse.Namespace) -> int:
     """The accelerator and/or a tuning result, applied in one atomic write of the entry's config."""
     from core.repository import Repository, validate_name
-    from core.triton_config import set_accelerator
+    from core.triton_config import set_accelerator, set_response_cache
 
-    if args.accelerator is None and args.tuning is None:
+    if args.accelerator is None and args.tuning is None and args.response_cache is None:
         raise InvalidArgument(
-            "configure: nothing to change; give --accelerator tensorrt|none, --tuning FILE, or both",
+            "configure: nothing to change; give --accelerator tensorrt|none, --tuning FILE, "
+            "--response-cache on|off, or several",
             field="accelerator",
         )
     repo = Repository(args.repository)
@@ -170,6 +171,15 @@ def run_configure(args: argparse.Namespace) -> int:
 
     if tuned is not None:
         apply_tuning(repo.config(name))  # a result that does not fit is refused before anything is touched
+    random = []
+    if args.response_cache == "on":  # every version's graph must be deterministic, checked before writing
+        from converters.determinism import random_ops
+
+        for version in repo.versions(name):
+            path = repo.version_dir(name, version) / "model.onnx"
+            if path.is_file():
+                random += [f"{op} (version {version})" for op in random_ops(path)]
+        set_response_cache(repo.config(name), True, random)
 
     def change(config) -> None:
         if tuned is not None:
@@ -180,6 +190,8 @@ def run_configure(args: argparse.Namespace) -> int:
             set_accelerator(config, args.accelerator, args.precision)
             for group in config.instance_group:  # the accelerator only applies to GPU instances
                 group.kind = group.KIND_GPU
+        if args.response_cache is not None:
+            set_response_cache(config, args.response_cache == "on", random)
 
     config = repo.update_config(name, change)
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
@@ -194,6 +206,7 @@ def run_configure(args: argparse.Namespace) -> int:
                 "preferred_batch_size": list(config.dynamic_batching.preferred_batch_size),
                 "instance_counts": [group.count for group in config.instance_group],
                 "tuning": None if args.tuning is None else str(args.tuning),
+                "response_cache": config.response_cache.enable,
             }
         )
     )
@@ -257,7 +270,7 @@ def register(subparsers) -> None:
 
     configure = subparsers.add_parser(
         "configure",
-        help="set the GPU accelerator, or apply a batching tuning result, to an entry's config",
+        help="set the GPU accelerator, apply a batching tuning result, or turn the response cache on/off",
         description="Change an entry's config.pbtxt in one atomic write under the repository lock. "
         "--accelerator: write ONNX Runtime's TensorRT execution accelerator into an ONNX entry's config and "
         "make its instances KIND_GPU (for GPU deployments; a CPU-only server cannot load it then), or "
@@ -265,11 +278,18 @@ def register(subparsers) -> None:
         "dynamic batching (max_queue_delay_microseconds, preferred_batch_size) and instance count that "
         "`python -m benchmarks tune NAME` chose, from its tuning.json (checked whole first: unknown keys, "
         "bad fields and a result for another entry are refused). Triton picks the change up on reload "
-        "(`python -m converters load NAME`).",
+        "(`python -m converters load NAME`). --response-cache on|off: Triton's response cache for the entry.",
     )
     configure.add_argument("name", metavar="NAME")
     configure.add_argument("--accelerator", default=None, choices=(*ACCELERATORS, "none"))
     configure.add_argument("--precision", choices=ACCELERATOR_PRECISIONS, default="FP16")
+    configure.add_argument(
+        "--response-cache",
+        choices=("on", "off"),
+        default=None,
+        help="Triton's response cache for the entry (on: refused when a version's graph has random "
+        "operators; the server needs --cache-config, which `serve` passes)",
+    )
     configure.add_argument(
         "--tuning",
         type=Path,

@@ -7,7 +7,9 @@ health checks on every essential container with values ECS accepts, awslogs on e
 cpu/memory pairs that Fargate allows and container sums within the task, essential containers that
 run as a non-root user, ``dependsOn`` that names real containers, conditions they can meet, and no
 cycles, a ``stopTimeout`` longer than Triton's ``--exit-timeout-secs`` (so calls in flight finish before
-ECS kills it), and ONNX Runtime's thread count equal to the container's vCPUs. For services: launch
+ECS kills it), ONNX Runtime's thread count equal to the container's vCPUs, ``secrets`` that name a
+Secrets Manager secret or SSM parameter (and an execution role to read them), and a service whose
+``MODELPACK_ACCESS`` requires API keys gets them from a secret. For services: launch
 type against the task's compatibilities, rolling-update percentages that keep full capacity, a way to
 detect a failed deployment and roll it back (the circuit breaker for ROLLING; alarms and the load
 balancer's second target group for ECS's own CANARY/LINEAR/BLUE_GREEN), awsvpc networking, and load
@@ -45,6 +47,12 @@ STRATEGIES = ("ROLLING", "BLUE_GREEN", "LINEAR", "CANARY")
 # Fargate's longest stopTimeout (seconds); ECS's default is 30.
 FARGATE_MAX_STOP_TIMEOUT = 120
 THREADS_FLAG = re.compile(r"^--backend-config=onnxruntime,intra_op_thread_count=(.+)$")
+# What a container secret's valueFrom may be: a Secrets Manager secret's ARN (optionally with a JSON key
+# and version) or an SSM parameter's ARN or name.
+SECRET_ARN = re.compile(
+    r"^arn:aws[\w-]*:(secretsmanager:[\w-]+:\d{12}:secret:.+|ssm:[\w-]+:\d{12}:parameter/.+)$"
+)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def image_problem(image: object) -> str | None:
@@ -191,6 +199,7 @@ def _container_problems(
         problems.extend(_port_problems(where, container, network_mode, seen_ports))
         problems.extend(_health_check_problems(where, container, essential))
         problems.extend(_log_problems(where, container, fargate))
+        problems.extend(_secret_problems(where, container, task))
 
         for mount_index, mount in enumerate(container.get("mountPoints") or []):
             if mount.get("sourceVolume") not in volumes:
@@ -261,6 +270,57 @@ def _drain_problems(where: str, container: dict, fargate: bool) -> list[str]:
                 f"units ({want} vCPU); set it to {want} so ONNX Runtime does not oversubscribe the task"
             )
     return problems
+
+
+def _secret_problems(where: str, container: dict, task: dict) -> list[str]:
+    """Secrets: a name each, from a Secrets Manager secret or an SSM parameter, not also in environment,
+    an execution role to fetch them; and a service that requires API keys (``MODELPACK_ACCESS``) gets
+    its keys variable from a secret, never from plain environment."""
+    problems = []
+    secrets = container.get("secrets") or []
+    environment = {e.get("name"): e.get("value") for e in container.get("environment") or []}
+    for index, secret in enumerate(secrets):
+        at = f"{where}.secrets[{index}]"
+        name, value = secret.get("name"), secret.get("valueFrom")
+        if not isinstance(name, str) or not ENV_NAME.match(name):
+            problems.append(f"{at}.name: {name!r} is not an environment variable name")
+        if not isinstance(value, str) or not (SECRET_ARN.match(value) or value.startswith("/")):
+            problems.append(
+                f"{at}.valueFrom: {value!r} is neither a Secrets Manager secret ARN "
+                "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME) nor an SSM parameter"
+            )
+        if name in environment:
+            problems.append(f"{at}.name: {name} is also in environment; give it in one place only")
+    if secrets and not task.get("executionRoleArn"):
+        problems.append(
+            f"{where}.secrets: ECS fetches secrets with the task's executionRoleArn, which is missing"
+        )
+    access = environment.get("MODELPACK_ACCESS")
+    if access is not None:
+        problems.extend(_access_problems(where, access, environment, {s.get("name") for s in secrets}))
+    return problems
+
+
+def _access_problems(where: str, text: str, environment: dict, secret_names: set) -> list[str]:
+    """``MODELPACK_ACCESS`` read as the service reads it (serving.settings.AccessSettings)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from serving.settings import AccessSettings
+
+    try:
+        access = AccessSettings.model_validate(yaml.safe_load(text))
+    except (yaml.YAMLError, ValidationError, TypeError) as err:
+        first = str(err).splitlines()[:3]
+        return [f"{where}.environment MODELPACK_ACCESS: not a valid access section: {' '.join(first)}"]
+    if access.require_keys and access.keys_file is None and access.keys_env not in secret_names:
+        given = " (it is plain environment: move it to secrets)" if access.keys_env in environment else ""
+        return [
+            f"{where}.secrets: MODELPACK_ACCESS requires API keys but no secret sets "
+            f"${access.keys_env}{given}; "
+            f'add {{"name": "{access.keys_env}", "valueFrom": "<secret ARN>"}}'
+        ]
+    return []
 
 
 def _port_problems(

@@ -445,6 +445,35 @@ def test_tokenize_stacks_and_cold_start_are_measured_side_by_side(model_repo, tm
     assert names == {"tritonserver", "bento-tokenize-service", "bento-tokenize-triton"}
 
 
+@pytest.mark.triton
+@pytest.mark.bento
+@pytest.mark.slow
+def test_batch_stack_runs_a_job_against_the_ceiling(model_repo, tmp_path):
+    """``--stacks batch`` alone: the ceiling at the job's batch size, then Triton and the Bento, then
+    ``python -m serving.batch`` over a file of the workload's texts; every record answered, items/s
+    against the ceiling, every process stopped."""
+    from core.processes import group_members
+
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [*quick_run_argv(out, model_repo, "--workloads", "minilm-short"), "--stacks", "batch"],
+        cwd=ROOT,
+        env={**os.environ, "MODELPACK_BENCH_TIME_SCALE": "0.2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    job = summary["batch_job"]
+    assert summary["errors"] == [] and job["records"] == 500 and job["batch_size"] == 32
+    assert job["items_per_s"] > 0 and job["ceiling"]["items_per_s"] > 0 and job["of_ceiling"] > 0
+    assert (out / "batch" / "embeddings.jsonl").read_bytes().count(b"\n") == 500
+    assert "## Batch job" in (out / "report.md").read_text() and "batch job:" in done.stdout
+    assert {p["name"] for p in summary["processes"]} == {"tritonserver", "bento"}
+    assert all(group_members(p["pid"]) == [] for p in summary["processes"])
+
+
 # ---- the tuner -----------------------------------------------------------------------------------
 
 

@@ -349,6 +349,68 @@ def test_a_release_rolls_both_deployments_and_a_split_the_bento_alone(objects, t
     assert template(split, "bento") != template(objects["canary"], "bento")
 
 
+# ---- API keys ------------------------------------------------------------------------------------
+
+
+def _api_keys_secret(objects, overlay: str) -> tuple[dict, dict]:
+    """The Bento's keys volume and the Secret it mounts."""
+    pod = _pod(objects, overlay, "bento")
+    volume = next(v for v in pod["volumes"] if v["name"] == "api-keys")
+    return volume, objects[overlay][("Secret", volume["secret"]["secretName"])]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_bento_requires_api_keys_from_the_secret(objects, overlay):
+    """Access is on in every overlay: the service.yaml requires keys and reads them from the file the
+    Secret mounts (readable by the Bento's group only, outside the ConfigMap's folder); probes and the
+    scrape path stay open; the rate limit is on."""
+    import base64
+
+    from serving.access import OPEN_PATHS, AccessPolicy
+
+    settings = _config_map_settings(objects, overlay)
+    access = settings.access
+    assert access.require_keys and access.rate_limit.requests_per_s > 0
+    bento = _container(_pod(objects, overlay, "bento"), "bento")
+    volume, secret = _api_keys_secret(objects, overlay)
+    mount = next(m for m in bento["volumeMounts"] if m["name"] == "api-keys")
+    assert mount["readOnly"] and str(access.keys_file) == f"{mount['mountPath']}/api-keys"
+    assert (
+        volume["secret"]["defaultMode"] == 0o440
+        and _pod(objects, overlay, "bento")["securityContext"]["fsGroup"]
+    )
+    config_mount = next(m for m in bento["volumeMounts"] if m["name"] == "service-config")
+    assert not mount["mountPath"].startswith(config_mount["mountPath"] + "/")  # no mount inside a ConfigMap's
+    assert secret["type"] == "Opaque" and set(secret["data"]) == {"api-keys"}
+    probes = {bento[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
+    scrape = objects[overlay][("Deployment", "bento")]["spec"]["template"]["metadata"]["annotations"]
+    assert probes | {scrape["prometheus.io/path"]} <= OPEN_PATHS
+
+    # As shipped the Secret holds no key, so the Bento refuses to start (saying how to add one) rather
+    # than serve with a lock nobody has a key to; with a line from `new-key` it starts.
+    text = base64.b64decode(secret["data"]["api-keys"]).decode()
+    with tempfile.TemporaryDirectory() as folder:
+        keys = Path(folder) / "api-keys"
+        keys.write_text(text, encoding="utf-8")
+        shipped = access.model_copy(update={"keys_file": keys})
+        with pytest.raises(Exception, match="no API key was found .* new-key"):
+            AccessPolicy.from_settings(shipped, environ={})
+        keys.write_text(text + "sha256:" + "ab" * 32 + " billing\n", encoding="utf-8")
+        policy = AccessPolicy.from_settings(shipped, environ={})
+    assert [k.name for k in policy.keys] == ["billing"]
+
+
+def test_a_new_key_list_rolls_the_bento_alone(objects, tmp_path):
+    def new_key(folder: Path) -> None:
+        path = folder / "base" / "api-keys.txt"
+        path.write_text(path.read_text() + "sha256:" + "cd" * 32 + " reports\n")
+
+    changed = _render_copy(tmp_path, new_key)["cpu"]
+    template = lambda objs, name: objs[("Deployment", name)]["spec"]["template"]  # noqa: E731
+    assert template(changed, "bento") != template(objects["cpu"], "bento")
+    assert template(changed, "triton") == template(objects["cpu"], "triton")
+
+
 STAND_IN_AWS = '''#!{python}
 """`aws s3 sync [--exclude PATTERN]... s3://BUCKET/KEY/ DIR` over a local folder standing in for S3
 (the real aws-cli cannot reach S3 from here)."""
@@ -539,10 +601,11 @@ def test_triton_command_is_the_same_in_the_image_kubernetes_and_ecs(objects):
         "--backend-config=onnxruntime,intra_op_thread_count={}",
         "--backend-config=onnxruntime,inter_op_thread_count=1",
     ]
-    assert ecs_args == image_args + [t.format(3) for t in threads]  # 2816 cpu units: 3 vCPUs
+    cache = ["--cache-config=local,size=268435456"]  # Triton's response cache, 256 MiB
+    assert ecs_args == image_args + [t.format(3) for t in threads] + cache  # 2816 cpu units: 3 vCPUs
     for overlay in OVERLAYS:
         k8s_args = _container(_pod(objects, overlay, "triton"), "triton")["args"]
-        assert k8s_args == image_args + [t.format("$(ORT_THREADS)") for t in threads]
+        assert k8s_args == image_args + [t.format("$(ORT_THREADS)") for t in threads] + cache
 
 
 # ---- with the real service and servers -------------------------------------------------------------

@@ -8,7 +8,8 @@
   image_classifier) answers them, except those of the routes of other tasks (``/classify``,
   ``/entities``, ``/classify/features``, ``/tensors``) and the protocol route of other models, which
   ``any_model_server`` answers (``classifier``: MiniLM with a random two-label head; ``ner``,
-  ``tabular``, ``tuplenet``, ``dictnet``, ...: see tests/conftest.py).
+  ``tabular``, ``tuplenet``, ``dictnet``, ...: see tests/conftest.py), and the examples that send an
+  API key (``Authorization`` or ``X-API-Key``), which a Bento requiring keys answers (``keyed_server``).
 - every route in the service's OpenAPI schema has at least one example there (a route's {parameters}
   filled in);
 - every ``curl`` line in README.md and docs/*.md is sent to the running service (``localhost:3000``)
@@ -315,9 +316,43 @@ SESSION_MODELS = ("minilm", "image_classifier")
 OTHER_STACK_ROUTES = ("/classify", "/entities", "/tensors")
 
 
-def server_for(path: str, bento_server, any_model_server):
-    """``any_model_server`` (classifier, ner, tabular, tuplenet, dictnet, ...) for the routes of the
-    tasks it serves and the protocol route of its models; ``bento_server`` for the rest."""
+# The key of the page's Access examples, and that section's service: keys required, one key, a rate of
+# one request per 100 s in bursts of 2 (so its examples show a 200, a 401 and a 429).
+DOCS_KEY = "docs-example-key-0000000001"
+KEY_HEADERS = ("authorization", "x-api-key")
+
+
+@pytest.fixture(scope="module")
+def keyed_server(model_repo, triton_server, service_config, tmp_path_factory):
+    import hashlib
+
+    from serving.launcher import BentoServer
+
+    folder = tmp_path_factory.mktemp("docs_keyed")
+    keys = folder / "api-keys"
+    keys.write_text(f"sha256:{hashlib.sha256(DOCS_KEY.encode()).hexdigest()} docs\n", encoding="utf-8")
+    config = service_config(
+        folder / "service.yaml",
+        model_repo,
+        triton_server.grpc_url,
+        [{"name": "minilm", "task": "feature-extraction"}],
+        access={
+            "require_keys": True,
+            "keys_file": str(keys),
+            "rate_limit": {"requests_per_s": 0.01, "burst": 2},
+        },
+    )
+    server = BentoServer(config, folder / "home", folder / "bento.log", die_with_parent=True).start()
+    yield server
+    server.stop()
+
+
+def server_for(path: str, bento_server, any_model_server, keyed_server=None, headers=None):
+    """``keyed_server`` for the examples that send an API key; ``any_model_server`` (classifier, ner,
+    tabular, tuplenet, dictnet, ...) for the routes of the tasks it serves and the protocol route of its
+    models; ``bento_server`` for the rest."""
+    if keyed_server is not None and any(name.lower() in KEY_HEADERS for name in headers or {}):
+        return keyed_server
     protocol = re.fullmatch(r"/v2/models/([^/]+)/.*", path)
     if path.startswith(OTHER_STACK_ROUTES) or (protocol and protocol[1] not in SESSION_MODELS):
         return any_model_server
@@ -325,11 +360,11 @@ def server_for(path: str, bento_server, any_model_server):
 
 
 @pytest.fixture(scope="module")
-def answers(bento_server, any_model_server) -> dict[str, httpx.Response]:
+def answers(bento_server, any_model_server, keyed_server) -> dict[str, httpx.Response]:
     """Every example of the page sent in the order written (a later one, /metrics, sees the earlier)."""
     result = {}
     for example in EXAMPLES:
-        server = server_for(example.path, bento_server, any_model_server)
+        server = server_for(example.path, bento_server, any_model_server, keyed_server, example.headers)
         result[example.id] = server.client.request(
             example.method,
             example.path,

@@ -32,6 +32,7 @@ SERVICE_ROOTS = (
     "psutil",  # core.processes (die_with_parent)
     "pydantic",
     "pyyaml",
+    "redis",  # serving.cache (the optional response cache)
     "tokenizers",
     "tritonclient[grpc]",
     "uvloop",

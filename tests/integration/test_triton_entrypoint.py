@@ -22,15 +22,17 @@ pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_backend_directory_comes_first_so_a_given_one_wins():
+def test_backend_and_cache_directories_come_first_so_a_given_one_wins():
     install = Installation(ROOT)
     argv = command(install, ["--model-repository=/models", "--backend-directory=/elsewhere"])
     assert argv[0] == str(install.binary)
     assert argv[1:] == [
         f"--backend-directory={install.backends}",
+        f"--cache-directory={install.caches}",
         "--model-repository=/models",
         "--backend-directory=/elsewhere",
     ]
+    assert (install.caches / "local" / "libtritoncache_local.so").is_file()
 
 
 def test_backend_configs_of_onnxruntime_go_to_the_environment():

@@ -31,6 +31,7 @@ BASE_VARS = {
     "SUBNETS": "subnet-aaaa,subnet-bbbb",
     "SECURITY_GROUPS": "sg-1234",
     "TARGET_GROUP_ARN": "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/modelpack/0123abcd",
+    "API_KEYS_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:modelpack/api-keys-AbCdEf",
 }
 
 
@@ -97,6 +98,22 @@ def test_shipped_definitions_pass(definitions):
     assert env["MODELPACK_TRITON_URL"] == "127.0.0.1:8001"  # one awsvpc task: one network namespace
     assert service["networkConfiguration"]["awsvpcConfiguration"]["subnets"] == ["subnet-aaaa", "subnet-bbbb"]
     assert service["deploymentConfiguration"]["minimumHealthyPercent"] == 100
+
+
+def test_bento_requires_api_keys_from_a_secret_and_triton_caches(definitions):
+    """API keys and rate limits are on in the ECS task (off in the service's own service.yaml): the
+    access section as the service reads it, the keys from Secrets Manager; Triton runs with its local
+    response cache."""
+    from serving.settings import AccessSettings
+
+    containers = {c["name"]: c for c in definitions.task["containerDefinitions"]}
+    bento = containers["bento"]
+    env = {e["name"]: e["value"] for e in bento["environment"]}
+    access = AccessSettings.model_validate(json.loads(env["MODELPACK_ACCESS"]))
+    assert access.require_keys and access.rate_limit.requests_per_s > 0 and access.keys_file is None
+    assert bento["secrets"] == [{"name": access.keys_env, "valueFrom": BASE_VARS["API_KEYS_SECRET_ARN"]}]
+    assert access.keys_env not in env
+    assert "--cache-config=local,size=268435456" in containers["triton"]["command"]
 
 
 def test_gpu_variant_runs_on_ec2_with_one_gpu():
@@ -314,6 +331,26 @@ MUTATIONS = {
     "unknown strategy": (
         lambda t, s: s["deploymentConfiguration"].update(strategy="GRADUAL"),
         "deploymentConfiguration.strategy: 'GRADUAL' is not one of ROLLING, BLUE_GREEN, LINEAR, CANARY",
+    ),
+    "secret not an arn": (
+        lambda t, s: _containers(t)["bento"]["secrets"][0].update(valueFrom="my-keys"),
+        "(bento).secrets[0].valueFrom: 'my-keys' is neither a Secrets Manager secret ARN",
+    ),
+    "secret also in environment": (
+        lambda t, s: _containers(t)["bento"]["environment"].append(
+            {"name": "MODELPACK_API_KEYS", "value": "x"}
+        ),
+        "(bento).secrets[0].name: MODELPACK_API_KEYS is also in environment",
+    ),
+    "keys required without a secret": (
+        lambda t, s: _containers(t)["bento"].pop("secrets"),
+        "(bento).secrets: MODELPACK_ACCESS requires API keys but no secret sets $MODELPACK_API_KEYS",
+    ),
+    "access section with a typo": (
+        lambda t, s: next(
+            e for e in _containers(t)["bento"]["environment"] if e["name"] == "MODELPACK_ACCESS"
+        ).update(value='{"require_key": true}'),
+        "(bento).environment MODELPACK_ACCESS: not a valid access section",
     ),
     "canary without alarms or target groups": (
         lambda t, s: s["deploymentConfiguration"].update(

@@ -131,3 +131,76 @@ def test_bento_image_step_adds_a_ready_health_check_as_the_bento_user():
     text = (checks.DEPLOY / "docker" / "bento.Dockerfile").read_text(encoding="utf-8")
     assert "FROM ${BENTO_IMAGE}" in text and "\nUSER 1034:1034\n" in text
     assert "HEALTHCHECK" in text and "127.0.0.1:3000/readyz" in text
+
+
+# ---- dashboards and alerts (deploy/observability/) --------------------------------------------------
+
+
+def test_alert_rules_pass_promtool_check_and_their_unit_tests():
+    result = checks.check_rules()
+    assert result.passed, result.line()
+    names = {name for name, _ in checks.alert_queries()}
+    assert {
+        "ModelpackHighErrorRate",
+        "ModelpackHighLatencyP99",
+        "ModelpackTritonNotReady",
+        "ModelpackTritonQueueTime",
+    } <= names
+    tested = (checks.ALERT_TESTS).read_text(encoding="utf-8")
+    assert all(f"alertname: {name}" in tested for name in names), "an alert without a promtool unit test"
+
+
+def test_promtool_fails_a_broken_rule_and_an_alert_that_no_longer_fires(tmp_path):
+    """The checks can fail: a rule that does not parse, and a threshold raised past the tests' series."""
+    rules = tmp_path / "alerts.yaml"
+    tests = tmp_path / "alerts.test.yaml"
+    tests.write_text(checks.ALERT_TESTS.read_text(encoding="utf-8"), encoding="utf-8")
+    text = checks.ALERTS.read_text(encoding="utf-8")
+    rules.write_text(text.replace("> 0.05", "> 0.5"), encoding="utf-8")  # 9% of 5xx no longer fires
+    result = checks.check_rules(rules, tests)
+    assert not result.passed and "ModelpackHighErrorRate" in " ".join(result.problems)
+    rules.write_text(
+        text.replace("sum by (namespace) (rate(", "sum by (namespace) (rat(", 1), encoding="utf-8"
+    )
+    result = checks.check_rules(rules, tests)
+    assert not result.passed and "check rules" in result.problems[0]
+
+
+def test_dashboard_is_checked_and_every_query_parses():
+    result = checks.check_dashboard()
+    assert result.passed, result.line()
+    titles = {title for title, _ in checks.dashboard_queries()}
+    for wanted in ("Latency p50 / p99 per model and version", "Triton queue time per request"):
+        assert wanted in titles
+    series = set().union(*(checks.metric_names(e) for _, e in checks.dashboard_queries()))
+    for name in (
+        "bentoml_service_request_total",
+        "modelpack_triton_batch_rows_bucket",
+        "nv_inference_queue_duration_us",
+        "nv_cache_num_hits_per_model",
+        "modelpack_cache_items_total",
+    ):
+        assert name in series
+
+
+def test_dashboard_check_fails_a_query_that_does_not_parse(tmp_path):
+    import json
+
+    data = json.loads(checks.DASHBOARD.read_text(encoding="utf-8"))
+    data["panels"][1]["targets"][0]["expr"] = "sum(rate(bentoml_service_request_total[5m]"
+    data["panels"][2]["id"] = data["panels"][1]["id"]
+    broken = tmp_path / "dashboard.json"
+    broken.write_text(json.dumps(data), encoding="utf-8")
+    result = checks.check_dashboard(broken)
+    assert not result.passed
+    problems = "\n".join(result.problems)
+    assert data["panels"][1]["title"] in problems and "panel ids used more than once" in problems
+
+
+def test_metric_names_reads_series_not_functions_labels_or_keywords():
+    expr = (
+        'histogram_quantile(0.99, sum by (le, endpoint) (rate(x_seconds_bucket{endpoint!~"/(a|b)",'
+        'job="y"}[5m]))) / on(namespace) group_left clamp_min(sum without (pod) (up_total), 1e-9) > bool 1'
+    )
+    assert checks.metric_names(expr) == {"x_seconds_bucket", "up_total"}
+    assert checks.metric_names("absent(nv_inference_request_success)") == {"nv_inference_request_success"}
