@@ -7,14 +7,17 @@ and preprocessed as the task's input kind says, sent to Triton (merged with conc
 its output post-processed and shaped into the answer as the task and route say. The answer names
 ``model`` and the ``version`` that served it.
 
-Errors are JSON ``{"error", "field", "request_id"}`` with a 4xx naming the field, or 503 with
-``Retry-After`` when Triton is down or slower than ``triton.timeout_s``; a bug is a 500 naming the
-request id. Every request is counted and timed (``modelpack_*`` series) and logged as one JSON line.
+Errors are JSON ``{"error", "field", "request_id"}`` (OpenAI's ``{"error": {"message", "type", "param",
+"code"}}`` on its route) with a 4xx naming the field, or 503 with ``Retry-After`` when Triton is down or
+slower than ``triton.timeout_s``; a bug is a 500 naming the request id. Every answered request is timed
+by model, version, endpoint and status class (``modelpack_request_duration_seconds``; BentoML's own
+series count it by exact status) and logged as one JSON line.
 """
 
 import logging
 import random
 import time
+from dataclasses import replace
 
 from starlette.responses import Response
 
@@ -25,7 +28,7 @@ from serving.http import error_response, json_response
 from serving.models import find_model, load_models
 from serving.observability import metrics
 from serving.settings import ServiceSettings
-from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Images, Request, Texts
+from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Images, Request, Texts, token_counts
 from serving.triton_client import TritonCalls, TritonGateway
 
 log = logging.getLogger(__name__)
@@ -64,10 +67,12 @@ class RequestPath:
         inputs: Texts | Images,
         *,
         top_k: int | None = None,
+        encoding_format: str = "float",
+        dimensions: int | None = None,
     ) -> Response:
-        """The answer to one request of ``route``, errors included; counted, timed and logged."""
+        """The answer to one request of ``route``, errors included; timed and logged."""
         task, reply = ROUTES[route]
-        request = Request(inputs, top_k)
+        request = Request(inputs, top_k, encoding_format, dimensions)
         started = time.perf_counter()
         model_label, version_label = "unknown", ""
         try:
@@ -78,6 +83,7 @@ class RequestPath:
             if inputs.kind != task.input_kind:
                 raise TypeError(f"{route} takes {task.input_kind} inputs, the endpoint gave {inputs.kind}")
             tensors = PREPROCESS[task.input_kind](inputs, chosen, self.settings.limits)
+            request = replace(request, tokens=token_counts(tensors))
             self.health.raise_if_down()
             output, served = await self.calls.run(
                 entry.name, chosen.version, chosen.output_name, entry.max_batch_size, tensors
@@ -87,7 +93,7 @@ class RequestPath:
             version_label = str(served)
             response = json_response(body)
         except ToolkitError as err:
-            response = error_response(err)
+            response = error_response(err, reply.errors)
             level = logging.WARNING if response.status_code < 500 else logging.ERROR
             log.log(
                 level,
@@ -102,18 +108,18 @@ class RequestPath:
                 "%s 500: unexpected error", route, extra={"fields": {"endpoint": route, "status": 500}}
             )
             response = error_response(
-                ToolkitError(f"{route}: internal error; the service log has it under this request_id")
+                ToolkitError(f"{route}: internal error; the service log has it under this request_id"),
+                reply.errors,
             )
         self._observe(route, model_label, version_label, response.status_code, time.perf_counter() - started)
         return response
 
     def _observe(self, route: str, model: str, version: str, status: int, elapsed: float) -> None:
-        labels = {"model": model, "version": version, "endpoint": route}
-        self.metrics["requests"].labels(**labels, status=str(status)).inc()
-        if status >= 400:
-            self.metrics["errors"].labels(**labels, status=str(status)).inc()
-        else:
-            self.metrics["latency"].labels(**labels).observe(elapsed)
+        # Every label value is bounded: the route is one of the registry's, the model a configured one
+        # (else "unknown"), the version a served one (else ""), the status its class.
+        self.metrics["latency"].labels(
+            model=model, version=version, endpoint=route, status_class=f"{status // 100}xx"
+        ).observe(elapsed)
         if self.settings.log_requests and status < 400:
             log.info(
                 "%s %s",
