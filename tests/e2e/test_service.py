@@ -179,8 +179,10 @@ def test_request_id_health_and_metrics(bento_server):
     assert bento_server.client.get("/healthz", timeout=5).status_code == 200
     assert bento_server.client.get("/readyz", timeout=5).status_code == 200
     metrics = bento_server.client.get("/metrics", timeout=5).text
-    assert 'modelpack_requests_total{endpoint="/embed",model="minilm",status="200",version="1"}' in metrics
-    assert 'modelpack_errors_total{endpoint="/embed",model="unknown",status="404",version=""}' in metrics
+    ok = 'endpoint="/embed",model="minilm",status_class="2xx",version="1"'
+    assert f"modelpack_request_duration_seconds_count{{{ok}}}" in metrics
+    unknown = 'endpoint="/embed",model="unknown",status_class="4xx",version=""'
+    assert f"modelpack_request_duration_seconds_count{{{unknown}}}" in metrics
     assert "modelpack_request_duration_seconds_bucket" in metrics
     assert "bentoml_service_request_total" in metrics  # BentoML's own series are still there
 
@@ -349,10 +351,8 @@ def test_canary_split_and_pinning(canary):
 
     metrics = bento.client.get("/metrics", timeout=5).text
     for version in ("1", "2"):
-        assert (
-            f'modelpack_requests_total{{endpoint="/embed",model="minilm",status="200",version="{version}"}}'
-            in metrics
-        )
+        labels = f'endpoint="/embed",model="minilm",status_class="2xx",version="{version}"'
+        assert f"modelpack_request_duration_seconds_count{{{labels}}}" in metrics
 
 
 def test_triton_killed_mid_run_gives_503_then_recovers(canary):
