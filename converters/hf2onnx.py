@@ -20,6 +20,7 @@ import numpy as np
 from converters import torch2onnx
 from converters.inputs import tokenize
 from converters.manifest import build_manifest
+from converters.model_card import model_card
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
 from converters.pipeline import parity_step, publish
 from converters.results import ConversionResult, StepResult, Timer
@@ -199,8 +200,10 @@ def convert_hf(
     serving: ServingOptions | None = None,
     opset: int = torch2onnx.DEFAULT_OPSET,
     hook=None,
+    license: str | None = None,
 ) -> ConversionResult:
-    """Export, check parity, publish as the next version of ``name``. Nothing is published on failure."""
+    """Export, check parity, publish as the next version of ``name``, its model card (the folder's README
+    and license files, converters/model_card.py) carried. Nothing is published on failure."""
     import torch
 
     spec = task_spec(task, allowed=TEXT_TASKS)
@@ -224,6 +227,7 @@ def convert_hf(
     outputs = [with_static_dims(spec.outputs[0], {1: width})]
 
     with repo.stage(name) as staged:
+        card = model_card(staged.dir, folder=path, flag=license)
         model_path = staged.dir / "model.onnx"
         steps.append(torch2onnx.export(module, example_args, model_path, inputs, outputs, opset=opset))
         tokenizer.save_pretrained(str(staged.dir / "tokenizer"))
@@ -243,5 +247,6 @@ def convert_hf(
             preprocessing={"tokenizer": "tokenizer", "max_length": max_length},
             opset=opset,
             labels=labels,
+            extra=card,
         )
         return publish(repo, staged, steps, manifest=manifest, config=serving.build(name, inputs, outputs))

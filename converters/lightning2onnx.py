@@ -17,6 +17,7 @@ from pathlib import Path
 from converters import torch2onnx
 from converters.inputs import IMAGE_SEED, seeded_images
 from converters.manifest import build_manifest
+from converters.model_card import model_card
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
 from converters.pipeline import parity_step, publish
 from converters.results import ConversionResult, StepResult, Timer
@@ -204,7 +205,10 @@ def convert_lightning(
     serving: ServingOptions | None = None,
     opset: int = torch2onnx.DEFAULT_OPSET,
     hook=None,
+    license: str | None = None,
 ) -> ConversionResult:
+    """Export, check parity, publish as the next version of ``name``; the license from the checkpoint's
+    hparams or ``license`` (converters/model_card.py). Nothing is published on failure."""
     import torch
 
     validate_name(name)
@@ -249,6 +253,7 @@ def convert_lightning(
     preprocessing = preprocessing_of(module, shape)
 
     with repo.stage(name) as staged:
+        card = model_card(staged.dir, hparams=dict(getattr(module, "hparams", {}) or {}), flag=license)
         model_path = staged.dir / "model.onnx"
         steps.append(torch2onnx.export(module, (example,), model_path, inputs, outputs, opset=opset))
         with Timer() as timer:
@@ -266,6 +271,6 @@ def convert_lightning(
             preprocessing=preprocessing,
             opset=opset,
             labels=labels,
-            extra={"module": module_ref},
+            extra={"module": module_ref, **card},
         )
         return publish(repo, staged, steps, manifest=manifest, config=serving.build(name, inputs, outputs))

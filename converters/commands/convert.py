@@ -32,6 +32,13 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="entry name in the repository, e.g. minilm")
     add_repository_flag(parser)
     parser.add_argument(
+        "--license",
+        default=None,
+        metavar="SPDX-ID",
+        help="the license, when the source does not say it (README front matter, config.json, a LICENSE "
+        "file, a checkpoint's hparams); refused when it contradicts the source",
+    )
+    parser.add_argument(
         "--atol", type=float, default=DEFAULT_ATOL, help=f"parity absolute tolerance ({DEFAULT_ATOL:g})"
     )
     parser.add_argument(
@@ -128,6 +135,7 @@ def run_hf(args: argparse.Namespace) -> int:
             atol=args.atol,
             rtol=args.rtol,
             serving=serving_options(args),
+            license=args.license,
         )
     )
     return 0
@@ -151,6 +159,7 @@ def run_lightning(args: argparse.Namespace) -> int:
             atol=args.atol,
             rtol=args.rtol,
             serving=serving_options(args),
+            license=args.license,
         )
     )
     return 0

@@ -163,6 +163,8 @@ def test_models_lists_versions_tensors_and_parity(bento_server):
     assert [t["name"] for t in minilm["inputs"]] == ["input_ids", "attention_mask"]
     assert minilm["outputs"][0] == {"name": "embeddings", "datatype": "FP32", "shape": [-1, 384]}
     assert minilm["parity"]["passed"] is True
+    assert minilm["license"] == "apache-2.0"  # from the packaged model's card (its README front matter)
+    assert models["image_classifier"]["versions"][0]["license"] is None  # the example says none
     assert models["image_classifier"]["versions"][0]["labels"][0] == "airplane"
 
 
