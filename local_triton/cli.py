@@ -2,8 +2,8 @@
 
     python -m converters serve [--repository DIR] [--http-port P] [--grpc-port P] [--metrics-port P]
     python -m converters status [--url HOST:PORT] [--json]
-    python -m converters load NAME [--url HOST:PORT]      # a new version goes live, no restart
-    python -m converters unload NAME [--url HOST:PORT]
+    python -m converters load NAME [--url HOST:PORT] [--json]     # a new version goes live, no restart
+    python -m converters unload NAME [--url HOST:PORT] [--json]
 
 `serve` runs until Ctrl-C or SIGTERM and then stops tritonserver and its stub processes. While it
 runs, it records its addresses in ``runs/triton/serve.json`` so that `status`, `load` and `unload`
@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import add_json_flag, emit
 from core.errors import InvalidArgument, Unavailable
 from core.repository import add_repository_flag
 
@@ -59,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for readiness (default %(default)s)"
     )
+    add_json_flag(serve)
     serve.set_defaults(func=run_serve)
 
     for name, helptext, func in (
@@ -75,8 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             metavar="HOST:PORT",
             help="the server's HTTP address (default: the running `serve`, else 127.0.0.1:8000)",
         )
-        if name == "status":
-            parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        add_json_flag(parser)
         parser.set_defaults(func=func)
 
 
@@ -119,12 +120,23 @@ def run_serve(args: argparse.Namespace) -> int:
         server.start(timeout=args.timeout)
         _write_state(server)
         served = ", ".join(args.models or names) or "no models"
-        print(
-            f"serving {served} from {repository}\n"
-            f"  http    {server.http_url}\n  grpc    {server.grpc_url}\n"
-            f"  metrics http://{server.metrics_url}/metrics\n  log     {server.log_path}\n"
-            "Ctrl-C stops it.",
-            flush=True,
+        emit(
+            {
+                "models": list(args.models or names),
+                "repository": str(repository),
+                "http_url": server.http_url,
+                "grpc_url": server.grpc_url,
+                "metrics_url": f"http://{server.metrics_url}/metrics",
+                "log": str(server.log_path),
+                "pid": server.pid,
+            },
+            as_json=args.json,
+            human=lambda: (
+                f"serving {served} from {repository}\n"
+                f"  http    {server.http_url}\n  grpc    {server.grpc_url}\n"
+                f"  metrics http://{server.metrics_url}/metrics\n  log     {server.log_path}\n"
+                "Ctrl-C stops it."
+            ),
         )
         while server.running:
             time.sleep(0.5)
@@ -194,7 +206,13 @@ def run_load(args: argparse.Namespace) -> int:
     from local_triton.server import load_model
 
     versions = load_model(_url(args), args.name)
-    print(f"{args.name}: ready, serving version{'s' if len(versions) != 1 else ''} {', '.join(versions)}")
+    emit(
+        {"name": args.name, "ready": True, "versions": versions},
+        as_json=args.json,
+        human=lambda: (
+            f"{args.name}: ready, serving version{'s' if len(versions) != 1 else ''} {', '.join(versions)}"
+        ),
+    )
     return 0
 
 
@@ -202,5 +220,5 @@ def run_unload(args: argparse.Namespace) -> int:
     from local_triton.server import unload_model
 
     unload_model(_url(args), args.name)
-    print(f"{args.name}: unloaded")
+    emit({"name": args.name, "unloaded": True}, as_json=args.json, human=lambda: f"{args.name}: unloaded")
     return 0

@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from core.cli import add_json_flag, progress
 from core.errors import InvalidArgument, NotFound
 from core.repository import add_repository_flag
 from core.triton_config import ACCELERATOR_PRECISIONS, ACCELERATORS
@@ -91,7 +92,8 @@ def run_list(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     from converters.validate import validate
 
-    result = validate(args.ref, repository=args.repository, trust_checkpoint=args.trust_checkpoint)
+    with progress(f"validating {args.ref}"):
+        result = validate(args.ref, repository=args.repository, trust_checkpoint=args.trust_checkpoint)
     outputs = result.outputs
     figures = {
         k: outputs[k] for k in ("max_abs_err", "max_rel_err", "min_cosine", "top1_agreement") if k in outputs
@@ -195,7 +197,7 @@ def register(subparsers) -> None:
         description="List every entry and version of a repository.",
     )
     add_repository_flag(listing)
-    listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    add_json_flag(listing)
     listing.set_defaults(func=run_list)
 
     validate = subparsers.add_parser(
@@ -209,6 +211,7 @@ def register(subparsers) -> None:
         "--trust-checkpoint", action="store_true", help="full-pickle load of a Lightning source"
     )
     add_repository_flag(validate)
+    add_json_flag(validate, default_json=True)
     validate.set_defaults(func=run_validate)
 
     rollback = subparsers.add_parser(
@@ -220,6 +223,7 @@ def register(subparsers) -> None:
     rollback.add_argument("name", metavar="NAME")
     rollback.add_argument("--to", default=None, metavar="VERSION|latest", help="serve this version instead")
     add_repository_flag(rollback)
+    add_json_flag(rollback, default_json=True)
     rollback.set_defaults(func=run_rollback)
 
     configure = subparsers.add_parser(
@@ -245,4 +249,5 @@ def register(subparsers) -> None:
         help="a tuning result (tuning.json) written by `python -m benchmarks tune` for this entry",
     )
     add_repository_flag(configure)
+    add_json_flag(configure, default_json=True)
     configure.set_defaults(func=run_configure)
