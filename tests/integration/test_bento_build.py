@@ -4,6 +4,7 @@ the bento holds, checked with hadolint (``bentoml containerize`` needs a Docker 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -73,14 +74,17 @@ def closure(roots: tuple[str, ...]) -> list[str]:
 
 
 def pins(path: Path) -> dict[str, str]:
+    """Name -> specifier of each requirement of a requirements file (hashed ones included: a requirement
+    continues over lines ending in a backslash, its ``--hash`` options after it)."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     found = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    text = re.sub(r"\\\n", " ", path.read_text())
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0].strip()
         if line and not line.startswith("#"):
-            req = Requirement(line)
+            req = Requirement(line.split(" --hash", 1)[0].strip())
             found[canonicalize_name(req.name)] = str(req.specifier)
     return found
 
