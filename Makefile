@@ -103,7 +103,9 @@ lint: setup
 # (`dev` includes the others), for this Python, torch left out (requirements-torch.txt) but its own
 # dependencies in, resolved against its CPU build: from the wheel folder pip's configuration names,
 # else from TORCH_INDEX (never PyPI's CUDA build and its nvidia-* packages). Pins already in the lock
-# are kept unless pyproject.toml asks otherwise (`make lock UPGRADE=--upgrade` moves them all).
+# are kept unless pyproject.toml asks otherwise (`make lock UPGRADE=--upgrade` moves them all). Then
+# the bento's requirements-service.txt: the closure of requirements-service.in at the lock's pins,
+# hashed too (BentoML's build keeps the hashes and pip checks them in the image).
 TORCH_WHEELS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 UV_TORCH_SOURCE = $(if $(TORCH_WHEELS),--find-links $(TORCH_WHEELS),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
 lock: $(VENV)/.installed
@@ -111,3 +113,6 @@ lock: $(VENV)/.installed
 	  --python $(PYTHON) $(UV_TORCH_SOURCE) --constraint requirements-torch.txt $(UPGRADE) \
 	  --custom-compile-command "make lock" \
 	  --output-file requirements.lock --quiet
+	$(VENV)/bin/uv pip compile requirements-service.in --constraint requirements.lock --generate-hashes \
+	  --python $(PYTHON) $(UV_TORCH_SOURCE) --custom-compile-command "make lock" \
+	  --output-file requirements-service.txt --quiet

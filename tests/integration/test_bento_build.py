@@ -18,23 +18,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_PACKAGES = ("core", "serving")
 BIN = Path(sys.executable).parent
 
-# What service.py and the packages it ships import at run time (the closure of these is what the bento
-# installs).
-SERVICE_ROOTS = (
-    "bentoml",
-    "fastapi",
-    "httptools",
-    "numpy",
-    "orjson",
-    "pillow",
-    "prometheus-client",
-    "protobuf",
-    "psutil",  # core.processes (die_with_parent)
-    "pydantic",
-    "pyyaml",
-    "tokenizers",
-    "tritonclient[grpc]",
-    "uvloop",
+# What service.py and the packages it ships import at run time (requirements-service.in; the closure
+# of these is what the bento installs, requirements-service.txt).
+SERVICE_ROOTS = tuple(
+    line.strip()
+    for line in (ROOT / "requirements-service.in").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
 )
 
 # hadolint findings of the Dockerfile BentoML generates, each ignored for a stated reason. Every line
@@ -89,6 +78,21 @@ def pins(path: Path) -> dict[str, str]:
     return found
 
 
+def hashes(path: Path) -> dict[str, set[str]]:
+    """Name -> the sha256 hashes a hashed requirements file gives it."""
+    from packaging.utils import canonicalize_name
+
+    found = {}
+    for block in re.sub(r"\\\n", " ", path.read_text()).splitlines():
+        if block.strip() and not block.strip().startswith("#"):
+            name = re.match(r"[A-Za-z0-9_.-]+", block.strip()).group(0)
+            # A name given twice (BentoML appends its own unhashed `bentoml==` line): the hashes of both.
+            found.setdefault(canonicalize_name(name), set()).update(
+                re.findall(r"--hash=(sha256:[0-9a-f]{64})", block)
+            )
+    return found
+
+
 def test_service_requirements_are_the_closure_at_the_lock_pins():
     service = pins(ROOT / "requirements-service.txt")
     lock = pins(ROOT / "requirements.lock")
@@ -98,6 +102,13 @@ def test_service_requirements_are_the_closure_at_the_lock_pins():
     )
     assert {n: s for n, s in service.items() if lock.get(n) != s} == {}
     assert "torch" not in service and "onnxruntime" not in service
+    # Hashed, with the lock's hashes: pip checks them when the image installs the bento.
+    service_hashes, lock_hashes = (
+        hashes(ROOT / "requirements-service.txt"),
+        hashes(ROOT / "requirements.lock"),
+    )
+    assert all(service_hashes.values()), [n for n, h in service_hashes.items() if not h]
+    assert {n: h for n, h in service_hashes.items() if h != lock_hashes[n]} == {}
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +156,9 @@ def test_bento_carries_what_the_service_needs(built_bento):
     assert info["python"]["lock_packages"] is False
     installed = pins(built_bento / "env" / "python" / "requirements.txt")
     assert installed.items() >= pins(ROOT / "requirements-service.txt").items()
+    # The hashes survive BentoML's rewrite of the file (and pip checks them when the image installs it).
+    kept = hashes(built_bento / "env" / "python" / "requirements.txt")
+    assert {n: h for n, h in hashes(ROOT / "requirements-service.txt").items() if kept[n] != h} == {}
 
     # The bento's own source imports with nothing from the checkout, and its configuration is valid.
     check = (
