@@ -132,7 +132,10 @@ def uniform_validation_error(body: bytes, errors: str = "service") -> bytes | No
         fields.append(where or "body")
         lines.append(f"{where or 'body'}: {problem.get('msg', 'invalid')}")
     message = "; ".join(lines) + " (the endpoints' schemas: GET /docs.json)"
-    return orjson.dumps(ERROR_BODIES[errors](message, fields[0], 400))
+    field = fields[0]
+    if errors == "openai":  # OpenAI's `param` is the request's field itself (`input`, not `input.str`)
+        field = re.split(r"[.\[]", field, maxsplit=1)[0]
+    return orjson.dumps(ERROR_BODIES[errors](message, field, 400))
 
 
 async def _no_receive() -> dict:

@@ -107,9 +107,9 @@ class RequestPath:
             log.exception(
                 "%s 500: unexpected error", route, extra={"fields": {"endpoint": route, "status": 500}}
             )
+            where = "this request_id" if reply.errors == "service" else "this response's X-Request-ID"
             response = error_response(
-                ToolkitError(f"{route}: internal error; the service log has it under this request_id"),
-                reply.errors,
+                ToolkitError(f"{route}: internal error; the service log has it under {where}"), reply.errors
             )
         self._observe(route, model_label, version_label, response.status_code, time.perf_counter() - started)
         return response

@@ -533,3 +533,10 @@ def test_openai_error_bodies():
     rewritten = json.loads(uniform_validation_error(pydantic, "openai"))
     assert rewritten["error"]["param"] == "encoding_format"
     assert rewritten["error"]["message"].startswith("encoding_format: Input should be")
+    # A union's alternatives (input: str | list[str] | ...) are named in the message, not in `param`.
+    union = json.dumps(
+        {"detail": [{"loc": ["input", "str"], "msg": "no"}, {"loc": ["input", "list[str]", 0]}]}
+    )
+    rewritten = json.loads(uniform_validation_error(union.encode(), "openai"))
+    assert rewritten["error"]["param"] == "input"
+    assert rewritten["error"]["message"].startswith("input.str: no; input.list[str][0]: invalid")
