@@ -36,18 +36,45 @@ SETUP_TARGETS += .venv-checkov/.installed
 	touch $@
 
 # The Bento (service.py, service.yaml, the packages it imports whole; bentofile.yaml), built
-# offline into bentos/ (BENTOML_HOME). Not part of setup; `make bento` rebuilds only when a source
-# changed. BENTOML_ENABLE_FEATURES=no_image: bentoml 1.4's image-based build wants uv even with
-# lock_packages: false; its classic build needs nothing from the network.
+# into bentos/ (BENTOML_HOME) by a plain `bentoml build`, which needs no network: bentoml 1.4 wants
+# uv, and uv is in the venv (pyproject), so it installs nothing first. Not part of setup;
+# `make bento` rebuilds only when a source changed.
 BENTO_SOURCES := service.py service.yaml bentofile.yaml requirements-service.txt \
 	$(wildcard core/*.py serving/*.py)
 .PHONY: bento
 bento: bentos/.built
 bentos/.built: $(VENV)/.installed $(BENTO_SOURCES)
-	BENTOML_HOME=bentos BENTOML_ENABLE_FEATURES=no_image BENTOML_DO_NOT_TRACK=True \
-	  $(VENV)/bin/bentoml build --output tag | tail -n 1 | sed "s/^__tag__://" > $@.tmp
+	BENTOML_HOME=bentos $(VENV)/bin/bentoml build --output tag | tail -n 1 | sed "s/^__tag__://" > $@.tmp
 	mv $@.tmp $@
 	@echo "built $$(cat $@); its Dockerfile: bentos/bentos/$$(cat $@ | tr : /)/env/docker/Dockerfile"
+
+# Container images (deploy/images.py, docs/containers.md): the Bento image (`bentoml containerize
+# --backend podman`) and the CPU Triton image (deploy/docker/triton-cpu.Dockerfile), each rebuilt only
+# when its inputs changed; `make container-test` runs both in one pod. Not part of setup or test: these
+# targets alone install podman, runc and debootstrap (apt, as root) and use deploy/containers.conf.
+#   BASE=auto|standard|local   python:3.11-slim* bases, or a Debian base built with debootstrap
+#                              (auto: standard when they can be pulled)
+#   CA_BUNDLE=auto|PATH|none   PEM bundle mounted into the builds, for a TLS-inspecting proxy (auto:
+#                              $SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt when present)
+#   DEBIAN_MIRROR=URL          the mirror of the local base (default: the one apt uses)
+BASE ?= auto
+CA_BUNDLE ?= auto
+DEBIAN_MIRROR ?=
+CONTAINERS_CONF ?= $(CURDIR)/deploy/containers.conf
+export CONTAINERS_CONF
+.PHONY: images container-test container-setup
+container-setup: .containers/.setup-done
+.containers/.setup-done: deploy/containers.conf
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "error: installing podman, runc, debootstrap needs root (apt-get)" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap; }
+	podman info --format '{{.Host.OCIRuntime.Name}} {{.Version.Version}}' | grep -q '^runc ' || { \
+	  echo "error: podman does not run with runc from $(CONTAINERS_CONF)" >&2; exit 1; }
+	mkdir -p .containers && touch $@
+images: .containers/.setup-done .triton/.setup-done bento
+	$(PY) -m deploy.images build --base $(BASE) --ca-bundle $(CA_BUNDLE) $(if $(DEBIAN_MIRROR),--mirror $(DEBIAN_MIRROR))
+container-test: images
+	$(PY) -m deploy.images test
 
 # Benchmarks (benchmarks/): every stack against the in-process ceiling and the FastAPI-eager baseline,
 # report in runs/bench-<UTC time>/. Nothing to set up beyond the venv and the local Triton.
@@ -56,6 +83,14 @@ bench: setup
 	$(PY) -m benchmarks
 bench-quick: setup
 	$(PY) -m benchmarks --quick
+
+# The fault suite (benchmarks/faults/): bad inputs, fuzzing, Triton killed and frozen, live swaps, killed
+# publishes, on a stack of its own over a copy of the repository -> runs/faults-<UTC time>/faults.json.
+.PHONY: faults faults-quick
+faults: setup
+	$(PY) -m benchmarks faults
+faults-quick: setup
+	$(PY) -m benchmarks faults --quick
 
 setup: $(SETUP_TARGETS)
 
@@ -79,7 +114,9 @@ $(VENV)/.installed: requirements.lock requirements-torch.txt
 # (python -m benchmarks --quick starts and stops all of it and prints the summary table last).
 DEMO_CKPT := runs/image_classifier.ckpt
 
-model_repository/minilm/config.pbtxt: | $(VENV)/.installed
+# minilm_text (the text model the converters publish with minilm) stands for the whole entry: a
+# repository converted before text went into Triton gets a new minilm version with it.
+model_repository/minilm_text/config.pbtxt: | $(VENV)/.installed
 	$(PY) -m converters hf --name minilm
 
 $(DEMO_CKPT): converters/examples/image_classifier.py | $(VENV)/.installed
@@ -89,7 +126,7 @@ model_repository/image_classifier/config.pbtxt: $(DEMO_CKPT)
 	$(PY) -m converters lightning $(DEMO_CKPT) \
 	  --module converters.examples.image_classifier:ImageClassifier --name image_classifier
 
-demo: setup model_repository/minilm/config.pbtxt model_repository/image_classifier/config.pbtxt bento
+demo: setup model_repository/minilm_text/config.pbtxt model_repository/image_classifier/config.pbtxt bento
 	$(PY) -m converters list
 	$(PY) -m benchmarks --quick --repository model_repository
 

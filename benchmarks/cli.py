@@ -2,11 +2,12 @@
 
 python -m benchmarks [--quick] [--out DIR] [--repository DIR] [--workloads a,b] [--stacks a,b] [--json]
 python -m benchmarks tune NAME --p99-ms X [--repository DIR] [--json]
+python -m benchmarks faults [--quick] [--out DIR] [--repository DIR] [--sections a,b] [--json]
 python -m benchmarks completion bash|zsh|tcsh
 
-The run is the command itself (no sub-command); ``tune`` and ``completion`` are its sub-commands, listed
-in --help. Each prints one document on stdout (its human form, or JSON with ``--json``), logs go to
-stderr, and a terminal shows a progress display while it runs (core/cli.py).
+The run is the command itself (no sub-command); ``tune``, ``faults`` and ``completion`` are its
+sub-commands, listed in --help. Each prints one document on stdout (its human form, or JSON with
+``--json``), logs go to stderr, and a terminal shows a progress display while it runs (core/cli.py).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _preferred_sets(text: str) -> list[list[int]]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The run's options, and the ``tune`` sub-command (so that --help lists it)."""
-    from benchmarks.run import STACK_CHOICES
+    from benchmarks.run import DEFAULT_STACKS, STACK_CHOICES
     from benchmarks.workloads import WORKLOADS
 
     parser = argparse.ArgumentParser(
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage="python -m benchmarks [--quick] [--out DIR] [--repository DIR] [--workloads A,B] "
         "[--stacks A,B] [--time-scale F] [--json] [-v] [--version]\n"
         "       python -m benchmarks tune NAME --p99-ms X [...] (python -m benchmarks tune --help)\n"
+        "       python -m benchmarks faults [--quick] [...] (python -m benchmarks faults --help)\n"
         "       python -m benchmarks completion bash|zsh|tcsh",
         description="Measure the ONNX Runtime ceiling, Triton direct (perf_analyzer, with CPU time per "
         "item), the Bento service and a FastAPI-eager baseline (Locust) in one run; write summary.json, "
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stacks",
         type=_csv_list,
         default=None,
-        help=f"comma-separated subset of: {', '.join(STACK_CHOICES)} (default: all)",
+        help=f"comma-separated subset of: {', '.join(STACK_CHOICES)} (default: {', '.join(DEFAULT_STACKS)})",
     )
     parser.add_argument(
         "--time-scale",
@@ -99,7 +101,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_version_flag(parser)
     commands = parser.add_subparsers(dest="command", title="sub-commands", metavar="COMMAND")
     add_tune_parser(commands)
+    add_faults_parser(commands)
     add_completion_command(commands, parser, COMPLETION_COMMAND)
+    return parser
+
+
+def add_faults_parser(commands) -> argparse.ArgumentParser:
+    from benchmarks.faults.run import SECTIONS
+
+    parser = commands.add_parser(
+        "faults",
+        prog="python -m benchmarks faults",
+        help="the fault suite: bad inputs, fuzzing, Triton killed and frozen, live swaps, killed publishes",
+        description="Start a Triton and a Bento of the run's own over a copy of the repository and do what "
+        "a hostile user and a bad day would: a matrix of bad inputs, a bounded schemathesis run of the "
+        "OpenAPI schema, /healthz while the largest allowed request decodes, /metrics after many unknown "
+        "paths, live version swaps under load, Triton SIGKILLed and SIGSTOPped under load, publishes "
+        "SIGKILLed at each step. Writes faults.json (every figure) and faults.md (each goal met or not).",
+    )
+    parser.add_argument("--quick", action="store_true", help="the CI-sized run (a few minutes)")
+    parser.add_argument(
+        "--out", type=Path, help="run folder (default runs/faults-<UTC timestamp>/); must be new or empty"
+    )
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        help="model repository holding minilm and image_classifier (default: model_repository/ when it "
+        "holds both, else they are built into the run folder); it is copied, never changed",
+    )
+    parser.add_argument(
+        "--sections",
+        type=_csv_list,
+        default=None,
+        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all)",
+    )
+    add_json_flag(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
@@ -169,7 +206,7 @@ def _setup_logging(verbose: bool) -> None:
 def main_run(args: argparse.Namespace, argv: list[str]) -> int:
     from benchmarks import report
     from benchmarks.plans import PLANS
-    from benchmarks.run import STACK_CHOICES, RunOptions, default_out_dir, run_benchmarks
+    from benchmarks.run import DEFAULT_STACKS, STACK_CHOICES, RunOptions, default_out_dir, run_benchmarks
     from benchmarks.workloads import get_workloads
 
     plan = PLANS["quick" if args.quick else "full"]
@@ -183,7 +220,7 @@ def main_run(args: argparse.Namespace, argv: list[str]) -> int:
             ) from None
     if scale is not None:
         plan = plan.scaled(scale)
-    stacks = tuple(args.stacks) if args.stacks else STACK_CHOICES
+    stacks = tuple(args.stacks) if args.stacks else DEFAULT_STACKS
     unknown = [s for s in stacks if s not in STACK_CHOICES]
     if unknown:
         raise InvalidArgument(
@@ -248,6 +285,41 @@ def main_tune(args: argparse.Namespace) -> int:
     return 0 if result.chosen is not None else 1
 
 
+def main_faults(args: argparse.Namespace, argv: list[str]) -> int:
+    from datetime import UTC, datetime
+
+    from benchmarks.faults.run import PLANS, SECTIONS, FaultOptions, run_faults, table
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request of the load otherwise
+    sections = tuple(args.sections) if args.sections else SECTIONS
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise InvalidArgument(
+            f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", field="sections"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = (args.out or Path("runs") / f"faults-{stamp}").absolute()
+    with progress(f"fault suite ({'quick' if args.quick else 'full'})"):
+        result, paths = run_faults(
+            FaultOptions(
+                out_dir=out,
+                plan=PLANS["quick" if args.quick else "full"],
+                repository=args.repository,
+                sections=sections,
+                command="python -m benchmarks " + shlex.join(argv),
+            )
+        )
+    for error in result["errors"]:
+        print(f"error: {error.splitlines()[0]}", file=sys.stderr)
+    sys.stderr.flush()
+    emit(
+        {"run_folder": str(out), "files": {k: str(v) for k, v in paths.items()}, "result": result},
+        as_json=args.json,
+        human=lambda: f"run folder: {out}\nfigures: {paths['json']}\n" + table(result),  # the table last
+    )
+    return 1 if result["errors"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -255,6 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "completion":
             return args.func(args)
+        if args.command == "faults":
+            if argv[0] != "faults":
+                raise InvalidArgument(
+                    f"{argv[0]}: the options before `faults` are the run's; give the suite's after it: "
+                    "python -m benchmarks faults [--quick] [--out DIR] ...",
+                    field="command",
+                )
+            return main_faults(args, argv)
         if args.command == "tune":
             if argv[0] != "tune":
                 raise InvalidArgument(

@@ -27,7 +27,17 @@ STACKS: dict[str, str] = {
     "triton-http": "Triton direct, perf_analyzer HTTP (x = concurrency)",
     "bento": "Bento service, Locust (x = users)",
     "fastapi-eager": "FastAPI + eager PyTorch, Locust (x = users)",
+    "triton-text-grpc": "Triton direct, texts to NAME_text, perf_analyzer gRPC (x = concurrency)",
+    "triton-text-http": "Triton direct, texts to NAME_text, perf_analyzer HTTP (x = concurrency)",
+    "bento-tokenize-service": "Bento tokenizing, token tensors to NAME, Locust (x = users)",
+    "bento-tokenize-triton": "Bento sending texts to NAME_text, Locust (x = users)",
 }
+# Side-by-side comparisons of one run: (stack, over stack), best throughput against best throughput.
+PAIRS = (
+    ("bento-tokenize-triton", "bento-tokenize-service"),
+    ("triton-text-grpc", "triton-grpc"),
+    ("triton-text-http", "triton-http"),
+)
 PACKAGES = (
     "onnxruntime",
     "torch",
@@ -106,10 +116,14 @@ def compute_ratios(stacks: dict[str, dict]) -> dict:
     (the baseline's p99 at its best throughput is the target; each stack's throughput within it)."""
     ratios: dict = {}
     ceiling = best(_points(stacks.get("ceiling")))
-    for name in ("triton-grpc", "triton-http", "bento", "fastapi-eager"):
+    for name in STACKS:
         top = best(_points(stacks.get(name)))
-        if ceiling and top:
+        if name != "ceiling" and ceiling and top:
             ratios[f"{name}/ceiling"] = top.throughput / ceiling.throughput
+    for name, other in PAIRS:
+        top, theirs = best(_points(stacks.get(name))), best(_points(stacks.get(other)))
+        if top and theirs:
+            ratios[f"{name}/{other}"] = top.throughput / theirs.throughput
     triton = [ratios[k] for k in ("triton-grpc/ceiling", "triton-http/ceiling") if k in ratios]
     if triton:
         ratios["triton/ceiling"] = max(triton)
@@ -274,6 +288,63 @@ def _cpu_lines(cpu: dict | None) -> list[str]:
     return lines
 
 
+def _tokenize_cpu_lines(workloads: dict) -> list[str]:
+    """The Bento's two ways to a text model: CPU ms per request of the Bento and Triton together at
+    each users level, side by side (the share of the machine each way costs)."""
+    lines = []
+    for name, workload in workloads.items():
+        stacks = {s: workload["stacks"].get(s) for s in ("bento-tokenize-service", "bento-tokenize-triton")}
+        if not all(stacks.values()):
+            continue
+        rows = {}
+        for stack, data in stacks.items():
+            for p in data["points"]:
+                figure = (p.get("extra") or {}).get("server_cpu_ms_per_item")
+                if figure is not None:
+                    rows.setdefault(p["concurrency"], {})[stack] = (p["throughput"], figure)
+        if not rows:
+            continue
+        lines += [
+            f"CPU per request on **{name}** (Bento and Triton processes together, over each Locust run):",
+            "",
+            "| users | tokenize: service items/s | CPU ms | tokenize: triton items/s | CPU ms |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for users, row in sorted(rows.items()):
+            cells = []
+            for stack in stacks:
+                throughput, figure = row.get(stack, (None, None))
+                cells += [_fmt(throughput), "-" if figure is None else f"{figure:.2f}"]
+            lines.append(f"| {users} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _cold_start_lines(cold: dict | None) -> list[str]:
+    """The first request after a load against the steady state, without and with model_warmup."""
+    if not cold:
+        return []
+    lines = [
+        "## First request after a load",
+        "",
+        "Each entry unloaded and loaded again (a config override without its `model_warmup`, then its own "
+        "config), then one item per gRPC request: the first request, and the median of the next ones.",
+        "",
+        "| workload | load | load s | first ms | steady median ms | first / steady | warm-up samples |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, result in cold.items():
+        for label in ("without warm-up", "with warm-up"):
+            row = result.get(label)
+            if row:
+                lines.append(
+                    f"| {name} | {label} | {row['load_s']:.2f} | {row['first_ms']:.1f} | "
+                    f"{row['steady_median_ms']:.1f} | {row['first_over_steady']:.1f}x | "
+                    f"{row['warmup_samples']} |"
+                )
+    return [*lines, ""]
+
+
 def render_markdown(summary: dict) -> str:
     lines = [f"# Benchmark report ({summary['mode']} run)", ""]
     lines += [
@@ -358,6 +429,8 @@ def render_markdown(summary: dict) -> str:
         lines += _cpu_lines(workload.get("cpu_per_item"))
         if workload.get("plot"):
             lines += [f"![latency against throughput, {name}]({workload['plot']})", ""]
+    lines += _tokenize_cpu_lines(summary["workloads"])
+    lines += _cold_start_lines(summary.get("cold_start"))
     if summary.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in summary["errors"]] + [""]
     machine = summary["machine"]

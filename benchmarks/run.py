@@ -12,6 +12,14 @@ Order, so that the stacks do not compete with each other for the 2 cores:
 6. ratios, goals, CPU per item (Triton against ONNX Runtime alone), ``summary.json``, ``report.md``,
    plots.
 
+Stacks a run measures only when ``--stacks`` names them: ``triton-text`` (perf_analyzer sending the
+texts to the entry's ensemble ``NAME_text``, step 3), ``bento-tokenize-service`` and
+``bento-tokenize-triton`` (the Bento with every text model's ``tokenize`` forced, each started and
+stopped in turn after step 4; the two ways a Bento can reach a text model, measured side by side, with
+the CPU each costs per request), and ``cold-start`` (after those, before Triton stops: each entry
+reloaded without and with its ``model_warmup``, the first request's latency against the steady
+state's).
+
 A stack that fails is recorded under ``errors`` and the run goes on with the others (exit code 1 at
 the end). A step that would not fit in the time budget left is skipped and said so. Every process
 started is stopped on exit, error, Ctrl-C or SIGTERM (``procs.ProcessSet``).
@@ -36,15 +44,32 @@ from benchmarks.loadgen import LocustRun, log_tail, perf_sweep, run_locust, run_
 from benchmarks.plans import Plan
 from benchmarks.procs import ProcessSet
 from benchmarks.workloads import Inputs, Workload, load_inputs, write_perf_analyzer_data
+from core.companions import text_name
 from core.errors import CheckFailed, NotFound
 from core.processes import free_port
 from core.repository import Repository, default_repository
+from core.tasks import TASK_SPECS
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "benchmarks" / "locustfile.py"
-STACK_CHOICES = ("ceiling", "triton", "bento", "baseline")
+STACK_CHOICES = (
+    "ceiling",
+    "triton",
+    "bento",
+    "baseline",
+    "triton-text",
+    "bento-tokenize-service",
+    "bento-tokenize-triton",
+    "cold-start",
+)
+# What a run measures when --stacks is not given.
+DEFAULT_STACKS = ("ceiling", "triton", "bento", "baseline")
+# The Bento with text models' `tokenize` forced: stack -> the setting.
+TOKENIZE_STACKS = {"bento-tokenize-service": "service", "bento-tokenize-triton": "triton"}
+# Cold start: requests after the first one that make the steady state.
+STEADY_REQUESTS = 20
 # The route of the Bento service (and of the baseline, which mirrors it) for one item of each kind.
 ROUTES = {"text": "/embed", "image": "/predict"}
 WARM_UP_REQUESTS = 8
@@ -55,7 +80,7 @@ class RunOptions:
     out_dir: Path
     plan: Plan
     workloads: list[Workload]
-    stacks: tuple[str, ...] = STACK_CHOICES
+    stacks: tuple[str, ...] = DEFAULT_STACKS
     repository: Path | None = None
     command: str = "python -m benchmarks"
 
@@ -214,26 +239,37 @@ class Run:
     def triton(self, procs: ProcessSet, repo: Repository, models: list[str]):
         from local_triton.server import TritonServer
 
+        # A text entry comes with its companions: the ensemble NAME_text and its tokenizer model.
+        loaded = [m for model in models for m in (model, *repo.companions(model))]
         server = procs.enter(
-            TritonServer(repo.root, models=models, log_path=self.out / "logs" / "triton.log"),
+            TritonServer(repo.root, models=loaded, log_path=self.out / "logs" / "triton.log"),
             name="tritonserver",
         )
         return server
 
-    def triton_sweeps(self, server) -> None:
+    def triton_sweeps(self, server, *, texts: bool = False) -> None:
+        """perf_analyzer sweeps against Triton; ``texts``: the text workloads' texts sent to the entry's
+        ensemble ``NAME_text`` (stacks ``triton-text-grpc``/``-http``) instead of token tensors to NAME."""
         for name, inputs in self.inputs.items():
+            if texts and inputs.workload.kind != "text":
+                continue
             levels = self.plan.concurrency_for(name)
-            data = write_perf_analyzer_data(inputs, self.out / "perf_analyzer" / f"{name}_input.json")
+            suffix = "_texts" if texts else "_input"
+            data = write_perf_analyzer_data(
+                inputs, self.out / "perf_analyzer" / f"{name}{suffix}.json", texts=texts
+            )
+            model = text_name(inputs.workload.model) if texts else inputs.workload.model
+            prefix = "triton-text" if texts else "triton"
             for protocol in self.plan.protocols:
                 # perf_analyzer needs at least 3 windows per level to call a measurement stable.
                 need = len(levels) * (3.5 * self.plan.triton_window_ms / 1000 + 0.5)
-                if self._skip(f"triton-{protocol} {name}", need):
+                if self._skip(f"{prefix}-{protocol} {name}", need):
                     continue
-                csv_path = self.out / "perf_analyzer" / f"{name}_{protocol}.csv"
+                csv_path = self.out / "perf_analyzer" / f"{name}_{prefix}_{protocol}.csv"
                 url = server.grpc_url if protocol == "grpc" else server.http_url
                 try:
                     points = perf_sweep(
-                        inputs.workload.model,
+                        model,
                         url,
                         protocol,
                         levels,
@@ -243,11 +279,54 @@ class Run:
                         server=server,
                     )
                 except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
-                    self._fail(f"triton-{protocol} {name}", err)
+                    self._fail(f"{prefix}-{protocol} {name}", err)
                     continue
-                stack = self._stack(name, f"triton-{protocol}")
+                stack = self._stack(name, f"{prefix}-{protocol}")
                 stack["points"] = points
                 stack["files"] = [self._rel(csv_path)]
+
+    def cold_start(self, server) -> None:
+        """Each entry reloaded twice, without its ``model_warmup`` (a config override on load) and with
+        it: the load's duration, the first request's latency, and the median of the next
+        ``STEADY_REQUESTS`` (one item each, over gRPC). Triton stays up; the entry ends as configured."""
+        import tritonclient.grpc as grpcclient
+        from google.protobuf.json_format import MessageToDict
+
+        repo = Repository(server.repository)
+        results = self.summary.setdefault("cold_start", {})
+        for name, inputs in self.inputs.items():
+            model = inputs.workload.model
+            if self._skip(f"cold-start {name}", 30):
+                continue
+            config = repo.config(model)
+            rows = {}
+            try:
+                client = grpcclient.InferenceServerClient(server.grpc_url)
+                try:
+                    for label, warmup in (("without warm-up", False), ("with warm-up", True)):
+                        override = MessageToDict(config, preserving_proto_field_name=True)
+                        if not warmup:
+                            override.pop("model_warmup", None)
+                        server.unload(model)
+                        started = time.perf_counter()
+                        server.load(model, config=override)
+                        loaded_s = time.perf_counter() - started
+                        latencies = [_timed_infer(client, model, inputs) for _ in range(1 + STEADY_REQUESTS)]
+                        steady = sorted(latencies[1:])[len(latencies[1:]) // 2]
+                        rows[label] = {
+                            "load_s": round(loaded_s, 3),
+                            "first_ms": round(latencies[0], 2),
+                            "steady_median_ms": round(steady, 2),
+                            "first_over_steady": round(latencies[0] / steady, 2),
+                            "warmup_samples": len(config.model_warmup) if warmup else 0,
+                        }
+                finally:
+                    client.close()
+                server.load(model)  # as the repository configures it (with its companions)
+            except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                self._fail(f"cold-start {name}", err)
+                continue
+            results[name] = {"model": model, **rows}
 
     # ---- 4./5. Locust against an HTTP service ----
     def warm_up(self, stack_name: str, host: str, name: str, requests: int = WARM_UP_REQUESTS) -> None:
@@ -269,7 +348,12 @@ class Run:
                     f"{stack_name} {name}: warm-up POST {route} got HTTP {err.code}: {detail}"
                 ) from None
 
-    def locust_sweep(self, stack_name: str, host: str, repo: Repository, workloads: list[str]) -> None:
+    def locust_sweep(
+        self, stack_name: str, host: str, repo: Repository, workloads: list[str], servers: tuple = ()
+    ) -> None:
+        """A Locust users sweep per workload. ``servers``: what serves the requests (objects with
+        ``cpu_times()``: the Bento, Triton); each point then holds their CPU ms per request, over the
+        whole Locust run (a figure other load on the machine does not inflate as it does latency)."""
         for name in workloads:
             try:
                 self.warm_up(stack_name, host, name)
@@ -281,6 +365,7 @@ class Run:
                 if self._skip(f"{stack_name} {name} at {users} users", self.plan.locust_s + 4):
                     continue
                 prefix = self.out / "locust" / f"{stack_name}_{name}_u{users}"
+                cpu_before = [server.cpu_times() for server in servers]
                 try:
                     result: LocustRun = run_locust(
                         LOCUSTFILE,
@@ -294,6 +379,12 @@ class Run:
                 except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                     self._fail(f"{stack_name} {name} at {users} users", err)
                     continue
+                if servers and result.point.requests:
+                    spent = sum(
+                        sum(now - before.get(pid, 0.0) for pid, now in server.cpu_times().items())
+                        for server, before in zip(servers, cpu_before, strict=True)
+                    )
+                    result.point.extra["server_cpu_ms_per_item"] = 1000 * spent / result.point.requests
                 stack = self._stack(name, stack_name)
                 stack["points"].append(result.point)
                 stack["files"] += [self._rel(f) for f in result.files]
@@ -303,34 +394,65 @@ class Run:
                         f"{result.point.requests} requests failed (see {self._rel(prefix)}_failures.csv)"
                     )
 
-    def bento_config(self, triton_server, repo: Repository, models: list[str]) -> Path:
+    def bento_config(
+        self, triton_server, repo: Repository, models: list[str], tokenize: str | None = None
+    ) -> Path:
         """The project's ``service.yaml`` with this run's repository, Triton and only the models the
-        run serves (the service is ready only when every configured model is)."""
+        run serves (the service is ready only when every configured model is); ``tokenize`` forces
+        where the text models' texts are tokenized."""
         import yaml
 
         data = yaml.safe_load((ROOT / "service.yaml").read_text(encoding="utf-8"))
         data["repository"] = str(repo.root)
         data["triton"]["url"] = triton_server.grpc_url
         data["models"] = [m for m in data["models"] if m["name"] in models]
+        if tokenize is not None:
+            for model in data["models"]:
+                if TASK_SPECS[model["task"]].input_kind == "text":
+                    model["tokenize"] = tokenize
         missing = sorted(set(models) - {m["name"] for m in data["models"]})
         if missing:
             raise NotFound(
                 f"service.yaml: no entry for model(s) {', '.join(missing)}; add them under models:",
                 field="models",
             )
-        path = self.out / "service.yaml"
+        path = self.out / ("service.yaml" if tokenize is None else f"service-tokenize-{tokenize}.yaml")
         path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return path
 
-    def bento(self, procs: ProcessSet, triton_server, repo: Repository, models: list[str]) -> str:
+    def bento(
+        self,
+        procs: ProcessSet,
+        triton_server,
+        repo: Repository,
+        models: list[str],
+        tokenize: str | None = None,
+    ):
         from serving.launcher import BentoServer
 
         # The run's own service.yaml says where Triton and the repository are (the launcher drops any
         # override from the environment).
-        config = self.bento_config(triton_server, repo, models)
-        server = BentoServer(config, self.out / "bentoml_home", self.out / "logs" / "bento.log")
-        procs.enter(server.start(timeout=60), name="bento")  # a failed start leaves nothing running
-        return server.url
+        config = self.bento_config(triton_server, repo, models, tokenize)
+        label = "bento" if tokenize is None else f"bento-tokenize-{tokenize}"
+        server = BentoServer(config, self.out / "bentoml_home", self.out / "logs" / f"{label}.log")
+        procs.enter(server.start(timeout=60), name=label)  # a failed start leaves nothing running
+        return server
+
+    def bento_tokenize_sweeps(self, procs: ProcessSet, triton_server, repo: Repository, models: list[str]):
+        """The Bento with the text models' ``tokenize`` forced, one setting after the other (each
+        Bento stopped before the next starts), Locust on the text workloads."""
+        texts = [name for name, inputs in self.inputs.items() if inputs.workload.kind == "text"]
+        for stack, tokenize in TOKENIZE_STACKS.items():
+            if stack not in self.options.stacks or not texts or self._skip(f"{stack} start", 30):
+                continue
+            try:
+                server = self.bento(procs, triton_server, repo, models, tokenize)
+                try:
+                    self.locust_sweep(stack, server.url, repo, texts, servers=(server, triton_server))
+                finally:
+                    server.stop()  # before the next one starts (the set would stop it again, harmlessly)
+            except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                self._fail(stack, err)
 
     def baseline(self, procs: ProcessSet, repo: Repository, models: list[str]) -> str:
         argv = [sys.executable, "-m", "benchmarks.baseline_fastapi"]
@@ -390,19 +512,26 @@ class Run:
                     if self.plan.ceiling_again:  # what the closing one will take, from the opening one
                         self.reserve_s = 0.7 * (time.monotonic() - opened) + 1
                 triton_server = None
-                if {"triton", "bento"} & set(stacks) and not self._skip("triton start", 15):
+                needs_triton = {"triton", "bento", "triton-text", "cold-start", *TOKENIZE_STACKS}
+                if needs_triton & set(stacks) and not self._skip("triton start", 15):
                     try:
                         triton_server = self.triton(procs, repo, models)
                     except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                         self._fail("triton start", err)
                 if triton_server is not None and "triton" in stacks:
                     self.triton_sweeps(triton_server)
+                if triton_server is not None and "triton-text" in stacks:
+                    self.triton_sweeps(triton_server, texts=True)
                 if triton_server is not None and "bento" in stacks and not self._skip("bento start", 30):
                     try:
-                        url = self.bento(procs, triton_server, repo, models)
+                        url = self.bento(procs, triton_server, repo, models).url
                         self.locust_sweep("bento", url, repo, list(self.inputs))
                     except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                         self._fail("bento", err)
+                if triton_server is not None:
+                    self.bento_tokenize_sweeps(procs, triton_server, repo, models)
+                if triton_server is not None and "cold-start" in stacks:  # last: it reloads the models
+                    self.cold_start(triton_server)
                 procs.close()  # Triton and Bento stop before the baseline runs alone
                 if "baseline" in stacks and not self._skip("baseline start", 25):
                     try:
@@ -444,6 +573,20 @@ class Run:
                 "cpu_per_item": report.cpu_per_item(stacks),
             }
         return result
+
+
+def _timed_infer(client, model: str, inputs: Inputs) -> float:
+    """Milliseconds one gRPC request of one item takes, answer included."""
+    import tritonclient.grpc as grpcclient
+
+    tensors = []
+    for key, value in inputs.batch(1).items():
+        tensor = grpcclient.InferInput(key, list(value.shape), "INT64" if value.dtype.kind == "i" else "FP32")
+        tensor.set_data_from_numpy(value)
+        tensors.append(tensor)
+    started = time.perf_counter()
+    client.infer(model, tensors)
+    return (time.perf_counter() - started) * 1000
 
 
 def default_out_dir() -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.companions import TEXT_INPUT
 from core.errors import InvalidArgument, NotFound
 from core.repository import Repository
 
@@ -160,16 +161,26 @@ def _image_inputs(workload: Workload, manifest: dict, samples: int) -> Inputs:
     return Inputs(workload, tensors, png_b64=pngs)
 
 
-def write_perf_analyzer_data(inputs: Inputs, path: Path) -> Path:
-    """perf_analyzer's ``--input-data`` JSON: one entry per item, shapes without the batch axis
-    (needed for the ragged token inputs, whose length is not in the config)."""
-    data = [
-        {
-            name: {"content": value.reshape(-1).tolist(), "shape": list(value.shape)}
-            for name, value in item.items()
-        }
-        for item in inputs.tensors
-    ]
+def write_perf_analyzer_data(inputs: Inputs, path: Path, *, texts: bool = False) -> Path:
+    """perf_analyzer's ``--input-data`` JSON: one entry per item, shapes without the batch axis (the
+    token inputs' length is not in the config). ``texts``: the items' texts as the one string of the
+    ``text`` input of the entry's ensemble ``NAME_text``."""
+    if texts:
+        if inputs.texts is None:
+            raise InvalidArgument(
+                f"{inputs.workload.name}: an {inputs.workload.kind} workload has no texts to send to a "
+                "text model",
+                field="workloads",
+            )
+        data = [{TEXT_INPUT: {"content": [text], "shape": [1]}} for text in inputs.texts]
+    else:
+        data = [
+            {
+                name: {"content": value.reshape(-1).tolist(), "shape": list(value.shape)}
+                for name, value in item.items()
+            }
+            for item in inputs.tensors
+        ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": data}), encoding="utf-8")
     return path

@@ -2,7 +2,9 @@
 in-process speed measurements and the benchmarks all feed the same data.
 
 - text tasks: ``SENTENCES`` through the entry's own tokenizer (``<version>/tokenizer/``);
-- image-classification: seeded standard-normal tensors of the declared C,H,W.
+- image-classification: seeded standard-normal tensors of the declared C,H,W;
+- Lightning entries of any signature: the seeded inputs of their recorded signature
+  (``converters.signatures``).
 """
 
 from __future__ import annotations
@@ -51,15 +53,25 @@ class EntryInputs:
 
     def __init__(self, manifest: dict, version_dir: Path):
         self.task = manifest["task"]
-        if self.task == "image-classification":
+        self.tokenizer = None
+        self.signature = None
+        if "signature" in manifest:  # Lightning entries: the seeded inputs of the recorded signature
+            from converters.signatures import Signature
+
+            self.signature = Signature.from_manifest(manifest)
+        elif self.task == "image-classification":
+            self.name = manifest["inputs"][0]["name"]
             self.shape = tuple(int(d) for d in manifest["inputs"][0]["shape"][1:])
-            self.tokenizer = None
         else:
             self.tokenizer = load_tokenizer(version_dir / manifest["preprocessing"]["tokenizer"])
             self.max_length = int(manifest["preprocessing"]["max_length"])
 
     def feeds(self, batch: int, start: int = 0) -> dict[str, np.ndarray]:
         """A batch of the fixed inputs (text: from sentence ``start`` on)."""
+        if self.signature is not None:
+            from converters.signatures import generate
+
+            return generate(list(self.signature.inputs), batch, 0, self.signature.seed)
         if self.tokenizer is None:
-            return {"input": seeded_images(self.shape, batch)}
+            return {self.name: seeded_images(self.shape, batch)}
         return tokenize(self.tokenizer, sentences(batch, start), self.max_length)

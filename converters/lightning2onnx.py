@@ -1,9 +1,14 @@
-"""Lightning checkpoint + its LightningModule class -> ONNX entry (task ``image-classification``).
+"""Lightning checkpoint + its LightningModule class -> ONNX entry, for any signature ONNX can express.
 
 The checkpoint is loaded with ``torch.load(weights_only=True)`` unless the user passes
-``--trust-checkpoint``; the input spec comes from the module's ``example_input_array`` or from
-``--input-shape C,H,W``; the batch axis is dynamic. Parity: seeded inputs of the declared shape at batch
-1 and batch 4, ONNX Runtime against the PyTorch module.
+``--trust-checkpoint``. The inputs come from the module's ``example_input_array`` (a tensor, a tuple/list
+of positional arguments, a dict of keyword arguments) and/or ``--input NAME:DTYPE:DIMS`` flags (or the
+old ``--input-shape DIMS`` of a one-input module); the outputs from running it (a tensor, a tuple/list,
+a dict): see ``converters.signatures``. The batch axis is always dynamic, and so is every axis declared
+-1. The task: ``image-classification`` for a (C,H,W) -> logits module, ``classification`` for
+(features) -> (classes) with labels, ``tensor`` for anything else; ``--task`` chooses, and is refused
+when the signature does not fit it. Parity: ONNX Runtime against the PyTorch module on seeded inputs at
+batch 1 and batch 4, every dynamic axis at two sizes.
 """
 
 from __future__ import annotations
@@ -12,39 +17,49 @@ import importlib
 import logging
 import pickle
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from converters import torch2onnx
-from converters.inputs import IMAGE_SEED, seeded_images
 from converters.manifest import build_manifest
 from converters.model_card import model_card
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
 from converters.pipeline import parity_step, publish
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
+from converters.signatures import (
+    EXPORT_BATCH,
+    InputDecl,
+    OutputDecl,
+    Signature,
+    adapter,
+    declare_inputs,
+    generate,
+    parse_dims,
+    probe,
+    torch_outputs,
+)
 from core.errors import InvalidArgument, NotFound, UnsafeInput
 from core.repository import Repository, validate_name
-from core.tasks import TASK_SPECS, TensorSpec, with_static_dims
+from core.tasks import TASK_SPECS
 from core.triton_config import ServingOptions
 
 log = logging.getLogger(__name__)
 
-TASK = "image-classification"
+LIGHTNING_TASKS = ("image-classification", "classification", "tensor")
 TRUST_FLAG = "--trust-checkpoint"
-PARITY_BATCHES = (1, 4)
 
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
-    """``"3,32,32"`` -> (3, 32, 32)."""
+    """``"3,32,32"`` -> (3, 32, 32): the dims of a one-input module without the batch axis (-1: dynamic)."""
     if text is None:
         return None
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+    dims = parse_dims(text, "--input-shape")
+    if not dims:
         raise InvalidArgument(
-            f"--input-shape: {text!r} is not C,H,W with three positive integers; write e.g. 3,32,32",
-            field="input_shape",
+            "--input-shape: give the dims without the batch axis, e.g. 3,32,32 or 20", field="input_shape"
         )
-    return tuple(int(p) for p in parts)
+    return dims
 
 
 def resolve_class(ref: str):
@@ -146,33 +161,101 @@ def load_module(path: Path, cls, *, trust: bool):
     return module.eval()
 
 
-def input_shape_of(module, override: tuple[int, ...] | None) -> tuple[int, ...]:
-    if override is not None:
-        return override
-    example = getattr(module, "example_input_array", None)
-    if example is None or not hasattr(example, "shape") or len(example.shape) != 4:
-        raise InvalidArgument(
-            f"{type(module).__name__} has no 4-d example_input_array; pass --input-shape C,H,W",
-            field="input_shape",
-        )
-    return tuple(int(d) for d in example.shape[1:])
+def choose_task(
+    requested: str | None,
+    decls: list[InputDecl],
+    outputs: list[OutputDecl],
+    labels: list[str] | None,
+    cls: str,
+) -> str:
+    """The task the signature fits: the one requested (InvalidArgument when it does not fit), else
+    image-classification for one FP32 C,H,W input (C 1 or 3) -> one [batch, classes] FP32 output,
+    classification for one FP32 [batch, features] input -> [batch, classes] with labels, else tensor."""
+    one_to_one = len(decls) == 1 and len(outputs) == 1
+    logits = (
+        one_to_one and outputs[0].datatype == "FP32" and len(outputs[0].dims) == 1 and outputs[0].dims[0] > 0
+    )
+    fits = {
+        "image-classification": bool(
+            logits
+            and decls[0].datatype == "FP32"
+            and len(decls[0].dims) == 3
+            and decls[0].dims[0] in (1, 3)
+            and min(decls[0].dims) > 0
+        ),
+        "classification": bool(
+            logits and decls[0].datatype == "FP32" and len(decls[0].dims) == 1 and decls[0].dims[0] > 0
+        ),
+        "tensor": True,
+    }
+    if requested is not None:
+        if not fits[requested]:
+            takes = ", ".join(d.describe() for d in decls)
+            gives = ", ".join(f"{o.name} {o.datatype} {list(o.dims)}" for o in outputs)
+            raise InvalidArgument(
+                f"--task {requested}: {cls} takes [{takes}] and gives [{gives}] (dims after the batch "
+                f"axis); {requested} needs {TASK_NEEDS[requested]}; use --task tensor (any signature)",
+                field="task",
+            )
+        return requested
+    if fits["image-classification"]:
+        return "image-classification"
+    if fits["classification"] and labels is not None:
+        return "classification"
+    return "tensor"
 
 
-def image_parity(model_path: Path, module, shape: tuple[int, ...], atol: float, rtol: float) -> ParityReport:
-    """ONNX Runtime against the PyTorch module on seeded inputs of the declared shape, at PARITY_BATCHES."""
-    import torch
+# What each task needs of the signature, for the error when --task asks for one it does not fit.
+TASK_NEEDS = {
+    "image-classification": "one FP32 input of C,H,W (C 1 or 3, static) and one FP32 [batch, classes] output",
+    "classification": "one FP32 [batch, features] input and one FP32 [batch, classes] output",
+    "tensor": "any signature",
+}
 
+
+def lightning_parity(
+    model_path: Path, wrapped, signature: Signature, atol: float, rtol: float
+) -> ParityReport:
+    """ONNX Runtime against the PyTorch module on the signature's seeded inputs: batch 1 with every
+    dynamic axis at its sample size, batch 4 with the dynamic axes doubled."""
     session = ort_session(model_path)
     report = ParityReport(atol=atol, rtol=rtol)
-    for batch in PARITY_BATCHES:
-        x = seeded_images(shape, batch)
-        with torch.no_grad():
-            reference = module(torch.from_numpy(x)).numpy()
-        report.add(f"logits[batch={batch}]", run(session, {"input": x})["logits"], reference)
-    batches = " and ".join(map(str, PARITY_BATCHES))
-    report.cases = [f"seeded N(0,1) inputs of shape {list(shape)} (seed {IMAGE_SEED}), batch {batches}"]
+    names = [o.name for o in signature.outputs]
+    for label, feeds in signature.cases():
+        reference = dict(zip(names, torch_outputs(wrapped, feeds, signature.inputs), strict=True))
+        got = run(session, feeds, names)
+        for name in names:
+            report.add(f"{name}[{label}]", got[name], reference[name])
+    report.cases = signature.describe_cases()
     log.info("parity: max abs err %.3g, max rel err %.3g", report.max_abs_err, report.max_rel_err)
     return report
+
+
+def wrapped_module(module, signature: Signature):
+    """The module called as the entry's graph is: positional tensors in, a tuple (or a tensor) out."""
+    return adapter(module, signature.inputs, signature.output_form, [o.key for o in signature.outputs])
+
+
+def parse_labels(text: str | None) -> list[str] | None:
+    """``--labels a,b,c`` or ``--labels @FILE`` (one label per line)."""
+    if text is None:
+        return None
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise NotFound(
+                f"--labels: {path} does not exist; give a file with one label per line", field="labels"
+            )
+        labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        labels = [part.strip() for part in text.split(",")]
+    if not labels or not all(labels) or len(set(labels)) != len(labels):
+        raise InvalidArgument(
+            f"--labels: {text!r} is not a list of distinct, non-empty labels; write e.g. cat,dog,bird or "
+            "@labels.txt",
+            field="labels",
+        )
+    return labels
 
 
 def preprocessing_of(module, shape: tuple[int, ...]) -> dict:
@@ -198,6 +281,10 @@ def convert_lightning(
     name: str,
     *,
     input_shape: tuple[int, ...] | None = None,
+    inputs: list[InputDecl] | None = None,
+    output_names: list[str] | None = None,
+    task: str | None = None,
+    labels: list[str] | None = None,
     trust_checkpoint: bool = False,
     repository: str | Path | None = None,
     atol: float = DEFAULT_ATOL,
@@ -208,69 +295,113 @@ def convert_lightning(
     license: str | None = None,
 ) -> ConversionResult:
     """Export, check parity, publish as the next version of ``name``; the license from the checkpoint's
-    hparams or ``license`` (converters/model_card.py). Nothing is published on failure."""
-    import torch
+    hparams or ``license`` (converters/model_card.py). Nothing is published on failure.
 
+    The inputs come from ``example_input_array`` and/or ``inputs`` (``--input``), or ``input_shape``
+    (``--input-shape``); the task is ``task`` when given (refused when the signature does not fit it),
+    else the one the signature fits (see ``choose_task``)."""
     validate_name(name)
     atol, rtol = check_tolerances(atol, rtol)
     ckpt = Path(ckpt)
     serving = (serving or ServingOptions()).check()
+    if task is not None and task not in LIGHTNING_TASKS:
+        raise InvalidArgument(
+            f"--task: unsupported {task!r} for Lightning; supported: {', '.join(LIGHTNING_TASKS)}",
+            field="task",
+        )
     cls = resolve_class(module_ref)
     repo = Repository(repository, hook=hook)
-    repo.check_task(name, TASK)
+    if task is not None:
+        repo.check_task(name, task)
     steps: list[StepResult] = []
     with Timer() as timer:
         module = load_module(ckpt, cls, trust=trust_checkpoint)
-        shape = input_shape_of(module, input_shape)
-        example = torch.from_numpy(seeded_images(shape, 1))
-        with torch.no_grad():
-            try:
-                probe = module(example)
-            except RuntimeError as err:
-                raise InvalidArgument(
-                    f"--input-shape: {type(module).__name__} rejects inputs of shape {list(example.shape)}: "
-                    f"{str(err).splitlines()[0]}",
-                    field="input_shape",
-                ) from None
-        if not isinstance(probe, torch.Tensor) or probe.ndim != 2:
-            got = f"shape {list(probe.shape)}" if isinstance(probe, torch.Tensor) else type(probe).__name__
-            raise InvalidArgument(
-                f"{type(module).__name__} returns {got}; image-classification needs one tensor of "
-                "[batch, num_classes] logits",
-                field="module",
-            )
+        flag = "--input-shape" if input_shape is not None else "--input"
+        decls = declare_inputs(module, list(inputs or []), input_shape)
+        form, outputs = probe(module, decls, output_names, flag)
+        hparams = dict(getattr(module, "hparams", {}) or {})
+        known_labels = labels if labels is not None else hparams.get("labels")
+        task = choose_task(task, decls, outputs, known_labels, type(module).__name__)
+        repo.check_task(name, task)  # fail before the slow part; commit checks again under the lock
     steps.append(StepResult("load", "ok", timer.elapsed, {"path": ckpt}))
 
-    spec = TASK_SPECS[TASK]
-    num_classes = int(probe.shape[1])
-    inputs: list[TensorSpec] = [with_static_dims(spec.inputs[0], dict(enumerate(shape, start=1)))]
-    outputs = [with_static_dims(spec.outputs[0], {1: num_classes})]
-    labels = [str(v) for v in (getattr(module, "hparams", {}) or {}).get("labels", range(num_classes))]
-    if len(labels) != num_classes:
+    entry_labels = None
+    preprocessing: dict = {}
+    if task in ("image-classification", "classification"):
+        if output_names is not None:
+            raise InvalidArgument(
+                f"--output-names: a {task} entry names its output 'logits'; leave --output-names out, or "
+                "use --task tensor",
+                field="output_names",
+            )
+        spec = TASK_SPECS[task]
+        decls = [replace(decls[0], name=spec.inputs[0].name)]
+        outputs = [replace(outputs[0], name=spec.outputs[0].name)]
+        num_classes = outputs[0].dims[0]
+        entry_labels = [str(v) for v in (known_labels if known_labels is not None else range(num_classes))]
+        if len(entry_labels) != num_classes:
+            where = "--labels" if labels is not None else "hparams labels"
+            raise InvalidArgument(
+                f"{where}: {len(entry_labels)} names for {num_classes} classes", field="labels"
+            )
+        if task == "image-classification":
+            preprocessing = preprocessing_of(module, decls[0].dims)
+        else:
+            preprocessing = {"features": decls[0].dims[0]}
+    elif labels is not None:
         raise InvalidArgument(
-            f"hparams labels has {len(labels)} names for {num_classes} classes", field="labels"
+            f"--labels: a {task} entry has no labels; use --task classification for a (batch, features) -> "
+            "(batch, classes) module",
+            field="labels",
         )
-    preprocessing = preprocessing_of(module, shape)
+    signature = Signature(tuple(decls), tuple(outputs), form)
+    wrapped = wrapped_module(module, signature)
+    example = generate(decls, EXPORT_BATCH, 0, signature.seed)
 
     with repo.stage(name) as staged:
-        card = model_card(staged.dir, hparams=dict(getattr(module, "hparams", {}) or {}), flag=license)
+        card = model_card(staged.dir, hparams=hparams, flag=license)
         model_path = staged.dir / "model.onnx"
-        steps.append(torch2onnx.export(module, (example,), model_path, inputs, outputs, opset=opset))
-        with Timer() as timer:
-            report = image_parity(model_path, module, shape, atol, rtol)
-        steps.append(parity_step(report, timer.elapsed))
-        report.raise_if_failed(f"{name} ({TASK}) against PyTorch")
+        import torch
 
+        example_args = tuple(torch.from_numpy(example[d.name]) for d in decls)
+        steps.append(
+            torch2onnx.export(
+                wrapped, example_args, model_path, signature.input_specs, signature.output_specs, opset=opset
+            )
+        )
+        signature = unused_inputs_dropped(model_path, signature, type(module).__name__)
+        with Timer() as timer:
+            report = lightning_parity(model_path, wrapped, signature, atol, rtol)
+        steps.append(parity_step(report, timer.elapsed))
+        report.raise_if_failed(f"{name} ({task}) against PyTorch")
+
+        input_specs, output_specs = signature.input_specs, signature.output_specs
         manifest = build_manifest(
-            task=TASK,
+            task=task,
             source=ckpt,
             exporter=torch2onnx.EXPORTER,
-            inputs=inputs,
-            outputs=outputs,
+            inputs=input_specs,
+            outputs=output_specs,
             parity=report.to_manifest(),
             preprocessing=preprocessing,
             opset=opset,
-            labels=labels,
-            extra={"module": module_ref, **card},
+            labels=entry_labels,
+            extra={"module": module_ref, "signature": signature.to_manifest(), **card},
         )
-        return publish(repo, staged, steps, manifest=manifest, config=serving.build(name, inputs, outputs))
+        config = serving.build(name, input_specs, output_specs)
+        return publish(repo, staged, steps, manifest=manifest, config=config)
+
+
+def unused_inputs_dropped(model_path: Path, signature: Signature, cls: str) -> Signature:
+    """The exporter leaves out inputs forward does not use; the entry (config, manifest) must too, or
+    Triton refuses the config. Logged, since a user may not expect it."""
+    session = ort_session(model_path)
+    graph = {i.name for i in session.get_inputs()}
+    dropped = tuple(d.name for d in signature.inputs if d.name not in graph)
+    if dropped:
+        log.warning("%s.forward does not use %s: left out of the entry", cls, ", ".join(dropped))
+    if len(dropped) == len(signature.inputs):
+        raise InvalidArgument(
+            f"{cls}.forward uses none of its inputs; there is nothing to serve", field="input"
+        )
+    return replace(signature, dropped=dropped)

@@ -52,10 +52,13 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def gate(task: str, fp32: np.ndarray, int8: np.ndarray, *, min_cosine: float, min_top1: float) -> dict:
     """The int8 gate: cosine for embeddings, top-1 agreement for classifiers."""
     kind = TASK_SPECS[task].quantization_gate
+    # Each sample's output as one row (token outputs: a row of tokens x labels), in float64.
+    fp32 = np.asarray(fp32, dtype=np.float64).reshape(len(fp32), -1) if kind == "cosine" else fp32
+    int8 = np.asarray(int8, dtype=np.float64).reshape(len(int8), -1) if kind == "cosine" else int8
     result = {
         "kind": kind,
         "samples": int(fp32.shape[0]),
-        "max_abs_err": float(np.max(np.abs(fp32 - int8))),
+        "max_abs_err": float(np.max(np.abs(fp32.astype(np.float64) - int8.astype(np.float64)))),
     }
     if kind == "cosine":
         cosine = cosine_rows(fp32, int8)
@@ -63,7 +66,8 @@ def gate(task: str, fp32: np.ndarray, int8: np.ndarray, *, min_cosine: float, mi
             min_cosine=float(cosine.min()), threshold=min_cosine, passed=bool(cosine.min() >= min_cosine)
         )
     else:
-        agreement = float(np.mean(np.argmax(fp32, axis=1) == np.argmax(int8, axis=1)))
+        # The top label of each item (per token for token outputs: the label axis is the last one).
+        agreement = float(np.mean(np.argmax(fp32, axis=-1) == np.argmax(int8, axis=-1)))
         result.update(top1_agreement=agreement, threshold=min_top1, passed=bool(agreement >= min_top1))
     return result
 

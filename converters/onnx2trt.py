@@ -193,7 +193,7 @@ def convert_trt(
             tensorrt={"profiles": {k: [list(s) for s in v] for k, v in profiles.items()}, "fp16": fp16},
         )
         new_manifest["versions"] = dict(manifest["versions"], tensorrt=trt.__version__)
-        specs = [TensorSpec.from_manifest(t, ragged=t["datatype"] == "INT64") for t in manifest["inputs"]]
+        specs = [TensorSpec.from_manifest(t) for t in manifest["inputs"]]
         new_config = build_config(
             target_name,
             specs,

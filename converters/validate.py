@@ -1,8 +1,8 @@
 """``validate NAME[:VERSION]``: re-run the check a version was published under, from its manifest.
 
 - fp32 ONNX versions: parity against the source named in the manifest (its sha256 must still match),
-  exactly as at export: sentence-transformers / the PyTorch model on the fixed sentences, or the
-  LightningModule on seeded inputs;
+  exactly as at export: sentence-transformers / the PyTorch model on the fixed sentences or on generated
+  images, or the LightningModule on the seeded inputs of its recorded signature;
 - int8 versions: the int8 gate against the fp32 version they came from.
 """
 
@@ -51,12 +51,19 @@ def _fp32_parity(manifest: dict, version_dir: Path, *, trust_checkpoint: bool):
         tokenizer = load_tokenizer(version_dir / manifest["preprocessing"]["tokenizer"])
         max_length = int(manifest["preprocessing"]["max_length"])
         return text_parity(model_path, source, manifest["task"], module, tokenizer, max_length, atol, rtol)
-    from converters.lightning2onnx import image_parity, load_module, resolve_class
+    if "module" not in manifest:  # a Hugging Face image classifier
+        from converters.hf2onnx import image_parity as hf_image_parity
+        from converters.hf2onnx import load_image_model
+
+        processor, module, _ = load_image_model(source)
+        return hf_image_parity(model_path, module, processor, atol, rtol)
+    from converters.lightning2onnx import lightning_parity, load_module, resolve_class, wrapped_module
+    from converters.signatures import Signature
 
     cls = resolve_class(manifest["module"])
     module = load_module(source, cls, trust=trust_checkpoint)
-    shape = tuple(int(d) for d in manifest["inputs"][0]["shape"][1:])
-    return image_parity(model_path, module, shape, atol, rtol)
+    signature = Signature.from_manifest(manifest)
+    return lightning_parity(model_path, wrapped_module(module, signature), signature, atol, rtol)
 
 
 def _int8_gate(repo: Repository, name: str, manifest: dict, version_dir: Path) -> dict:

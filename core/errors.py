@@ -48,6 +48,12 @@ class PayloadTooLarge(InvalidArgument):
     http_status = 413
 
 
+class UnsupportedMediaType(InvalidArgument):
+    """A request body in a format the service does not take (its Content-Type)."""
+
+    http_status = 415
+
+
 class MissingDependency(ToolkitError):
     """An optional capability (TensorRT, a GPU, a tool binary) is not present on this machine."""
 

@@ -6,6 +6,8 @@ Layout of an entry (the contract between the parts)::
     <repo>/<name>/<version>/model.onnx        (or model.plan for tensorrt_plan)
     <repo>/<name>/<version>/manifest.json
     <repo>/<name>/<version>/tokenizer/        (text models)
+    <repo>/<name>_tokenizer/<version>/        (text models: the tokenizer model, one version per version)
+    <repo>/<name>_text/1/                     (text models: the ensemble, text in, <name>'s outputs out)
 
 How a version is published without ever exposing a half-written one:
 
@@ -18,7 +20,14 @@ How a version is published without ever exposing a half-written one:
    ``<name>/<version>/`` when the config stays the same; and when the config changes too, a new
    ``<name>/`` is built in staging (existing versions hard-linked) and swapped with the live one by
    ``renameat2(RENAME_EXCHANGE)``. A failure after that step takes it back.
-3. Any exception inside ``stage()`` removes the staging folder. A process killed mid-way leaves only a
+3. A text entry's companions (``core.companions``: ``NAME_tokenizer``, ``NAME_text``) are derived from
+   ``NAME`` and rebuilt in staging whenever ``NAME``'s versions or config change (commit,
+   ``update_config``: rollback, configure), then each put in place in one atomic step, in this order:
+   the ensemble is taken out first when the tokenizer it would pair with the encoder changes, then
+   ``NAME``, then ``NAME_tokenizer``, then ``NAME_text``. So whenever the ensemble is in the repository,
+   its two steps' newest served versions tokenize alike. A failure at any step takes every earlier one
+   back; a kill leaves what docs/repository.md describes.
+4. Any exception inside ``stage()`` removes the staging folder. A process killed mid-way leaves only a
    staging folder in the workspace, which the next ``stage()`` removes once its owner is gone.
 """
 
@@ -42,7 +51,9 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from core import companions
 from core.errors import InvalidArgument, NotFound, PublishError, UnsafeInput
+from core.tasks import TASK_SPECS
 from core.triton_config import (
     atomic_write,
     fsync_dir,
@@ -63,6 +74,10 @@ LOCK_TIMEOUT_S = 300.0
 # Points in commit() where a test can inject a failure (disk full, a kill): the hook is called with
 # the point's name. Production code passes no hook.
 HOOK_POINTS = ("staged", "manifest_written", "renamed", "config_written")
+# The further points of a text entry's commit (and of update_config when the entry has companions), in
+# order: the live ensemble taken out (only when the tokenizer changes), NAME_tokenizer in place,
+# NAME_text in place.
+COMPANION_HOOK_POINTS = ("text_hidden", "tokenizer_written", "text_written")
 
 
 def default_repository() -> Path:
@@ -155,6 +170,26 @@ def exchange(a: Path, b: Path) -> None:
         raise OSError(code, os.strerror(code), str(a), None, str(b))
 
 
+def served(versions: list[int], policy: mc.ModelVersionPolicy) -> list[int]:
+    """The versions (sorted) that Triton serves under ``policy``."""
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        return list(versions)
+    if kind == "specific":
+        return [v for v in versions if v in set(policy.specific.versions)]
+    count = policy.latest.num_versions if kind == "latest" else 1
+    return list(versions)[-count:]
+
+
+@dataclass
+class _CompanionPlan:
+    """A text entry's companions as they must be after a change of the entry, built in staging."""
+
+    tokenizer: Path  # the complete NAME_tokenizer/ to put in place
+    text: Path  # the complete NAME_text/ to put in place
+    hide: bool  # take the live ensemble out while NAME and NAME_tokenizer change
+
+
 @dataclass
 class Staged:
     """A version being prepared: write its files into ``dir``."""
@@ -229,15 +264,19 @@ class Repository:
 
     def served_versions(self, name: str) -> list[int]:
         """The versions Triton serves under the entry's version_policy."""
-        versions = self.versions(name)
-        policy = self.config(name).version_policy
-        kind = policy.WhichOneof("policy_choice")
-        if kind == "all":
-            return versions
-        if kind == "specific":
-            return [v for v in versions if v in set(policy.specific.versions)]
-        count = policy.latest.num_versions if kind == "latest" else 1
-        return versions[-count:]
+        return served(self.versions(name), self.config(name).version_policy)
+
+    def companions(self, name: str) -> list[str]:
+        """The companion models of ``name`` in the repository (``NAME_tokenizer``, ``NAME_text``)."""
+        return [
+            other
+            for other in companions.companion_names(name)
+            if companions.companion_of(self.root / other) == name
+        ]
+
+    def companion_of(self, name: str) -> str | None:
+        """The entry ``name`` is a companion of, or None for an entry of its own."""
+        return companions.companion_of(self.model_dir(name))
 
     # ---- workspace, lock ----
     def workspace(self) -> Path:
@@ -312,13 +351,29 @@ class Repository:
             finally:
                 shutil.rmtree(root, ignore_errors=True)
 
-    def commit(self, staged: Staged, config: mc.ModelConfig, manifest: dict) -> Staged:
-        """Publish the staged files as the next version of the model, with ``config``."""
+    def commit(
+        self,
+        staged: Staged,
+        config: mc.ModelConfig,
+        manifest: dict,
+        *,
+        tokenizer_model: bytes | None = None,
+    ) -> Staged:
+        """Publish the staged files as the next version of the model, with ``config``.
+
+        A text entry (its task's input kind is text) published with ``tokenizer_model`` (the model file
+        of ``NAME_tokenizer``), or that has companions already, gets them rebuilt in the same commit:
+        the next version of ``NAME_tokenizer`` and ``NAME_text`` (see the module's docstring for the
+        order). Any failure takes every step back; the repository is as it was."""
         name = staged.name
         if config.name != name:
             raise InvalidArgument(
                 f"config.name {config.name!r} differs from the model name {name!r}", field="name"
             )
+        self.check_not_companion(name)
+        text_entry = _is_text(manifest.get("task"))
+        if text_entry and tokenizer_model is not None:
+            companions.check_name(name)
         try:
             self._hook("staged")
             with self.lock(name):
@@ -335,18 +390,29 @@ class Repository:
                 self._hook("manifest_written")
                 versioned = staged.dir.with_name(str(version))
                 os.rename(staged.dir, versioned)
+                plan = None
+                if text_entry and (tokenizer_model is not None or self.companions(name)):
+                    added = companions.TextVersion(version, versioned, manifest)
+                    plan = self._plan_companions(name, config, staged.root, added, tokenizer_model)
                 model_dir = self.model_dir(name)
-                if not model_dir.exists():
-                    undo = self._publish_new_model(versioned, model_dir, config)
-                elif to_text(self.config(name)) == to_text(config):
-                    undo = self._publish_version(versioned, model_dir / str(version))
-                else:
-                    undo = self._publish_with_config(versioned, model_dir, config)
+                undos: list[Callable[[], None]] = []
                 try:
+                    if plan is not None and plan.hide:
+                        undos.append(self._hide_text_model(name, staged.root))
+                        self._hook("text_hidden")
+                    if not model_dir.exists():
+                        undos.append(self._publish_new_model(versioned, model_dir, config))
+                    elif to_text(self.config(name)) == to_text(config):
+                        undos.append(self._publish_version(versioned, model_dir / str(version)))
+                    else:
+                        undos.append(self._publish_with_config(versioned, model_dir, config))
                     self._hook("renamed")
                     self._hook("config_written")
+                    if plan is not None:
+                        self._put_companions(name, plan, undos)
                 except BaseException:
-                    undo()
+                    for undo in reversed(undos):
+                        undo()
                     raise
         except OSError as err:
             hint = " (disk full)" if err.errno == errno.ENOSPC else ""
@@ -358,6 +424,142 @@ class Repository:
         staged.dir = staged.path
         log.info("published %s version %d at %s", name, version, staged.path)
         return staged
+
+    # ---- a text entry's companions ----
+    def check_not_companion(self, name: str) -> None:
+        """InvalidArgument when ``name`` is a text entry's companion: the repository writes those."""
+        owner = self.companion_of(name) if (self.root / name).is_dir() else None
+        if owner is not None:
+            raise InvalidArgument(
+                f"--name: {name!r} is a companion model of {owner!r}, written by the repository whenever "
+                f"{owner!r} changes; change {owner!r} instead, or choose another name",
+                field="name",
+            )
+
+    def _text_versions(self, name: str, added: companions.TextVersion | None) -> list[companions.TextVersion]:
+        """Every version of the entry that carries a tokenizer, with ``added`` (a staged one)."""
+        found = []
+        for version in self.versions(name):
+            folder = self.version_dir(name, version)
+            try:
+                manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # not written by the converters: no tokenizer to serve it with
+            entry = companions.TextVersion(version, folder, manifest)
+            if (entry.tokenizer_dir / "tokenizer.json").is_file():
+                found.append(entry)
+        if added is not None:
+            found.append(added)
+        return found
+
+    def _plan_companions(
+        self,
+        name: str,
+        config: mc.ModelConfig,
+        root: Path,
+        added: companions.TextVersion | None,
+        tokenizer_model: bytes | None,
+    ) -> _CompanionPlan:
+        """Build ``NAME_tokenizer/`` and ``NAME_text/`` as they must be once ``NAME`` has ``config`` (and
+        the ``added`` version) into ``root``; decide whether the live ensemble must be taken out."""
+        tokenizer, text = companions.companion_names(name)
+        for other in (tokenizer, text):
+            owner = companions.companion_of(self.root / other)
+            if (self.root / other).exists() and owner != name:
+                raise PublishError(
+                    f"{self.root / other} exists and is not {name!r}'s companion model; rename it, or "
+                    f"publish {name!r} under another --name"
+                )
+        versions = self._text_versions(name, added)
+        all_versions = sorted({*self.versions(name), *([added.version] if added else [])})
+        serving = served(all_versions, config.version_policy)
+        newest = next((v for v in versions if serving and v.version == serving[-1]), None)
+        if newest is None:
+            raise PublishError(
+                f"{name}: the version it would serve ({serving[-1] if serving else 'none'}) has no "
+                f"tokenizer, so {text} cannot serve it; publish it again with the converters"
+            )
+        target = root / ".companions"  # a dot: never a model name, so never the staged model's folder
+        shutil.rmtree(target, ignore_errors=True)
+        companions.build_tokenizer_model(
+            target / tokenizer, name, config, versions, self.root / tokenizer, tokenizer_model
+        )
+        labels = None
+        if TASK_SPECS[newest.manifest["task"]].postprocess == "labels":
+            labels = [str(label) for label in newest.manifest.get("labels") or []] or None
+        companions.build_text_model(target / text, name, config, labels)
+        hide = False
+        if (self.root / text).exists():
+            live = self.root / tokenizer
+            live_served = (
+                served(self.versions(tokenizer), self.config(tokenizer).version_policy)
+                if (live / CONFIG).is_file()
+                else []
+            )
+            pairs_with = companions.tokenizer_identity(live / str(live_served[-1])) if live_served else None
+            hide = pairs_with != newest.identity()
+        return _CompanionPlan(tokenizer=target / tokenizer, text=target / text, hide=hide)
+
+    def _hide_text_model(self, name: str, root: Path) -> Callable[[], None]:
+        """Take the live ``NAME_text/`` out of the repository (into staging) in one rename."""
+        live = self.root / companions.text_name(name)
+        hidden = root / ".hidden" / live.name
+        hidden.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(live, hidden)
+        fsync_dir(self.root)
+
+        def undo() -> None:
+            os.rename(hidden, live)
+            fsync_dir(self.root)
+
+        return undo
+
+    def _put_companions(self, name: str, plan: _CompanionPlan, undos: list[Callable[[], None]]) -> None:
+        tokenizer, text = companions.companion_names(name)
+        undos.append(self._swap_in(plan.tokenizer, self.root / tokenizer))
+        self._hook("tokenizer_written")
+        undos.append(self._swap_in(plan.text, self.root / text))
+        self._hook("text_written")
+
+    def _swap_in(self, built: Path, live: Path) -> Callable[[], None]:
+        """Put the folder ``built`` (in staging) at ``live`` in one atomic step; nothing when they are
+        the same already. Returns how to take it back."""
+        if companions.same_tree(built, live):
+            return lambda: None
+        _fsync_tree(built)
+        if not live.exists():
+            os.rename(built, live)
+            fsync_dir(self.root)
+
+            def undo_new() -> None:
+                os.rename(live, built)
+                fsync_dir(self.root)
+
+            return undo_new
+        try:
+            exchange(built, live)
+        except OSError as err:
+            if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            log.warning("%s: this filesystem cannot swap folders (%s); replacing in two steps", live, err)
+            old = built.with_name(built.name + ".old")
+            os.rename(live, old)
+            os.rename(built, live)
+            fsync_dir(self.root)
+
+            def undo_two_steps() -> None:
+                os.rename(live, built)
+                os.rename(old, live)
+                fsync_dir(self.root)
+
+            return undo_two_steps
+        fsync_dir(self.root)
+
+        def undo() -> None:
+            exchange(built, live)
+            fsync_dir(self.root)
+
+        return undo
 
     # Each of the three ways to publish makes the new version visible in one atomic step and returns
     # how to take that step back.
@@ -452,13 +654,68 @@ class Repository:
             )
 
     def set_version_policy(self, name: str, policy: str | list[int]) -> mc.ModelConfig:
-        """Change which versions Triton serves (atomically); nothing is deleted."""
+        """Change which versions Triton serves (atomically); nothing is deleted. A text entry's
+        companions follow: ``NAME_tokenizer`` serves the same versions."""
         return self.update_config(name, lambda config: config.version_policy.CopyFrom(version_policy(policy)))
 
+    def write_companions(self, name: str, tokenizer_model: bytes) -> list[str]:
+        """Write (or bring back in step) the companions of the text entry ``name`` from its versions and
+        config, with ``tokenizer_model`` as the model file of versions built anew; the entry itself is
+        not changed. Returns the companions' names."""
+        self.check_not_companion(name)
+        companions.check_name(name)
+        with self.lock(name):
+            task = self.manifest(name).get("task")
+            if not _is_text(task):
+                raise InvalidArgument(
+                    f"{name}: a {task} entry takes no text, so it has no tokenizer or text model",
+                    field="name",
+                )
+            with self.stage(name) as staged:
+                plan = self._plan_companions(name, self.config(name), staged.root, None, tokenizer_model)
+                undos: list[Callable[[], None]] = []
+                try:
+                    if plan.hide:
+                        undos.append(self._hide_text_model(name, staged.root))
+                        self._hook("text_hidden")
+                    self._put_companions(name, plan, undos)
+                except BaseException:
+                    for undo in reversed(undos):
+                        undo()
+                    raise
+        return self.companions(name)
+
     def update_config(self, name: str, change: Callable[[mc.ModelConfig], None]) -> mc.ModelConfig:
-        """Apply ``change`` to the entry's config under the model lock and write it atomically."""
+        """Apply ``change`` to the entry's config under the model lock and write it atomically. When the
+        entry has companions, they are rebuilt and put in place after it (in the order of ``commit``),
+        and a failure at any step takes the earlier ones back."""
+        self.check_not_companion(name)
         with self.lock(name):
             config = self.config(name)
             change(config)
-            write_config(self.model_dir(name) / CONFIG, config)
+            if not self.companions(name):
+                write_config(self.model_dir(name) / CONFIG, config)
+                return config
+            with self.stage(name) as staged:
+                plan = self._plan_companions(name, config, staged.root, None, None)
+                path = self.model_dir(name) / CONFIG
+                old = path.read_bytes()
+                undos: list[Callable[[], None]] = []
+                try:
+                    if plan.hide:
+                        undos.append(self._hide_text_model(name, staged.root))
+                        self._hook("text_hidden")
+                    write_config(path, config)
+                    undos.append(lambda: atomic_write(path, old))
+                    self._hook("config_written")
+                    self._put_companions(name, plan, undos)
+                except BaseException:
+                    for undo in reversed(undos):
+                        undo()
+                    raise
         return config
+
+
+def _is_text(task: str | None) -> bool:
+    spec = TASK_SPECS.get(task) if task else None
+    return spec is not None and spec.input_kind == "text"

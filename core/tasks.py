@@ -7,6 +7,11 @@ check, the Triton config, the manifest, the service's settings, version routing 
 docs (checked by tests) all read it. Adding a task is adding an entry here plus its pre- and
 post-processing functions in ``serving/tasks.py`` (and the endpoints' signatures in ``service.py``).
 
+Two tasks carry no fixed tensors: ``tensor`` (any signature: named tensors in, named tensors out) takes
+its inputs and outputs from the module it was exported from, and ``classification`` fixes only their
+form ((batch, features) -> (batch, classes)). Every entry, whatever its task, is also served by the Open
+Inference Protocol routes (``INFER_ROUTES``), from the tensors its manifest declares.
+
 Data only: the bento ships this package, so nothing heavier than the standard library is imported.
 """
 
@@ -16,6 +21,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from core.errors import InvalidArgument
+
+# The tensor datatypes an entry may declare (Triton's names), with the numpy dtype of each: the
+# converters, the Triton config and the service's tensor checks all read this table.
+DATATYPES: dict[str, str] = {
+    "FP32": "float32",
+    "FP16": "float16",
+    "INT64": "int64",
+    "INT32": "int32",
+    "BOOL": "bool",
+}
 
 
 @dataclass(frozen=True)
@@ -27,7 +42,10 @@ class TensorSpec:
     shape: tuple[int, ...]
     # Axis index -> symbolic name, for torch.onnx.export's dynamic_axes.
     dynamic_axes: dict[int, str] = field(default_factory=dict)
-    # Token inputs: each request may carry a different length (Triton pads them in the backend).
+    # allow_ragged_batch: Triton's backends hand such an input to the model flattened to 1-D (all the
+    # requests' values concatenated), so only a model that takes it as [-1] may set it. Token inputs do
+    # not: a request's rows are padded to one length (by the Bento, or the entry's NAME_tokenizer model)
+    # and Triton merges requests of equal shapes.
     ragged: bool = False
 
     def to_manifest(self) -> dict:
@@ -43,11 +61,14 @@ class TensorSpec:
 
 
 # What a request of the task carries, and so which preprocessing makes its tensors: "text" goes
-# through the entry's own tokenizer, "image" is decoded and normalised as the manifest declares.
-InputKind = Literal["text", "image"]
+# through the entry's own tokenizer, "image" is decoded and normalised as the manifest declares,
+# "features" is one row of numbers per item, "tensors" are named tensors checked against the manifest.
+InputKind = Literal["text", "image", "features", "tensors"]
 # What a row of the task's output is, and so how it becomes a result: "embeddings" are vectors, given
-# as they are; "labels" are logits, one per label, given as the top-k labels with probabilities.
-Postprocess = Literal["embeddings", "labels"]
+# as they are; "labels" are logits, one per label, given as the top-k labels with probabilities;
+# "entities" are per-token logits, given as labelled spans of the text (B-/I- tags merged);
+# "tensors" are every output, by name, as they are.
+Postprocess = Literal["embeddings", "labels", "entities", "tensors"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +98,7 @@ class TaskSpec:
 
 
 def _token_input(name: str) -> TensorSpec:
-    return TensorSpec(name, "INT64", (-1, -1), {0: "batch", 1: "sequence"}, ragged=True)
+    return TensorSpec(name, "INT64", (-1, -1), {0: "batch", 1: "sequence"})
 
 
 TASK_SPECS: dict[str, TaskSpec] = {
@@ -106,6 +127,17 @@ TASK_SPECS: dict[str, TaskSpec] = {
         postprocess="labels",
         routes=(Route("/classify", reply="predictions"), Route("/classify/batch", reply="results")),
     ),
+    "token-classification": TaskSpec(
+        task="token-classification",
+        inputs=(_token_input("input_ids"), _token_input("attention_mask")),
+        outputs=(TensorSpec("logits", "FP32", (-1, -1, -1), {0: "batch", 1: "sequence"}),),
+        quantization_gate="top1",
+        input_kind="text",
+        postprocess="entities",
+        routes=(Route("/entities", reply="entities"), Route("/entities/batch", reply="entity_results")),
+    ),
+    # Lightning (C,H,W) -> logits modules and Hugging Face *ForImageClassification models alike: the
+    # manifest's preprocessing block says how an image becomes the input (docs/repository.md).
     "image-classification": TaskSpec(
         task="image-classification",
         inputs=(TensorSpec("input", "FP32", (-1, -1, -1, -1), {0: "batch"}),),
@@ -114,6 +146,29 @@ TASK_SPECS: dict[str, TaskSpec] = {
         input_kind="image",
         postprocess="labels",
         routes=(Route("/predict", reply="predictions"), Route("/predict/batch", reply="results")),
+    ),
+    # (batch, features) -> (batch, classes), with labels: a tabular classifier.
+    "classification": TaskSpec(
+        task="classification",
+        inputs=(TensorSpec("input", "FP32", (-1, -1), {0: "batch"}),),
+        outputs=(TensorSpec("logits", "FP32", (-1, -1), {0: "batch"}),),
+        quantization_gate="top1",
+        input_kind="features",
+        postprocess="labels",
+        routes=(
+            Route("/classify/features", reply="predictions"),
+            Route("/classify/features/batch", reply="results"),
+        ),
+    ),
+    # Any other signature: the module's own inputs and outputs (names, datatypes, shapes), as given.
+    "tensor": TaskSpec(
+        task="tensor",
+        inputs=(),
+        outputs=(),
+        quantization_gate="cosine",
+        input_kind="tensors",
+        postprocess="tensors",
+        routes=(Route("/tensors", reply="tensors"),),
     ),
 }
 
@@ -124,6 +179,11 @@ TEXT_TASKS = tuple(name for name, spec in TASK_SPECS.items() if spec.input_kind 
 ROUTES: dict[str, tuple[TaskSpec, Route]] = {
     route.path: (spec, route) for spec in TASK_SPECS.values() for route in spec.routes
 }
+
+
+# The Open Inference Protocol (KServe v2) routes: every configured entry, whatever its task, by the
+# tensors its manifest declares. The service mounts them beside its task routes.
+INFER_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 
 
 def task_spec(task: str, *, allowed: tuple[str, ...] | None = None) -> TaskSpec:

@@ -4,7 +4,8 @@ The message is ``tritonclient.grpc.model_config_pb2.ModelConfig`` and the text f
 ``google.protobuf.text_format``: no string templates. ``build_config`` validates every argument
 (naming the field, the bad value and the fix), ``write_config`` replaces the file atomically and
 checks that what it wrote parses back to the same message, ``read_config`` parses one back.
-``set_batching`` changes the batching of an existing config (the tuner's settings).
+``set_batching`` changes the batching of an existing config (the tuner's settings); ``set_warmup``
+declares the requests Triton runs through a model when it loads it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _DATA_TYPES = {
     "INT32": mc.TYPE_INT32,
     "FP32": mc.TYPE_FP32,
     "FP16": mc.TYPE_FP16,
+    "BOOL": mc.TYPE_BOOL,
 }
 
 
@@ -117,10 +119,12 @@ def build_config(
     config = mc.ModelConfig(name=name, platform=platform, max_batch_size=max_batch_size)
     for spec in inputs:
         tensor = config.input.add(name=spec.name, data_type=data_type(spec.datatype), dims=spec.shape[1:])
+        _batch_only(tensor, spec)
         if spec.ragged:
             tensor.allow_ragged_batch = True
     for spec in outputs:
-        config.output.add(name=spec.name, data_type=data_type(spec.datatype), dims=spec.shape[1:])
+        tensor = config.output.add(name=spec.name, data_type=data_type(spec.datatype), dims=spec.shape[1:])
+        _batch_only(tensor, spec)
     config.dynamic_batching.preferred_batch_size.extend(preferred)
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     config.instance_group.add(kind=INSTANCE_KINDS[instance_kind], count=instance_count)
@@ -136,6 +140,14 @@ def build_config(
                 field="accelerator",
             )
     return config
+
+
+def _batch_only(tensor, spec: TensorSpec) -> None:
+    """A tensor of shape [batch] alone: Triton wants ``dims`` besides the batch axis, so it is declared
+    ``dims: [1]`` with ``reshape { shape: [] }`` (the model sees [batch]), as Triton's docs prescribe."""
+    if len(spec.shape) == 1:
+        tensor.dims.append(1)
+        tensor.reshape.SetInParent()
 
 
 def _preferred_sizes(sizes: Sequence[int], max_batch_size: int) -> list[int]:
@@ -181,6 +193,61 @@ def set_batching(
         config.instance_group.add()
     for group in config.instance_group:
         group.count = instance_count
+    return config
+
+
+@dataclass(frozen=True)
+class WarmupSample:
+    """One warm-up request: ``batch_size`` rows, and per input its dims without the batch axis."""
+
+    batch_size: int
+    dims: dict[str, tuple[int, ...]]
+
+    @property
+    def name(self) -> str:
+        shapes = ", ".join(f"{name} {list(dims)}" for name, dims in self.dims.items())
+        return f"batch {self.batch_size}: {shapes}"
+
+
+def set_warmup(config: mc.ModelConfig, samples: Sequence[WarmupSample]) -> mc.ModelConfig:
+    """Replace the config's ``model_warmup`` with ``samples`` (zeros of each input's declared type):
+    Triton runs them through every instance when it loads the model, before it is READY, so the first
+    real requests do not pay ONNX Runtime's first runs. Each sample is checked against the config: a
+    batch within ``max_batch_size``, every input named once, dims of the input's rank with a real size
+    where the config has -1 and the config's own size elsewhere."""
+    if config.platform == "ensemble":
+        raise InvalidArgument(f"{config.name}: Triton does not warm up ensembles", field="model_warmup")
+    inputs = {tensor.name: tensor for tensor in config.input}
+    del config.model_warmup[:]
+    for sample in samples:
+        if not 1 <= sample.batch_size <= max(config.max_batch_size, 1):
+            raise InvalidArgument(
+                f"model_warmup: batch size {sample.batch_size} is not within 1..max_batch_size "
+                f"({config.max_batch_size})",
+                field="model_warmup",
+            )
+        if set(sample.dims) != set(inputs):
+            raise InvalidArgument(
+                f"model_warmup: sample inputs {sorted(sample.dims)} differ from the config's inputs "
+                f"{sorted(inputs)}",
+                field="model_warmup",
+            )
+        warmup = config.model_warmup.add(name=sample.name, batch_size=sample.batch_size)
+        for name, dims in sample.dims.items():
+            declared = list(inputs[name].dims)
+            fits = len(dims) == len(declared) and all(
+                d > 0 and (want == -1 or want == d) for d, want in zip(dims, declared, strict=True)
+            )
+            if not fits:
+                raise InvalidArgument(
+                    f"model_warmup: dims {list(dims)} of input {name!r} do not fit its config dims "
+                    f"{declared}",
+                    field="model_warmup",
+                )
+            tensor = warmup.inputs[name]
+            tensor.data_type = inputs[name].data_type
+            tensor.dims.extend(dims)
+            tensor.zero_data = True
     return config
 
 
@@ -238,10 +305,17 @@ def write_config(path: str | os.PathLike, config: mc.ModelConfig) -> Path:
     return atomic_write(path, text.encode("utf-8"))
 
 
+# The mode of a written file: readable by every user, like the rest of an entry (model.onnx,
+# manifest.json). mkstemp creates 0600, and a repository mounted into a container whose server runs as
+# another uid (the Triton image's 1000, the Bento's 1034) must still be able to read config.pbtxt.
+WRITTEN_MODE = 0o644
+
+
 def atomic_write(path: Path, data: bytes) -> Path:
     """Replace ``path`` with ``data`` in one step: temp file in the same folder, fsync, os.replace."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, WRITTEN_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -6,18 +6,17 @@ by its content; check one.
     python -m deploy.release digest DIR                           # verifies SHA256SUMS, prints it
     python -m deploy.release pin DIR --releases s3://BUCKET/releases --env-file OVERLAY/release.env
 
-The local server runs every ``onnxruntime_onnx`` model through this project's python-based backend,
-which pads ragged token inputs itself. NVIDIA's image runs them through its native ONNX Runtime
-backend instead, which passes an input marked ``allow_ragged_batch`` to the model as one flattened
-1-D tensor (Triton's ragged batching documentation): our text models take ``[batch, seq]``, so such an
-entry fails there. And an entry's ``instance_group`` kind decides CPU or GPU, whatever the node has.
+The repository the converters write is the one production serves: the local server runs it through a
+python-based ONNX Runtime backend that follows the native one's rules (local_triton/backends), so the
+configs are not rewritten for production. ``check`` audits every entry against the native backends'
+rules (``RULES``, listed in docs/repository.md; each has a test that breaks it), plus the nodes'
+instance kind.
 
-``export`` copies the repository (each entry under its publish lock) to a new folder, clears
-``allow_ragged_batch`` (the Bento pads the rows of each call it sends, and Triton batches calls of the
-same shape), sets every instance group to the target's kind, gives every TensorRT accelerator (GPU)
-an engine cache under ``ENGINE_CACHE`` named after the entry's model files (a changed model never
-reuses a stale engine), checks the result, writes ``SHA256SUMS`` (every file, ``sha256sum`` format),
-and only then moves it into place. The source is not changed.
+``export`` copies the repository (each entry under its publish lock) to a new folder, sets the instance
+groups of the ONNX and TensorRT entries to the target's kind, gives every TensorRT accelerator (GPU) an
+engine cache under ``ENGINE_CACHE`` named after the entry's model files (a changed model never reuses a
+stale engine), checks the result, writes ``SHA256SUMS`` (every file, ``sha256sum`` format), and only
+then moves it into place. Nothing else changes; the source is not changed.
 
 A release is immutable and content-addressed: its digest is the sha256 of its ``SHA256SUMS``, and it is
 uploaded once to ``<releases>/<digest>/`` and never changed. The Kubernetes ConfigMap ``model-release``
@@ -40,8 +39,9 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from core import companions
 from core.errors import CheckFailed, InvalidArgument, NotFound, ToolkitError
-from core.repository import CONFIG, Repository, sha256_path
+from core.repository import CONFIG, Repository, served, sha256_path
 from core.triton_config import read_config, write_config
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,43 @@ log = logging.getLogger(__name__)
 # The instance_group kind each target's nodes need.
 KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
 TARGETS = tuple(KINDS)
-MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 # Where the GPU overlay mounts the TensorRT engine cache (deploy/k8s/overlays/gpu/triton-gpu.yaml).
 ENGINE_CACHE = "/cache/tensorrt"
 SUMS = "SHA256SUMS"
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
+MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan", "python": "model.py"}
+# Where the instance kind follows the target: the ONNX and TensorRT entries (python models tokenize on
+# CPU on either kind of node; ensembles have no instances).
+ACCELERATED = ("onnxruntime_onnx", "tensorrt_plan")
+
+# What NVIDIA's Triton 2.51 image (24.10) checks when it loads a model, as rules of this audit: each
+# problem names its rule. docs/repository.md lists them (a test holds the two lists together).
+RULES = {
+    "kind": "an entry is one the image serves: platform onnxruntime_onnx, tensorrt_plan or ensemble, or "
+    "backend python",
+    "graph-inputs": "an ONNX entry declares exactly the graph's inputs (plus its batch inputs), each with "
+    "the graph's data type",
+    "ragged": "allow_ragged_batch only on an input the graph takes as [-1]: the native backends hand "
+    "such an input to the model flattened to 1-D",
+    "dims": "with max_batch_size > 0 each graph input and output has a dynamic first axis and the "
+    "config's dims match the rest (an input where the graph's axis is fixed, an output exactly, dynamic "
+    "as -1)",
+    "graph-outputs": "each output of an ONNX entry is in the graph, with the graph's data type",
+    "batching": "preferred batch sizes are within max_batch_size; an ensemble has no dynamic_batching and "
+    "no instance_group",
+    "warmup": "no model_warmup on an ensemble; each sample within max_batch_size, every input once with "
+    "the config's data type, dims without -1 that fit the config's, and data to send",
+    "ensemble": "an ensemble's steps name models of the repository and map only their inputs and "
+    "outputs; each tensor it declares has the type of the step tensor it maps to; its max_batch_size is "
+    "within each step's; its label files exist",
+    "files": "the version policy serves a version, and each served version holds the model file "
+    "(model.onnx, model.plan, model.py) or, for an ensemble, a version folder",
+    "companions": "a text entry's NAME_tokenizer serves the versions NAME serves (same numbers, same "
+    "version_policy), and its newest one tokenizes as NAME's newest does",
+    "instances": "ONNX and TensorRT entries run on the nodes' kind (KIND_GPU on gpu nodes, KIND_CPU on "
+    "cpu); a TensorRT plan needs gpu nodes; each TensorRT accelerator caches its engines under "
+    "/cache/tensorrt",
+}
 
 
 @dataclass
@@ -73,41 +105,260 @@ def _kind(target: str) -> int:
     return KINDS[target]
 
 
+def _kind_of(config: mc.ModelConfig) -> str:
+    if config.platform == "ensemble":
+        return "ensemble"
+    if config.backend == "python":
+        return "python"
+    return config.platform or config.backend
+
+
+# ONNX Runtime's tensor types, as the native backend maps them to Triton's.
+_ORT_TYPES = {
+    "tensor(bool)": mc.TYPE_BOOL,
+    "tensor(uint8)": mc.TYPE_UINT8,
+    "tensor(int8)": mc.TYPE_INT8,
+    "tensor(int16)": mc.TYPE_INT16,
+    "tensor(int32)": mc.TYPE_INT32,
+    "tensor(int64)": mc.TYPE_INT64,
+    "tensor(float16)": mc.TYPE_FP16,
+    "tensor(float)": mc.TYPE_FP32,
+    "tensor(double)": mc.TYPE_FP64,
+    "tensor(string)": mc.TYPE_STRING,
+}
+
+
+def _graph(path: Path) -> tuple[dict, dict]:
+    """(inputs, outputs) of an ONNX file as ONNX Runtime reports them to the native backend (shapes
+    after its own inference): name -> (Triton data type, dims with -1 where dynamic)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own untyped errors
+        raise CheckFailed(f"{path}: ONNX Runtime cannot load it: {err}") from err
+
+    def tensors(values) -> dict:
+        return {
+            v.name: (_ORT_TYPES.get(v.type), [d if isinstance(d, int) and d >= 0 else -1 for d in v.shape])
+            for v in values
+        }
+
+    return tensors(session.get_inputs()), tensors(session.get_outputs())
+
+
+def _dims_problem(model: str, tensor, graph_dims: list[int], batching: bool, exact: bool) -> str | None:
+    if not graph_dims:
+        return None
+    if batching and graph_dims[0] != -1:
+        return (
+            f"dims: {model}: {tensor.name} has a fixed first axis in the graph {graph_dims} but "
+            "max_batch_size > 0 makes it the batch axis"
+        )
+    full = ([-1] if batching else []) + list(tensor.dims)
+    same = len(full) == len(graph_dims) and all(
+        g == f for g, f in zip(graph_dims, full, strict=True) if exact or g != -1
+    )
+    if not same:
+        return (
+            f"dims: {model}: {tensor.name} is {full} in the config (batch axis first) but {graph_dims} "
+            "in the graph"
+        )
+    return None
+
+
+def _onnx_problems(model: str, config: mc.ModelConfig, path: Path) -> list[str]:
+    inputs, outputs = _graph(path)
+    batching = config.max_batch_size > 0
+    problems = []
+    declared = [t for t in config.input if not t.optional]
+    expected = len(declared) + len(config.batch_input)
+    if expected != len(inputs):
+        problems.append(
+            f"graph-inputs: {model}: the config declares {expected} inputs (with batch inputs), the graph "
+            f"{path.parent.name}/{path.name} has {len(inputs)}: {sorted(inputs)}"
+        )
+    for tensor in config.input:
+        if tensor.name not in inputs:
+            problems.append(
+                f"graph-inputs: {model}: input {tensor.name} is not in the graph ({sorted(inputs)})"
+            )
+            continue
+        graph_type, graph_dims = inputs[tensor.name]
+        if graph_type != tensor.data_type:
+            problems.append(
+                f"graph-inputs: {model}: input {tensor.name} is {mc.DataType.Name(tensor.data_type)} in "
+                f"the config, {mc.DataType.Name(graph_type or 0)} in the graph"
+            )
+        if tensor.allow_ragged_batch:
+            if graph_dims != [-1]:
+                problems.append(
+                    f"ragged: {model}: input {tensor.name} has allow_ragged_batch but the graph takes it "
+                    f"as {graph_dims}; the native backend refuses to load it (it would hand the model a "
+                    "flattened 1-D tensor); publish it again with the converters, which no longer set it"
+                )
+            continue
+        problem = _dims_problem(model, tensor, graph_dims, batching, exact=False)
+        if problem:
+            problems.append(problem)
+    for tensor in config.output:
+        if tensor.name not in outputs:
+            problems.append(
+                f"graph-outputs: {model}: output {tensor.name} is not in the graph ({sorted(outputs)})"
+            )
+            continue
+        graph_type, graph_dims = outputs[tensor.name]
+        if graph_type != tensor.data_type:
+            problems.append(
+                f"graph-outputs: {model}: output {tensor.name} is {mc.DataType.Name(tensor.data_type)} in "
+                f"the config, {mc.DataType.Name(graph_type or 0)} in the graph"
+            )
+        problem = _dims_problem(model, tensor, graph_dims, batching, exact=True)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _warmup_problems(model: str, config: mc.ModelConfig) -> list[str]:
+    if config.platform == "ensemble":
+        return [f"warmup: {model}: an ensemble takes no model_warmup"] if config.model_warmup else []
+    problems = []
+    inputs = {t.name: t for t in config.input}
+    for sample in config.model_warmup:
+        where = f"warmup: {model}: sample {sample.name!r}"
+        if not 1 <= sample.batch_size <= max(config.max_batch_size, 1):
+            problems.append(
+                f"{where}: batch_size {sample.batch_size} is not within 1..{config.max_batch_size}"
+            )
+        if set(sample.inputs) != set(inputs):
+            problems.append(f"{where}: inputs {sorted(sample.inputs)} are not the config's {sorted(inputs)}")
+        for name, tensor in sample.inputs.items():
+            declared = inputs.get(name)
+            if declared is None:
+                continue
+            fits = len(tensor.dims) == len(declared.dims) and all(
+                d > 0 and want in (-1, d) for d, want in zip(tensor.dims, declared.dims, strict=True)
+            )
+            if tensor.data_type != declared.data_type or not fits:
+                problems.append(
+                    f"{where}: input {name} is {mc.DataType.Name(tensor.data_type)} {list(tensor.dims)}; the "
+                    f"config has {mc.DataType.Name(declared.data_type)} {list(declared.dims)}"
+                )
+            if tensor.WhichOneof("input_data_type") is None:
+                problems.append(
+                    f"{where}: input {name} has no data (zero_data, random_data, input_data_file)"
+                )
+    return problems
+
+
+def _ensemble_problems(repo: Repository, model: str, config: mc.ModelConfig) -> list[str]:
+    problems = []
+    own = {t.name: t.data_type for t in [*config.input, *config.output]}
+    for step in config.ensemble_scheduling.step:
+        if step.model_name not in repo.models():
+            problems.append(f"ensemble: {model}: step model {step.model_name} is not in the repository")
+            continue
+        other = repo.config(step.model_name)
+        if other.max_batch_size < config.max_batch_size:
+            problems.append(
+                f"ensemble: {model}: max_batch_size {config.max_batch_size} is above step "
+                f"{step.model_name}'s {other.max_batch_size}"
+            )
+        for mapping, tensors, what in (
+            (step.input_map, other.input, "input"),
+            (step.output_map, other.output, "output"),
+        ):
+            types = {t.name: t.data_type for t in tensors}
+            for key, value in mapping.items():
+                if key not in types:
+                    problems.append(f"ensemble: {model}: step {step.model_name} has no {what} {key}")
+                elif value in own and own[value] != types[key]:
+                    problems.append(
+                        f"ensemble: {model}: {value} is {mc.DataType.Name(own[value])} but step "
+                        f"{step.model_name}'s {what} {key} is {mc.DataType.Name(types[key])}"
+                    )
+    for tensor in config.output:
+        if tensor.label_filename and not (repo.model_dir(model) / tensor.label_filename).is_file():
+            problems.append(
+                f"ensemble: {model}: label file {tensor.label_filename} of {tensor.name} is missing"
+            )
+    return problems
+
+
+def _companion_problems(repo: Repository, name: str) -> list[str]:
+    tokenizer = companions.tokenizer_name(name)
+    problems = []
+    config, other = repo.config(name), repo.config(tokenizer)
+    if other.version_policy != config.version_policy or repo.versions(tokenizer) != [
+        v for v in repo.versions(name) if (repo.version_dir(name, v) / "tokenizer").is_dir()
+    ]:
+        problems.append(
+            f"companions: {tokenizer}: versions {repo.versions(tokenizer)} and its version_policy do not "
+            f"mirror {name}'s ({repo.versions(name)}); change {name} through the converters (rollback, "
+            "configure) to bring it back in step"
+        )
+    mine = repo.served_versions(name)
+    theirs = repo.served_versions(tokenizer)
+    if mine and theirs:
+        newest = companions.TextVersion(
+            mine[-1], repo.version_dir(name, mine[-1]), repo.manifest(name, mine[-1])
+        )
+        if companions.tokenizer_identity(repo.version_dir(tokenizer, theirs[-1])) != newest.identity():
+            problems.append(
+                f"companions: {companions.text_name(name)} would tokenize with {tokenizer}:{theirs[-1]} for "
+                f"{name}:{mine[-1]}, whose tokenizer differs"
+            )
+    return problems
+
+
 def release_problems(root: str | os.PathLike, target: str) -> list[str]:
-    """Every reason NVIDIA's Triton image on ``target`` nodes would not serve ``root`` as intended."""
+    """Every reason NVIDIA's Triton image on ``target`` nodes would refuse or misserve ``root``, each
+    line starting with the rule it breaks (``RULES``)."""
     want = _kind(target)
     repo = Repository(root)
     if not repo.root.is_dir():
         raise NotFound(f"{repo.root}: no model repository there", field="repository")
     names = repo.models()
     if not names:
-        return [f"{repo.root}: no model entries (folders with a config.pbtxt)"]
+        return [f"files: {repo.root}: no model entries (folders with a config.pbtxt)"]
     problems = []
     for name in names:
         try:
             config = repo.config(name)
         except ToolkitError as err:
-            problems.append(f"{name}: {err}")
+            problems.append(f"kind: {name}: {err}")
             continue
-        if config.platform not in MODEL_FILES:
+        kind = _kind_of(config)
+        if kind not in (*MODEL_FILES, "ensemble"):
             problems.append(
-                f"{name}: platform {config.platform!r}; the image serves {', '.join(MODEL_FILES)}"
+                f"kind: {name}: {kind!r}; the image serves {', '.join([*MODEL_FILES, 'ensemble'])}"
             )
             continue
-        if config.platform == "tensorrt_plan" and target == "cpu":
-            problems.append(f"{name}: a TensorRT plan needs a GPU; export it with --target gpu")
-        for tensor in config.input:
-            if tensor.allow_ragged_batch:
+        preferred = [p for p in config.dynamic_batching.preferred_batch_size if p > config.max_batch_size]
+        if preferred:
+            problems.append(f"batching: {name}: preferred batch sizes {preferred} above max_batch_size")
+        if kind == "ensemble":
+            if config.HasField("dynamic_batching") or config.instance_group:
+                problems.append(f"batching: {name}: an ensemble takes no dynamic_batching or instance_group")
+            problems += _ensemble_problems(repo, name, config)
+        problems += _warmup_problems(name, config)
+        if kind == "tensorrt_plan" and target == "cpu":
+            problems.append(f"instances: {name}: a TensorRT plan needs a GPU; export it with --target gpu")
+        if kind in ACCELERATED:
+            kinds = {mc.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group if g.kind != want}
+            if kinds or not config.instance_group:
+                wanted = mc.ModelInstanceGroup.Kind.Name(want)
                 problems.append(
-                    f"{name}: input {tensor.name} has allow_ragged_batch: NVIDIA's {config.platform} backend "
-                    f"hands it to the model flattened to 1-D, but the model takes [batch, "
-                    f"{', '.join(map(str, tensor.dims))}]; export with `python -m deploy.release export`"
+                    f"instances: {name}: instance_group kind {', '.join(sorted(kinds)) or 'unset'} on "
+                    f"{target} nodes; export with --target {target} (sets {wanted})"
                 )
-        kinds = {mc.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group if g.kind != want}
-        if kinds or not config.instance_group:
+        versions = served(repo.versions(name), config.version_policy)
+        if not versions:
             problems.append(
-                f"{name}: instance_group kind {', '.join(sorted(kinds)) or 'unset'} on {target} nodes; "
-                f"export with --target {target} (sets {mc.ModelInstanceGroup.Kind.Name(want)})"
+                f"files: {name}: its version_policy serves none of its versions {repo.versions(name)}"
             )
         for accelerator in config.optimization.execution_accelerators.gpu_execution_accelerator:
             cache = dict(accelerator.parameters)
@@ -116,17 +367,18 @@ def release_problems(root: str | os.PathLike, target: str) -> list[str]:
                 or not cache.get("trt_engine_cache_path", "").startswith(ENGINE_CACHE + "/")
             ):
                 problems.append(
-                    f"{name}: the tensorrt accelerator has no engine cache under {ENGINE_CACHE}, so every "
-                    "Triton start builds the engines again; export with --target gpu"
+                    f"instances: {name}: the tensorrt accelerator has no engine cache under {ENGINE_CACHE}, "
+                    "so every Triton start builds the engines again; export with --target gpu"
                 )
-        served = repo.served_versions(name)
-        if not served:
-            problems.append(f"{name}: its version_policy serves none of its versions {repo.versions(name)}")
-        for version in served:
+        for version in versions:
             folder = repo.version_dir(name, version)
-            for needed in (MODEL_FILES[config.platform], "manifest.json"):
-                if not (folder / needed).is_file():
-                    problems.append(f"{name}/{version}: {needed} is missing")
+            needed = MODEL_FILES.get(kind)
+            if needed and not (folder / needed).is_file():
+                problems.append(f"files: {name}/{version}: {needed} is missing")
+            elif kind == "onnxruntime_onnx":
+                problems += _onnx_problems(name, config, folder / needed)
+        if repo.companions(name) and companions.tokenizer_name(name) in names:
+            problems += _companion_problems(repo, name)
     return problems
 
 
@@ -140,7 +392,8 @@ def check(root: str | os.PathLike, target: str) -> None:
 
 
 def export(source: str | os.PathLike, destination: str | os.PathLike, target: str) -> ExportResult:
-    """Copy ``source`` to the new folder ``destination`` with configs for NVIDIA's image on ``target``."""
+    """Copy ``source`` to the new folder ``destination``, with the ONNX and TensorRT entries' instance
+    groups of ``target``'s kind; refused (nothing written) when the copy does not pass ``check``."""
     kind = _kind(target)
     repo = Repository(source)
     destination = Path(destination).absolute()
@@ -160,17 +413,17 @@ def export(source: str | os.PathLike, destination: str | os.PathLike, target: st
     changes: list[str] = []
     try:
         for name in names:
-            with repo.lock(name):
+            # A companion changes with its entry, under the entry's lock.
+            with repo.lock(repo.companion_of(name) or name):
                 shutil.copytree(
                     repo.model_dir(name), staging / name, ignore=shutil.ignore_patterns(".*", "*.tmp")
                 )
             config = read_config(staging / name / CONFIG)  # the copy, not a source that may move on
-            for tensor in config.input:
-                if tensor.allow_ragged_batch:
-                    tensor.allow_ragged_batch = False
-                    changes.append(f"{name}: input {tensor.name}: allow_ragged_batch cleared")
+            if _kind_of(config) not in ACCELERATED:
+                continue
             if not config.instance_group:
                 config.instance_group.add(kind=kind, count=1)
+                changes.append(f"{name}: instance_group {mc.ModelInstanceGroup.Kind.Name(kind)} added")
             for group in config.instance_group:
                 if group.kind != kind:
                     changes.append(

@@ -2,7 +2,8 @@
 
     python -m converters serve [--repository DIR] [--http-port P] [--grpc-port P] [--metrics-port P]
     python -m converters status [--url HOST:PORT] [--json]
-    python -m converters load NAME [--url HOST:PORT] [--json]     # a new version goes live, no restart
+    python -m converters load NAME [--url HOST:PORT] [--json]   # a new version goes live, no restart
+                                                                # (with NAME_tokenizer and NAME_text, if any)
     python -m converters unload NAME [--url HOST:PORT] [--json]
 
 `serve` runs until Ctrl-C or SIGTERM and then stops tritonserver and its stub processes. While it
@@ -103,7 +104,8 @@ def run_serve(args: argparse.Namespace) -> int:
         die_with_parent=True,
     )
     repository = server.repository
-    names = Repository(repository).models()
+    repo = Repository(repository)
+    names = repo.models()
     if args.models:
         unknown = sorted(set(args.models) - set(names))
         if unknown:
@@ -112,6 +114,9 @@ def run_serve(args: argparse.Namespace) -> int:
                 f"(it has {', '.join(names) or 'no models'})",
                 field="model",
             )
+        # A text entry comes with its companions (NAME_tokenizer, NAME_text), so text can be sent.
+        wanted = list(dict.fromkeys(m for name in args.models for m in (name, *repo.companions(name))))
+        server.models = wanted
     elif not names:
         log.warning("%s holds no model (no */config.pbtxt): serving an empty repository", repository)
 
@@ -119,10 +124,10 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         server.start(timeout=args.timeout)
         _write_state(server)
-        served = ", ".join(args.models or names) or "no models"
+        served = ", ".join(server.models or names) or "no models"
         emit(
             {
-                "models": list(args.models or names),
+                "models": list(server.models or names),
                 "repository": str(repository),
                 "http_url": server.http_url,
                 "grpc_url": server.grpc_url,

@@ -117,9 +117,13 @@ _FAILURE_PATTERNS = (
 )
 
 
+# Error lines this CPU-only build always logs, which never explain a failure.
+_BENIGN = ("CudaDriverHelper has not been initialized", "unable to create stream")
+
+
 def failure_reason(log_text: str) -> str | None:
     """The one line of a Triton log that explains a failed start, or None."""
-    lines = log_text.splitlines()
+    lines = [line for line in log_text.splitlines() if not any(b in line for b in _BENIGN)]
     for pattern in _FAILURE_PATTERNS:
         for line in lines:
             match = pattern.search(line)
@@ -323,6 +327,13 @@ class TritonServer:
         """``tritonserver <what>: <the log line that says why> (log: PATH)``."""
         text = self.log_text()
         reason = failure_reason(text)
+        if reason is None and "SIGSEGV" in what:
+            # Seen with Triton 2.51 of the pytriton wheel: a model whose warm-up request fails takes the
+            # whole server down (NVIDIA's image fails that model's load instead), with no log line.
+            reason = (
+                "no log line says why; this Triton build crashes so when a model's warm-up request "
+                "fails: check the model_warmup of the models it loads"
+            )
         return f"tritonserver {what}" + (f": {reason}" if reason else "") + f" (log: {self.log_path})"
 
     def log_text(self) -> str:
@@ -433,19 +444,30 @@ def repository_index(url: str) -> list[dict]:
 
 
 def load_model(url: str, name: str, config: dict | None = None) -> list[str]:
-    """Ask the server to (re)load ``name``; returns the versions now READY, raises with Triton's reason."""
+    """Ask the server to (re)load ``name``; returns the versions now READY, raises with Triton's reason.
+
+    A text entry whose ensemble ``NAME_text`` is in the server's repository is (re)loaded through the
+    ensemble: Triton then loads the changed ``NAME`` and ``NAME_tokenizer`` first and the ensemble once
+    both are ready, in one request (a ``config`` override applies to ``name`` alone)."""
     from tritonclient.utils import InferenceServerException
+
+    from core.companions import text_name
 
     with _connection(url) as client:
         try:
-            client.load_model(name, config=json.dumps(config) if config is not None else None)
+            target = name
+            if config is None:
+                index = {m["name"] for m in client.get_model_repository_index()}
+                if text_name(name) in index:
+                    target = text_name(name)
+            client.load_model(target, config=json.dumps(config) if config is not None else None)
         except InferenceServerException as err:
             message = err.message() or str(err)
             if "no such file" in message.lower() or "not found" in message.lower():
                 raise NotFound(
                     f"model {name!r}: not in the server's repository ({message})", field="name"
                 ) from None
-            raise Unavailable(f"model {name!r} failed to load: {message}") from None
+            raise Unavailable(f"model {target!r} failed to load: {message}") from None
         try:
             index = client.get_model_repository_index()
         except InferenceServerException as err:

@@ -11,10 +11,17 @@
 #                                     a wrapper that sets LD_LIBRARY_PATH to .tools/lib
 #
 # Idempotent: each step is skipped when its output is already there and complete. The wheels are
-# checked against pinned sha256 sums. Usage: local_triton/setup.sh [PYTHON]  (default: python3)
+# checked against pinned sha256 sums. Usage: local_triton/setup.sh [--server-only] [PYTHON]
+# (default: python3). --server-only leaves out perf_analyzer: the CPU Triton image
+# (deploy/docker/triton-cpu.Dockerfile) runs this script to install the server and its backends.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SERVER_ONLY=0
+if [ "${1:-}" = "--server-only" ]; then
+    SERVER_ONLY=1
+    shift
+fi
 PYTHON="${1:-python3}"
 CACHE="$ROOT/.cache/wheels"
 TRITON="$ROOT/.triton"
@@ -97,7 +104,7 @@ mkdir -p "$TRITON/backends/onnxruntime"
 ln -sfn ../../../local_triton/backends/onnxruntime/model.py "$TRITON/backends/onnxruntime/model.py"
 
 # 3. perf_analyzer from the tritonclient 2.51.0 wheel, with the two libraries it lacks here.
-if [ ! -f "$TOOLS/.perf_analyzer" ] || [ "$(cat "$TOOLS/.perf_analyzer")" != "$CLIENT_SHA256" ]; then
+if [ "$SERVER_ONLY" = 0 ] && { [ ! -f "$TOOLS/.perf_analyzer" ] || [ "$(cat "$TOOLS/.perf_analyzer")" != "$CLIENT_SHA256" ]; }; then
     fetch "$CLIENT_WHEEL" "$CLIENT_SHA256" "tritonclient==2.51.0" \
         --only-binary=:all: --platform manylinux1_x86_64 --python-version 3.11
     say "installing perf_analyzer into $TOOLS"
@@ -123,6 +130,10 @@ fi
 usage="$(LD_LIBRARY_PATH="$TRITON/lib" "$TRITON/bin/tritonserver" --help 2>&1 || true)"
 [[ "$usage" == *"Usage: "*"tritonserver"* ]] \
     || die "$TRITON/bin/tritonserver does not start: run it with LD_LIBRARY_PATH=$TRITON/lib to see why"
+if [ "$SERVER_ONLY" = 1 ]; then
+    say "ready: Triton 2.51.0 in $TRITON, python $PYVER backend venv $VENV (no perf_analyzer: --server-only)"
+    exit 0
+fi
 usage="$("$TOOLS/bin/perf_analyzer" --help 2>&1 || true)"
 [[ "$usage" == *"Usage: "*"perf_analyzer"* ]] \
     || die "$TOOLS/bin/perf_analyzer does not start: run it to see the missing library"

@@ -1,6 +1,6 @@
 """Triton's health as this worker last saw it, checked in the background.
 
-A task in the worker's event loop asks Triton whether it, and every routable model version, is ready
+A task in the worker's event loop asks Triton whether it is live and every routable model version ready
 every ``triton.ready_interval_s`` (each check bounded by ``triton.ready_timeout_s``). ``/readyz``
 answers from the last check at once, so a probe never waits on a stalled Triton (the load balancer's
 probe would time out instead of reading 503). While the last check says Triton itself is down or did
@@ -75,7 +75,7 @@ class TritonHealth:
             await asyncio.sleep(self.settings.ready_interval_s)
 
     async def check(self) -> HealthState:
-        """Ask Triton now (server, then each routable version), at most ``ready_timeout_s`` in all."""
+        """Ask Triton now (server live, then each routable version ready), ``ready_timeout_s`` in all."""
         url, timeout = self.settings.url, self.settings.ready_timeout_s
         try:
             async with asyncio.timeout(timeout):

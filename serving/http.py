@@ -1,17 +1,29 @@
-"""HTTP glue around the endpoints: a request id on every request and response, the body size limit,
-BentoML's validation errors rewritten in this service's shape, JSON and error responses, and the
-checks of a request's lists and texts against ``limits``."""
+"""HTTP glue around the endpoints, for every route alike: a request id on every request and response,
+JSON bodies only (415 otherwise), the body size limit, unknown paths answered 404 under one metrics
+label, strict integers in every endpoint's body, BentoML's validation errors rewritten in this
+service's shape, JSON and error responses, and the checks of a request's lists, texts and pixels
+against ``limits``."""
 
+import inspect
 import logging
 import re
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+import bentoml
 import orjson
 from starlette.responses import Response
 
-from core.errors import InvalidArgument, PayloadTooLarge, ToolkitError, Unavailable
+from core.errors import (
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    ToolkitError,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from core.tasks import ROUTES
 from serving.observability import REQUEST_ID
 from serving.settings import Limits, load_settings
@@ -19,12 +31,108 @@ from serving.settings import Limits, load_settings
 log = logging.getLogger(__name__)
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# The one path (and metrics label) every request for a path no route serves gets.
+UNMATCHED = "/{unmatched}"
+# Where RouteLabels keeps a request's real path while the metrics see its route's label.
+REAL_PATH = "modelpack.path"
+# Bodies the service takes: JSON (a missing Content-Type is taken as JSON, as BentoML does).
+JSON_TYPES = ("application/json",)
+BODY_METHODS = (b"POST", b"PUT", b"PATCH")
+
+
+@attrs.define
+class GuardedService(bentoml.Service):
+    """``bentoml.Service`` with what applies to every route: each endpoint's body model is strict (a
+    JSON ``true`` or ``1.0`` is not an integer, ``"1"`` not a number), and the served ASGI app is wrapped
+    in ``RouteLabels``, outside BentoML's own middleware. Use: ``@bentoml.service(service_class=...)``."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        # bentoml finds the module that defines the service by walking up the stack from its own
+        # module; from a subclass the first frame outside it is this module's: skip it too.
+        frame = inspect.currentframe()
+        while frame is not None and frame.f_globals.get("__name__") in (__name__, bentoml.Service.__module__):
+            frame = frame.f_back
+        if frame is not None:
+            self._caller_module = frame.f_globals["__name__"]
+        for api in self.apis.values():
+            spec = api.input_spec
+            spec.model_config = {**spec.model_config, "strict": True}
+            spec.model_rebuild(force=True)
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        return RouteLabels(super().to_asgi(is_main))
+
+
+class RouteLabels:
+    """The outermost ASGI layer: BentoML labels its HTTP metrics with the raw URL path, so every unknown
+    path would be a new series (1,200 paths: /metrics 166 kB -> 4.6 MB). Here each request's path is
+    replaced by its route's label for the layers outside ``RequestContextMiddleware`` (which puts the
+    real path back before routing): the route's template (``/models``, ``/v2/models/{name}/infer``), a
+    static file that exists, or ``UNMATCHED``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._fixed: frozenset[str] | None = None  # the paths of routes without parameters
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            if self._fixed is None:
+                self._fixed = fixed_paths(self.app.routes)
+            # Every request passes here: a fixed route's path is its own label, found in a set (Starlette's
+            # matching, below, costs ~70 us for /embed on this machine).
+            label = scope["path"] if scope["path"] in self._fixed else route_label(self.app.routes, scope)
+            if label != scope["path"]:
+                scope = {**scope, REAL_PATH: (scope["path"], scope.get("raw_path")), "path": label}
+                scope["raw_path"] = label.encode()
+        await self.app(scope, receive, send)
+
+
+def fixed_paths(routes: list, prefix: str = "") -> frozenset[str]:
+    """The full paths of the routes that take no path parameters, mounted apps' routes included."""
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    found = set()
+    for route in routes:
+        path = getattr(route, "path", None)
+        if path is None or "{" in path:
+            continue
+        if isinstance(route, Mount):
+            if not isinstance(route.app, StaticFiles):
+                found |= fixed_paths(getattr(route.app, "routes", []), prefix + path)
+        else:
+            found.add(prefix + path)
+    return frozenset(found)
+
+
+def route_label(routes: list, scope: dict) -> str:
+    """The label of the route that serves ``scope``'s path (any method), or ``UNMATCHED``."""
+    from starlette.routing import Match, Mount
+    from starlette.staticfiles import StaticFiles
+
+    for route in routes:
+        match, child = route.matches(scope)
+        if match == Match.NONE:
+            continue
+        if not isinstance(route, Mount):
+            return getattr(route, "path", scope["path"])
+        inner = {**scope, **child}
+        if isinstance(route.app, StaticFiles):
+            if route.app.lookup_path(route.app.get_path(inner))[1] is not None:
+                return scope["path"]  # one of the files BentoML ships for its docs page
+            continue
+        label = route_label(getattr(route.app, "routes", []), inner)
+        if label != UNMATCHED:
+            return route.path + label
+    return UNMATCHED
 
 
 class RequestContextMiddleware:
-    """ASGI middleware: a request id for every request (the client's ``X-Request-ID`` when it is sane),
-    returned in the response header; bodies over ``limits.max_body_bytes`` refused with 413 before
-    they are parsed."""
+    """ASGI middleware, for every route: a request id for every request (the client's ``X-Request-ID``
+    when it is sane), returned in the response header; an unknown path answered 404 (``RouteLabels``
+    marked it); a body that is not JSON refused with 415, and one over ``limits.max_body_bytes`` or
+    ``limits.max_json_values`` with 413, before anything parses it."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -33,6 +141,12 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        unmatched = REAL_PATH in scope and scope["path"] == UNMATCHED
+        if REAL_PATH in scope:  # RouteLabels gave the outer layers the route's label: route the real path
+            path, raw_path = scope[REAL_PATH]
+            scope = {**scope, "path": path, "raw_path": raw_path}
+            if raw_path is None:
+                del scope["raw_path"]
         headers = dict(scope.get("headers") or ())
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
@@ -61,25 +175,44 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            limit = load_settings().limits.max_body_bytes
+            refused = self._refusal(scope, headers, unmatched)
+            if refused is not None:
+                await self._refuse(send_with_id, refused, errors)
+                return
+            limits = load_settings().limits
+            limit = limits.max_body_bytes
             length = headers.get(b"content-length")
-            if length is not None:
-                if length.isdigit() and int(length) > limit:
-                    await self._too_large(send_with_id, int(length), limit, errors)
-                    return
+            if length is not None and length.isdigit() and int(length) > limit:
+                await self._too_large(send_with_id, int(length), limit, errors)
+                return
+            if scope.get("method", "GET").encode() not in BODY_METHODS:
                 await self.app(scope, receive, send_with_id)
                 return
-            # No Content-Length (chunked): read the body here, counting, then hand it on in one piece.
-            body, more = bytearray(), True
+            # Read the body here, then hand it on in one piece. BentoML parses it on the event loop, in
+            # time that grows with its values (a 15.7 MB pixel array: seconds, /healthz included), so
+            # its values are counted from their separators as it arrives, and the reading stops at the
+            # first byte over either limit.
+            body, more, values = bytearray(), True, 0
             while more:
                 message = await receive()
                 if message["type"] != "http.request":
                     await self.app(scope, receive, send_with_id)
                     return
-                body += message.get("body", b"")
+                chunk = message.get("body", b"")
+                body += chunk
                 more = message.get("more_body", False)
+                values += chunk.count(b",") + chunk.count(b"[") + chunk.count(b"{")
                 if len(body) > limit:
                     await self._too_large(send_with_id, len(body), limit, errors)
+                    return
+                if values > limits.max_json_values:
+                    err = PayloadTooLarge(
+                        f"body: more than {limits.max_json_values} JSON values (limits.max_json_values); "
+                        "send large images as PNG or JPEG files rather than pixel arrays, or fewer items "
+                        "per request",
+                        field="body",
+                    )
+                    await self._refuse(send_with_id, err, errors)
                     return
             replayed = False
 
@@ -95,15 +228,39 @@ class RequestContextMiddleware:
             REQUEST_ID.reset(token)
 
     @staticmethod
-    async def _too_large(send: Callable, size: int, limit: int, errors: str) -> None:
+    def _refusal(scope: dict, headers: dict, unmatched: bool) -> ToolkitError | None:
+        """An unknown path (404), or a body that is not JSON (415), before anything reads the body."""
+        method = scope.get("method", "GET")
+        if unmatched:
+            return NotFound(
+                f"path: {method} {scope['path'][:200]} is not a route of this service; GET /docs.json "
+                "lists them",
+                field="path",
+            )
+        content_type = headers.get(b"content-type")
+        if method.encode() in BODY_METHODS and content_type is not None:
+            media = content_type.decode("latin-1").split(";")[0].strip().lower()
+            if media not in JSON_TYPES:
+                return UnsupportedMediaType(
+                    f"Content-Type: {media or '(empty)'!r} is not accepted; send the body as JSON with "
+                    "Content-Type: application/json",
+                    field="Content-Type",
+                )
+        return None
+
+    @classmethod
+    async def _too_large(cls, send: Callable, size: int, limit: int, errors: str) -> None:
         err = PayloadTooLarge(
             f"body: {size} bytes is over the limit of {limit} bytes (limits.max_body_bytes); "
             "send fewer or smaller items per request",
             field="body",
         )
-        log.warning("refused: %s", err, extra={"fields": {"status": 413}})
-        response = error_response(err, errors)
-        await response({"type": "http"}, _no_receive, send)
+        await cls._refuse(send, err, errors)
+
+    @staticmethod
+    async def _refuse(send: Callable, err: ToolkitError, errors: str = "service") -> None:
+        log.warning("refused: %s", err, extra={"fields": {"status": err.http_status}})
+        await error_response(err, errors)({"type": "http"}, _no_receive, send)
 
 
 def error_style(path: str) -> str:
@@ -210,3 +367,13 @@ def check_texts(texts: list[str], field_name: str, limits: Limits) -> None:
                 "(limits.max_text_chars); shorten the text",
                 field=where,
             )
+
+
+def check_pixels(total: int, count: int, field_name: str, limits: Limits) -> None:
+    if total > limits.max_request_pixels:
+        what = f"the {count} images come to" if count > 1 else "the image is"
+        raise PayloadTooLarge(
+            f"{field_name}: {what} {total} pixels, over the limit of {limits.max_request_pixels} pixels "
+            "per request (limits.max_request_pixels); send fewer or smaller images per request",
+            field=field_name,
+        )

@@ -66,6 +66,11 @@ class BentoServer:
     def running(self) -> bool:
         return self._child is not None and self._child.alive()
 
+    def cpu_times(self) -> dict[int, float]:
+        """CPU seconds used so far by each process of the server (``bentoml serve`` and its workers),
+        by pid; what serving costs per request is the difference over a load test."""
+        return self._child.cpu_times() if self.running else {}
+
     @property
     def client(self):
         """A pooled ``httpx.Client`` (thread-safe) for requests to the server: a new client per request

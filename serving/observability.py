@@ -13,6 +13,8 @@ from typing import Any
 
 # The parent of every logger of this package (logged at INFO; the others at the levels BentoML sets).
 LOGGER = "serving"
+# The logger BentoML logs a failed request on, with its traceback, whatever the failure.
+BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"
 # The request id of the request being served, for log lines and error bodies (None outside a request).
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -79,6 +81,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+class OneLineClientErrors(logging.Filter):
+    """BentoML logs every body its own validation refuses (a 400, the client's mistake) as an ERROR
+    with a traceback: 3,347 of them, 11.8 MB, in one fuzzing run. This makes each one WARNING line
+    naming the request id and what was wrong; failures of the service itself keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from bentoml.exceptions import BentoMLException
+        from pydantic import ValidationError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValidationError):
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()[:5]
+            )
+            status = 400
+        elif isinstance(error, BentoMLException) and int(error.error_code) < 500:
+            problems, status = str(error), int(error.error_code)
+        else:
+            return True
+        where = " ".join(str(a) for a in record.args) if isinstance(record.args, tuple) else ""
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = "%s: %d request_id=%s: %s", (where, status, REQUEST_ID.get(), problems)
+        record.exc_info = record.exc_text = None
+        return True
+
+
 def configure_logging() -> None:
     """Every log line of this process as one JSON object on stderr, BentoML's own included.
 
@@ -90,6 +118,9 @@ def configure_logging() -> None:
     root gets the one JSON handler and every logger's own console handlers go, so that all records
     propagate to it, at the levels BentoML set. Python's warnings and uncaught exceptions (any thread)
     become records too. Idempotent."""
+    bentoml_log = logging.getLogger(BENTOML_REQUEST_LOGGER)
+    if not any(isinstance(f, OneLineClientErrors) for f in bentoml_log.filters):
+        bentoml_log.addFilter(OneLineClientErrors())
     root = logging.getLogger()
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         return

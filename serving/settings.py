@@ -114,7 +114,21 @@ class Limits(_Strict):
     max_items: int = Field(64, ge=1, le=4096, description="texts, candidates or images per request")
     max_text_chars: int = Field(10_000, ge=1, description="characters per text, before tokenizing")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body size, else 413")
+    # BentoML parses a body on the event loop: 16 MiB of pixel array took seconds there (every request
+    # waited). Counted from the body's separators before it is parsed; a file is one value.
+    max_json_values: int = Field(
+        210_000, ge=100, description="values in a JSON body (an H x W x 3 pixel array is ~4*H*W), else 413"
+    )
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="decoded width*height per image")
+    # What one request may make the service decode: checked from the images' headers (and the arrays'
+    # lengths) before any pixel is decoded, so a batch of small files that inflate is refused up front.
+    max_request_pixels: int = Field(
+        4096 * 4096, ge=1, description="decoded width*height of all the images of one request, else 413"
+    )
+    decode_threads: int = Field(2, ge=1, le=64, description="threads decoding images and arrays")
+    decode_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="longest wait for a request's images to be decoded, then 503"
+    )
 
 
 class Batching(_Strict):
@@ -127,6 +141,13 @@ class Batching(_Strict):
     max_in_flight: int = Field(2, ge=1, le=64, description="Triton calls in flight per model version")
 
 
+# Where a text model's requests are tokenized: in this service (it sends NAME the token tensors), or
+# in Triton (it sends the texts to the entry's ensemble NAME_text, whose NAME_tokenizer pads them).
+Tokenize = Literal["service", "triton"]
+# The default for text models: the faster of the two on the benchmark workloads (docs/figures.md).
+DEFAULT_TOKENIZE: Tokenize = "service"
+
+
 class ModelSettings(_Strict):
     name: str
     task: TaskName
@@ -135,6 +156,26 @@ class ModelSettings(_Strict):
     )
     max_length: int | None = Field(None, ge=1, description="tokens after truncation; at most the manifest's")
     top_k: int = Field(5, ge=1, description="default number of labels returned by classifiers")
+    tokenize: Tokenize | None = Field(
+        None,
+        description="text models: 'service' (tokenize here, send token tensors to NAME) or 'triton' (send "
+        f"the texts to NAME_text); default {DEFAULT_TOKENIZE!r}",
+    )
+
+    @model_validator(mode="after")
+    def _tokenize_text_only(self) -> "ModelSettings":
+        if self.tokenize is not None and TASK_SPECS[self.task].input_kind != "text":
+            raise ValueError(
+                f"tokenize: {self.task} models take no text; leave `tokenize` out for {self.name!r}"
+            )
+        return self
+
+    @property
+    def tokenize_in(self) -> Tokenize | None:
+        """Where this model's texts are tokenized; None for a model that takes no text."""
+        if TASK_SPECS[self.task].input_kind != "text":
+            return None
+        return self.tokenize or DEFAULT_TOKENIZE
 
     @field_validator("name")
     @classmethod
@@ -167,6 +208,12 @@ class ServiceSettings(_Strict):
     limits: Limits = Limits()
     batching: Batching = Batching()
     log_requests: bool = Field(True, description="one JSON log line per request")
+    refresh_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="how often the repository's served versions and Triton's ready ones are read again",
+    )
     models: list[ModelSettings] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -1,6 +1,8 @@
 """Triton, as the service calls it: one reused async gRPC channel (``TritonGateway``), and the merging
 of concurrent requests for one model version into one call (``Coalescer``). gRPC failures that mean
-"down, restarting or too slow" become ``Unavailable`` (503 with Retry-After).
+"down, restarting, too slow or the version is not loaded" become ``TritonUnavailable`` (503 with
+Retry-After), each saying which of these happened; Triton's address and its raw error go to the log,
+never into the answer.
 
 The channel spreads calls over every address of ``triton.url`` round-robin, per call (gRPC's
 ``round_robin`` policy): with ``dns:///name:port`` of a headless Service, every Triton pod gets calls,
@@ -9,6 +11,8 @@ not only the one a connection happened to reach. A channel resolves its name onc
 added since get calls) and closes the old one once the calls on it are done."""
 
 import asyncio
+import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -17,11 +21,68 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ToolkitError, Unavailable
+from core.errors import InvalidArgument, ToolkitError, Unavailable
 from serving.settings import Batching, TritonSettings
 
-# gRPC status codes that mean "Triton is down, restarting or too slow": answered with 503.
-_UNAVAILABLE_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED")
+log = logging.getLogger(__name__)
+
+# Triton's answer for a model version it does not have loaded (never loaded, loading, or unloading).
+_VERSION_GONE = re.compile(
+    r"unknown model: '[^']*'(?: version \d+)? is not (?:found|at ready state)|not ready"
+)
+
+
+class TritonUnavailable(Unavailable):
+    """Triton did not serve a call, and why, in words for the client; ``detail`` (Triton's address,
+    the gRPC status and message) is for the log. ``version_gone``: the version is not loaded on Triton
+    (another version of the model may be)."""
+
+    def __init__(self, message: str, *, retry_after_s: int, detail: str, version_gone: bool = False) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.detail = detail
+        self.version_gone = version_gone
+
+
+def classify_error(err: Any, model: str, version: int, settings: TritonSettings) -> ToolkitError:
+    """A tritonclient InferenceServerException for a call of ``model`` ``version`` -> the error the
+    client gets: what happened, without Triton's address or raw gRPC text (those go in ``detail``)."""
+    status = str(err.status() or "").removeprefix("StatusCode.")
+    message = str(err.message() or "")
+    what = f"{model} version {version}"
+    detail = f"Triton at {settings.url}: {status or 'error'}: {message}"
+    retry = settings.retry_after_s
+    if _VERSION_GONE.search(message) and status in ("UNAVAILABLE", "NOT_FOUND", ""):
+        return TritonUnavailable(
+            f"{what} is not loaded on Triton (being loaded or unloaded, or not loaded yet: "
+            f"`python -m converters load {model}`); retry later",
+            retry_after_s=retry,
+            detail=detail,
+            version_gone=True,
+        )
+    says = {
+        "UNAVAILABLE": "Triton is not reachable (down or restarting)",
+        "DEADLINE_EXCEEDED": f"Triton did not answer within {settings.timeout_s:g} s (triton.timeout_s)",
+        "RESOURCE_EXHAUSTED": "Triton is overloaded (its queue is full)",
+        "CANCELLED": "Triton dropped the call (stopping or restarting)",
+        "ABORTED": "Triton dropped the call (stopping or restarting)",
+    }.get(status)
+    if says is not None:
+        return TritonUnavailable(
+            f"{says}; {what} was not served; retry later", retry_after_s=retry, detail=detail
+        )
+    if status == "INVALID_ARGUMENT":  # tensors Triton refused: they passed the manifest's checks, and
+        # resending them fails the same way, so the request's fault (4xx); Triton's text goes to the log.
+        log.warning("Triton refused the inputs for %s: %s", what, detail)
+        return InvalidArgument(
+            f"Triton refused the inputs for {what} (INVALID_ARGUMENT); the service log has its reason "
+            "under this request_id",
+            field="inputs",
+        )
+    log.error("Triton refused %s: %s", what, detail)
+    return ToolkitError(
+        f"Triton refused the call for {what} ({status or 'error'}); the service log has its reason under "
+        "this request_id"
+    )
 
 
 class TritonGateway:
@@ -83,14 +144,19 @@ class TritonGateway:
             self._client = None
 
     async def infer(
-        self, model: str, version: int, inputs: dict[str, np.ndarray], output: str
-    ) -> tuple[np.ndarray, int]:
+        self, model: str, version: int, inputs: dict[str, np.ndarray], outputs: str | tuple[str, ...]
+    ) -> tuple[Any, int]:
+        """Triton's answer for ``inputs``: the array of ``outputs`` when it names one output, else a
+        dict of arrays by name; and the version that served it."""
         from tritonclient.grpc import InferInput, InferRequestedOutput
-        from tritonclient.utils import InferenceServerException
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+        names = (outputs,) if isinstance(outputs, str) else tuple(outputs)
         tensors = []
         for name, array in inputs.items():
-            tensor = InferInput(name, list(array.shape), "INT64" if array.dtype == np.int64 else "FP32")
+            if array.ndim == 1:  # a [batch] tensor: its config says dims [1], reshaped to [] for the model
+                array = array.reshape(-1, 1)
+            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         try:
@@ -98,32 +164,41 @@ class TritonGateway:
                 model,
                 tensors,
                 model_version=str(version),
-                outputs=[InferRequestedOutput(output)],
+                outputs=[InferRequestedOutput(name) for name in names],
                 client_timeout=self.settings.timeout_s,
             )
         except InferenceServerException as err:
-            raise self._error(err, f"{model} version {version}") from None
+            raise classify_error(err, model, version, self.settings) from None
         served = int(result.get_response().model_version or version)
-        return result.as_numpy(output), served
+        if isinstance(outputs, str):
+            return result.as_numpy(outputs), served
+        return {name: result.as_numpy(name) for name in names}, served
 
-    def _error(self, err: Any, what: str) -> ToolkitError:
-        status = str(err.status() or "")
-        if any(code in status for code in _UNAVAILABLE_CODES) or "not ready" in str(err.message()):
-            return Unavailable(
-                f"Triton at {self.settings.url} did not answer for {what} within "
-                f"{self.settings.timeout_s:g} s ({status or 'error'}: {err.message()}); retry later",
-                retry_after_s=self.settings.retry_after_s,
+    async def model_states(self) -> dict[tuple[str, int], str] | None:
+        """Triton's state of every (model, version) it knows (READY, LOADING, UNLOADING, ...), from its
+        repository index in one call; None when Triton does not answer."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            index = await self.client().get_model_repository_index(
+                client_timeout=self.settings.ready_timeout_s
             )
-        return ToolkitError(f"Triton failed on {what}: {status} {err.message()}")
+        except InferenceServerException as err:
+            log.debug("Triton's repository index: %s", err.message())
+            return None
+        return {(m.name, int(m.version)): m.state for m in index.models if m.version.isdigit()}
 
     async def readiness(self, versions: list[tuple[str, int]]) -> str | None:
-        """None when the server and every (model, version) are ready, else the first reason why not."""
+        """None when the server is live and every (model, version) is ready, else the first reason why
+        not. The server's own readiness is not asked: with Triton's default --strict-readiness it is
+        false while any model of the repository loads, a new version of one entry included, which is
+        no reason to refuse requests for versions that are ready."""
         from tritonclient.utils import InferenceServerException
 
         timeout = self.settings.ready_timeout_s
         try:
-            if not await self.client().is_server_ready(client_timeout=timeout):
-                return f"Triton at {self.settings.url} is not ready"
+            if not await self.client().is_server_live(client_timeout=timeout):
+                return f"Triton at {self.settings.url} is not live"
             for name, version in versions:
                 if not await self.client().is_model_ready(name, str(version), client_timeout=timeout):
                     return f"{name} version {version} is not ready on Triton at {self.settings.url}"
@@ -132,8 +207,16 @@ class TritonGateway:
         return None
 
 
+def rows_of(output: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of an output, or of each output of a dict of them."""
+    if isinstance(output, dict):
+        return {name: value[start:stop] for name, value in output.items()}
+    return output[start:stop]
+
+
 def merge_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenate requests along the batch axis, zero-padding shorter ones (token ids, masks)."""
+    """Concatenate requests along the batch axis, zero-padding shorter ones (token ids, masks). The
+    request path merges only requests padding cannot change: text, or tensors of equal shapes."""
     merged = {}
     for name in parts[0]:
         arrays = [p[name] for p in parts]
@@ -227,7 +310,7 @@ class Coalescer:
             offset = 0
             for item in batch:
                 if not item.future.done():
-                    item.future.set_result((output[offset : offset + item.rows], version))
+                    item.future.set_result((rows_of(output, offset, offset + item.rows), version))
                 offset += item.rows
         except Exception as err:
             for item in batch:
@@ -260,17 +343,27 @@ class TritonCalls:
         self._coalescers: dict[tuple[str, int], Coalescer] = {}
 
     async def run(
-        self, model: str, version: int, output: str, max_batch_size: int, inputs: dict[str, np.ndarray]
-    ) -> tuple[np.ndarray, int]:
-        """Triton's ``output`` for these rows, and the version that served them."""
-        key = (model, version)
+        self,
+        model: str,
+        version: int,
+        outputs: str | tuple[str, ...],
+        max_batch_size: int,
+        inputs: dict[str, np.ndarray],
+        *,
+        pad: bool = True,
+    ) -> tuple[Any, int]:
+        """Triton's ``outputs`` for these rows (an array for one name, else a dict by name), and the
+        version that served it. ``pad``: rows of different lengths may merge, zero-padded (token ids
+        and masks); otherwise only requests of equal shapes merge, as padding would change a tensor."""
+        shapes = None if pad else tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
+        key = (model, version, outputs, shapes)
         coalescer = self._coalescers.get(key)
         if coalescer is None:
             batching = self.batching
             max_rows = min(batching.max_batch_size, max_batch_size) if batching.coalesce else 1
 
-            async def infer(rows: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
-                return await self._infer_chunked(model, version, output, max_batch_size, rows)
+            async def infer(rows: dict[str, np.ndarray]) -> tuple[Any, int]:
+                return await self._infer_chunked(model, version, outputs, max_batch_size, rows)
 
             in_flight = batching.max_in_flight if batching.coalesce else 1_000_000
             labels = {"model": model, "version": str(version)}
@@ -286,19 +379,29 @@ class TritonCalls:
             async with asyncio.timeout(settings.timeout_s):
                 return await coalescer.submit(inputs)
         except TimeoutError:
-            raise Unavailable(
-                f"Triton at {settings.url} did not answer for {model} version {version} within "
-                f"{settings.timeout_s:g} s (triton.timeout_s); retry later",
+            raise TritonUnavailable(
+                f"Triton did not answer within {settings.timeout_s:g} s (triton.timeout_s); {model} version "
+                f"{version} was not served; retry later",
                 retry_after_s=settings.retry_after_s,
+                detail=f"Triton at {settings.url}: no answer within {settings.timeout_s:g} s",
             ) from None
 
     async def _infer_chunked(
-        self, model: str, version: int, output: str, step: int, rows: dict[str, np.ndarray]
-    ) -> tuple[np.ndarray, int]:
+        self, model: str, version: int, outputs: str | tuple[str, ...], step: int, rows: dict[str, np.ndarray]
+    ) -> tuple[Any, int]:
         count = len(next(iter(rows.values())))
         self.batch_rows.labels(model=model, version=str(version)).observe(count)
         if count <= step:
-            return await self.gateway.infer(model, version, rows, output)
+            return await self.gateway.infer(model, version, rows, outputs)
         chunks = [{k: v[i : i + step] for k, v in rows.items()} for i in range(0, count, step)]
-        results = await asyncio.gather(*(self.gateway.infer(model, version, c, output) for c in chunks))
-        return np.concatenate([r[0] for r in results]), results[0][1]
+        results = await asyncio.gather(*(self.gateway.infer(model, version, c, outputs) for c in chunks))
+        if isinstance(outputs, str):
+            return _concatenate([r[0] for r in results]), results[0][1]
+        return {name: _concatenate([r[0][name] for r in results]) for name in outputs}, results[0][1]
+
+
+def _concatenate(parts: list[np.ndarray]) -> np.ndarray:
+    """Chunks' outputs in order; an axis that differs between chunks (padded tokens) is zero-padded."""
+    if all(p.shape[1:] == parts[0].shape[1:] for p in parts):
+        return np.concatenate(parts)
+    return merge_rows([{"x": p} for p in parts])["x"]

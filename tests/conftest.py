@@ -4,10 +4,15 @@
 - ``lightning_ckpt``: the example ImageClassifier trained for a few steps on synthetic data, saved as a
   real Lightning ``.ckpt`` (once per session).
 - ``model_repo``: a session-wide temporary model repository holding ``minilm`` (feature-extraction,
-  version 1) and ``image_classifier`` (version 1), built by the real converters. Treat it as read-only;
+  version 1, with its companions ``minilm_tokenizer`` and ``minilm_text``) and ``image_classifier``
+  (version 1), built by the real converters. Treat it as read-only;
   a test that changes a repository takes ``writable_model_repo`` (a fresh copy) instead.
 - ``triton_server`` and ``bento_server``: the real servers over ``model_repo``, started once per
   session; ``service_config`` writes a service.yaml for a Bento of a test's own.
+- Models the project has never seen: ``signature_ckpts`` (LightningModules of every signature,
+  tests/signature_modules.py, trained a few steps), ``tiny_hf_models`` (tiny random Hugging Face models
+  of each task, built from a config), ``any_model_repo`` (entries converted from them) and
+  ``any_model_server`` (a Triton and a Bento of their own over it).
 """
 
 from __future__ import annotations
@@ -113,3 +118,187 @@ def bento_server(model_repo, triton_server, service_config, tmp_path_factory):
     server = BentoServer(config, folder / "home", folder / "bento.log").start()
     yield server
     server.stop()
+
+
+# ---- models the project has never seen: every signature, every Hugging Face task ----------------------
+
+SIGNATURE_MODULES = "tests.signature_modules"
+NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+
+
+@pytest.fixture(scope="session")
+def signature_ckpts(tmp_path_factory) -> dict[str, Path]:
+    """Each LightningModule of tests/signature_modules.py (a tensor, a tuple and a dict
+    example_input_array, and none) trained for a few steps and saved as a real ``.ckpt``, by class name."""
+    from tests.signature_modules import MODULES, train
+
+    folder = tmp_path_factory.mktemp("signature_ckpts")
+    return {name: train(cls, folder / f"{name}.ckpt") for name, cls in MODULES.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_models(tmp_path_factory, minilm_path) -> dict[str, Path]:
+    """Tiny random Hugging Face models of each task, built from a config and saved as a user's folder
+    would be: ``ner`` (DistilBertForTokenClassification, labels NER_LABELS) and ``sentiment``
+    (DistilBertForSequenceClassification) with MiniLM's tokenizer beside them; ``vit`` (with a
+    ViTImageProcessor), ``convnext`` and ``resnet`` (with ConvNeXT's processor: shortest edge, crop_pct,
+    bicubic / bilinear); ``masked_lm`` (DistilBertForMaskedLM, an architecture not supported here)."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+        DistilBertForSequenceClassification,
+        DistilBertForTokenClassification,
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+    )
+    from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    folder = tmp_path_factory.mktemp("tiny_hf")
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path))
+
+    def text(labels=None, **extra):
+        ids = dict(enumerate(labels)) if labels else None
+        return DistilBertConfig(
+            dim=64,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=128,
+            vocab_size=tokenizer.vocab_size,
+            **({"id2label": ids, "label2id": {v: k for k, v in ids.items()}} if ids else {}),
+            **extra,
+        )
+
+    image = {
+        "num_labels": 3,
+        "id2label": {0: "cat", 1: "dog", 2: "bird"},
+        "label2id": {"cat": 0, "dog": 1, "bird": 2},
+    }
+    # Each model is built under its own seed: its weights do not depend on what ran before.
+    models = {
+        "ner": lambda: (DistilBertForTokenClassification(text(NER_LABELS)), tokenizer),
+        "sentiment": lambda: (DistilBertForSequenceClassification(text(("negative", "positive"))), tokenizer),
+        "masked_lm": lambda: (DistilBertForMaskedLM(text()), tokenizer),
+        "vit": lambda: (
+            ViTForImageClassification(
+                ViTConfig(
+                    image_size=32,
+                    patch_size=8,
+                    hidden_size=32,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    intermediate_size=64,
+                    **image,
+                )
+            ),
+            ViTImageProcessorPil(size={"height": 32, "width": 32}),
+        ),
+        "convnext": lambda: (
+            ConvNextForImageClassification(
+                ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, **image)
+            ),
+            ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=0.875),
+        ),
+        "resnet": lambda: (
+            ResNetForImageClassification(
+                ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], **image)
+            ),
+            ConvNextImageProcessorPil(size={"shortest_edge": 40}, crop_pct=0.875, resample=2),
+        ),
+    }
+    paths = {}
+    for name, build in models.items():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, companion = build()
+        paths[name] = folder / name
+        model.eval().save_pretrained(str(paths[name]))
+        companion.save_pretrained(str(paths[name]))
+    return paths
+
+
+# The session's entries of new kinds, their tasks, and the service's settings for them.
+ANY_MODELS = {
+    "tabular": "classification",
+    "tuplenet": "tensor",
+    "dictnet": "tensor",
+    "undeclared": "tensor",
+    "ner": "token-classification",
+    "vit": "image-classification",
+    "classifier": "text-classification",
+}
+
+
+@pytest.fixture(scope="session")
+def any_model_repo(tmp_path_factory, signature_ckpts, tiny_hf_models, minilm_path) -> Path:
+    """A session repository of entries the converters made from models they had never seen (version 1
+    each; read-only): ``tabular`` (classification), ``tuplenet`` (tensor: tuple in and out, INT64 ids
+    with a dynamic sequence axis), ``dictnet`` (tensor: dict in and out; FP16, INT32, BOOL),
+    ``undeclared`` (tensor: inputs from --input flags only, one of them [batch] alone), ``ner``
+    (token-classification), ``vit`` (Hugging Face image-classification) and ``classifier`` (MiniLM with
+    a seeded two-label head: text-classification)."""
+    from converters.hf2onnx import convert_hf
+    from converters.lightning2onnx import convert_lightning
+    from converters.signatures import parse_input_flag
+
+    repo = tmp_path_factory.mktemp("any_model_repo") / "repository"
+    convert_lightning(
+        signature_ckpts["TabularClassifier"],
+        f"{SIGNATURE_MODULES}:TabularClassifier",
+        "tabular",
+        repository=repo,
+    )
+    convert_lightning(
+        signature_ckpts["TupleNet"],
+        f"{SIGNATURE_MODULES}:TupleNet",
+        "tuplenet",
+        inputs=[parse_input_flag("ids:int64:-1")],
+        output_names=["score", "states"],
+        repository=repo,
+    )
+    convert_lightning(signature_ckpts["DictNet"], f"{SIGNATURE_MODULES}:DictNet", "dictnet", repository=repo)
+    convert_lightning(
+        signature_ckpts["Undeclared"],
+        f"{SIGNATURE_MODULES}:Undeclared",
+        "undeclared",
+        inputs=[parse_input_flag("x:float32:4"), parse_input_flag("scale:float32::0.5..2")],
+        repository=repo,
+    )
+    convert_hf(tiny_hf_models["ner"], "ner", repository=repo)
+    convert_hf(tiny_hf_models["vit"], "vit", repository=repo)
+    convert_hf(minilm_path, "classifier", task="text-classification", repository=repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def any_model_server(any_model_repo, service_config, tmp_path_factory):
+    """A Triton and a Bento of their own over ``any_model_repo``, every entry configured (ANY_MODELS);
+    ``.url`` and ``.client`` as ``bento_server``'s, ``.triton`` the TritonServer."""
+    from local_triton.server import TritonServer
+    from serving.launcher import BentoServer
+
+    folder = tmp_path_factory.mktemp("any_model_stack")
+    triton = TritonServer(any_model_repo, log_path=folder / "tritonserver.log").start()
+    try:  # Triton stops even when the Bento fails to start
+        config = service_config(
+            folder / "service.yaml",
+            any_model_repo,
+            triton.grpc_url,
+            [{"name": name, "task": task} for name, task in ANY_MODELS.items()],
+        )
+        bento = BentoServer(config, folder / "home", folder / "bento.log").start()
+        bento.triton = triton
+        try:
+            yield bento
+        finally:
+            bento.stop()
+    finally:
+        triton.stop()

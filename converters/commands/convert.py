@@ -9,11 +9,11 @@ import argparse
 import json
 from pathlib import Path
 
+from converters.hf2onnx import HF_TASKS
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL
 from core.cli import add_json_flag, progress
 from core.errors import InvalidArgument
 from core.repository import add_repository_flag
-from core.tasks import TEXT_TASKS
 from core.triton_config import (
     ACCELERATORS,
     DEFAULT_MAX_BATCH_SIZE,
@@ -150,18 +150,33 @@ def run_hf(args: argparse.Namespace) -> int:
 
 
 def run_lightning(args: argparse.Namespace) -> int:
-    from converters.lightning2onnx import convert_lightning, parse_input_shape
+    from converters.lightning2onnx import LIGHTNING_TASKS, convert_lightning, parse_input_shape, parse_labels
+    from converters.signatures import parse_input_flag
 
-    if args.task != "image-classification":
+    if args.task is not None and args.task not in LIGHTNING_TASKS:
         raise InvalidArgument(
-            f"--task: unsupported {args.task!r} for Lightning; supported: image-classification", field="task"
+            f"--task: unsupported {args.task!r} for Lightning; supported: {', '.join(LIGHTNING_TASKS)}",
+            field="task",
         )
+    output_names = None
+    if args.output_names is not None:
+        output_names = [n.strip() for n in args.output_names.split(",")]
+        if not all(output_names) or len(set(output_names)) != len(output_names):
+            raise InvalidArgument(
+                f"--output-names: {args.output_names!r} is not a list of distinct names, e.g. "
+                "logits,embedding",
+                field="output_names",
+            )
     with progress(f"converting {args.name}"):
         result = convert_lightning(
             args.ckpt,
             args.module,
             args.name,
             input_shape=parse_input_shape(args.input_shape),
+            inputs=[parse_input_flag(text) for text in args.input],
+            output_names=output_names,
+            task=args.task,
+            labels=parse_labels(args.labels),
             trust_checkpoint=args.trust_checkpoint,
             repository=args.repository,
             atol=args.atol,
@@ -204,12 +219,21 @@ def run_tensorrt(args: argparse.Namespace) -> int:
     return 0
 
 
+INPUT_HELP = (
+    "declare an input (repeat for each): forward's parameter name, float32|float16|int64|int32|bool, "
+    "the dims without the batch axis (-1: dynamic), and the value range of generated inputs, e.g. "
+    "features:float32:20 or input_ids:int64:-1:0..30521; with an example_input_array it refines that "
+    "input (an axis made dynamic, a range)"
+)
+
+
 def register(subparsers) -> None:
     hf = subparsers.add_parser(
         "hf",
         help="Hugging Face model folder -> validated ONNX entry",
-        description="Export a local Hugging Face model (and its tokenizer) to ONNX with dynamic batch and "
-        "sequence axes, check parity on real sentences, publish it as the next version.",
+        description="Export a local Hugging Face model (with its tokenizer or image processor) to ONNX with "
+        "dynamic batch (and sequence) axes, check parity on real sentences or generated images, publish it "
+        "as the next version. The task comes from config.json's architectures unless --task says it.",
     )
     hf.add_argument(
         "path",
@@ -220,7 +244,10 @@ def register(subparsers) -> None:
         help="local model folder: config.json, weights, tokenizer (default: the packaged all-MiniLM-L6-v2)",
     )
     hf.add_argument(
-        "--task", default="feature-extraction", help=f"one of {', '.join(TEXT_TASKS)} (default %(default)s)"
+        "--task",
+        default=None,
+        help=f"one of {', '.join(HF_TASKS)} (default: the model's own, from config.json's architectures; "
+        "a mismatch is refused)",
     )
     add_common_flags(hf)
     hf.set_defaults(func=run_hf)
@@ -229,7 +256,9 @@ def register(subparsers) -> None:
         "lightning",
         help="Lightning .ckpt -> validated ONNX entry",
         description="Load a Lightning checkpoint with its LightningModule class, export it to ONNX with a "
-        "dynamic batch axis, check parity on seeded inputs, publish it as the next version.",
+        "dynamic batch axis (and every axis declared -1), check parity on seeded inputs at two sizes of "
+        "each dynamic axis, publish it as the next version. The inputs come from the module's "
+        "example_input_array (a tensor, a tuple/list or a dict) and/or --input; the outputs from running it.",
     )
     lightning.add_argument(
         "ckpt", type=Path, metavar="CKPT", help="the .ckpt that Trainer.save_checkpoint wrote"
@@ -241,13 +270,37 @@ def register(subparsers) -> None:
         help="the LightningModule class, e.g. converters.examples.image_classifier:ImageClassifier",
     )
     lightning.add_argument(
-        "--input-shape",
-        default=None,
-        metavar="C,H,W",
-        help="input shape without batch (default: the module's example_input_array)",
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME:DTYPE:DIMS[:LOW..HIGH]",
+        help=INPUT_HELP,
     )
     lightning.add_argument(
-        "--task", default="image-classification", help="image-classification (the only one)"
+        "--input-shape",
+        default=None,
+        metavar="DIMS",
+        help="the dims without the batch axis of a one-input module, e.g. 3,32,32 or 20 (default: the "
+        "module's example_input_array)",
+    )
+    lightning.add_argument(
+        "--output-names",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="names of the outputs, in order (default: a dict's keys, else output_0, output_1, ...)",
+    )
+    lightning.add_argument(
+        "--task",
+        default=None,
+        help="image-classification, classification or tensor (default: the one the signature fits: "
+        "(C,H,W) -> classes is image-classification, (features) -> classes with labels classification, "
+        "anything else tensor)",
+    )
+    lightning.add_argument(
+        "--labels",
+        default=None,
+        metavar="A,B,...|@FILE",
+        help="class labels of a classifier, in output order (default: hparams labels, else the indices)",
     )
     lightning.add_argument(
         "--trust-checkpoint",

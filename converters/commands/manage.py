@@ -1,4 +1,5 @@
-"""`list`, `validate`, `rollback`, `configure`: look after the entries already in a repository.
+"""`list`, `validate`, `rollback`, `configure`, `companions`: look after the entries already in a
+repository.
 
 `configure --tuning` is where a benchmark's tuning result (``core.tuning``) reaches a config: the
 benchmarks measure, the converters write."""
@@ -22,11 +23,21 @@ def _fmt_size(size: int) -> str:
 
 
 def rows(repository) -> list[dict]:
+    """One row per version, entries by name; a text entry's companions (``NAME_tokenizer``,
+    ``NAME_text``) right after it, with ``companion_of`` naming it and ``role`` saying which."""
     from core.repository import Repository, tree_size
 
     repo = Repository(repository)
+    names = repo.models()
+    owners = {name: repo.companion_of(name) for name in names}
+    ordered = []
+    for name in names:
+        if owners[name] is not None and owners[name] in names:
+            continue  # listed under its entry
+        ordered.append(name)
+        ordered += [other for other in repo.companions(name) if other in names]
     table = []
-    for name in repo.models():
+    for name in ordered:
         served = set(repo.served_versions(name))
         platform = repo.config(name).platform
         for version in repo.versions(name):
@@ -43,10 +54,12 @@ def rows(repository) -> list[dict]:
                     "platform": platform,
                     "task": manifest.get("task"),
                     "precision": manifest.get("precision"),
-                    "size_bytes": manifest.get("size_bytes"),
+                    "size_bytes": manifest.get("size_bytes", tree_size(repo.version_dir(name, version))),
                     "max_abs_err": parity.get("max_abs_err"),
                     "parity_passed": parity.get("passed"),
                     "created_at": manifest.get("created_at"),
+                    "companion_of": owners[name],
+                    "role": manifest.get("role"),
                 }
             )
     return table
@@ -74,16 +87,18 @@ def run_list(args: argparse.Namespace) -> int:
     )
     for row in table:
         err = row["max_abs_err"]
+        companion = row["companion_of"] is not None
         print(
             _ROW.format(
-                name=row["name"],
+                # A companion is indented under its entry; its task column says what it does.
+                name=f"  {row['name']}" if companion else row["name"],
                 version=row["version"],
                 served="yes" if row["served"] else "",
-                task=row["task"] or "?",
-                precision=row["precision"] or "?",
+                task=f"({row['role'] or 'companion'})" if companion else row["task"] or "?",
+                precision="-" if companion else row["precision"] or "?",
                 size=_fmt_size(row["size_bytes"] or 0),
                 err="-" if err is None else f"{err:.2e}",
-                parity="passed" if row["parity_passed"] else "FAILED",
+                parity="-" if companion else "passed" if row["parity_passed"] else "FAILED",
             )
         )
     return 0
@@ -108,6 +123,7 @@ def run_rollback(args: argparse.Namespace) -> int:
     repo = Repository(args.repository)
     name = validate_name(args.name)
     repo.require(name)  # NotFound naming the models there, before any version is looked at
+    repo.check_not_companion(name)  # a companion follows its entry: roll the entry back
     versions = repo.versions(name)
     if args.to == "latest":
         repo.set_version_policy(name, "latest")
@@ -190,6 +206,19 @@ def run_configure(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_companions(args: argparse.Namespace) -> int:
+    """Write (or bring back in step) a text entry's NAME_tokenizer and NAME_text from its versions."""
+    from converters.pipeline import TOKENIZER_MODEL
+    from core.repository import Repository, validate_name
+
+    repo = Repository(args.repository)
+    name = validate_name(args.name)
+    repo.require(name)
+    written = repo.write_companions(name, TOKENIZER_MODEL.read_bytes())
+    print(json.dumps({"name": name, "companions": written, "served": repo.served_versions(name)}))
+    return 0
+
+
 def register(subparsers) -> None:
     listing = subparsers.add_parser(
         "list",
@@ -251,3 +280,18 @@ def register(subparsers) -> None:
     add_repository_flag(configure)
     add_json_flag(configure, default_json=True)
     configure.set_defaults(func=run_configure)
+
+    companions = subparsers.add_parser(
+        "companions",
+        help="write a text entry's NAME_tokenizer and NAME_text (text in, through Triton)",
+        description="Write, or bring back in step, the two models that let a Triton client send text to a "
+        "text entry: NAME_tokenizer (Triton's python backend with the version's own tokenizer; one version "
+        "per version of NAME, same version_policy) and the ensemble NAME_text (input `text`, NAME's "
+        "outputs). The converters write them with every text version; this is for entries published "
+        "before they existed, or left behind by a killed publish. Triton picks them up on "
+        "`python -m converters load NAME`.",
+    )
+    companions.add_argument("name", metavar="NAME")
+    add_repository_flag(companions)
+    add_json_flag(companions, default_json=True)
+    companions.set_defaults(func=run_companions)

@@ -1,5 +1,6 @@
 # Production Triton image: NVIDIA's Triton 2.51 container (release 24.10), serving the model repository
-# at /models with the native ONNX Runtime backend (and its TensorRT accelerator on a GPU).
+# at /models with the native ONNX Runtime backend (and its TensorRT accelerator on a GPU), the python
+# backend (the text entries' NAME_tokenizer models) and the ensemble scheduler (NAME_text).
 #
 # No model is baked in: models take one path, the release (docs/deploy.md, step 1). Kubernetes and ECS
 # download the release their configuration names into /models before Triton starts, so one image serves
@@ -12,6 +13,10 @@ FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
 LABEL org.opencontainers.image.title="modelpack-triton" \
       org.opencontainers.image.description="Triton 2.51 serving the modelpack model repository"
+
+# The NAME_tokenizer models import `tokenizers` (the version local_triton/backends/requirements.txt pins
+# for the local server); they never use its dependency huggingface-hub, so the wheel alone is installed.
+RUN python3 -m pip install --no-cache-dir --no-deps tokenizers==0.23.3
 
 # The base image ships the unprivileged user triton-server with uid and gid 1000; /models is where the
 # release is mounted.

@@ -118,6 +118,32 @@ def test_perf_analyzer_parser_refuses_other_files(perf_analyzer_run, tmp_path):
         parse_perf_analyzer_csv(tmp_path / "absent.csv")
 
 
+@pytest.mark.triton
+def test_perf_analyzer_drives_the_text_model_with_strings(triton_server, model_repo, tmp_path):
+    """perf_analyzer sends the workload's texts (string input data) to minilm_text: every request
+    answered, and the encoder behind the ensemble ran them (Triton's own counts, from its report)."""
+    from benchmarks.loadgen import perf_sweep
+    from benchmarks.workloads import WORKLOADS, load_inputs, write_perf_analyzer_data
+    from core.repository import Repository
+
+    inputs = load_inputs(WORKLOADS["minilm-short"], Repository(model_repo))
+    data = write_perf_analyzer_data(inputs, tmp_path / "texts.json", texts=True)
+    first = json.loads(data.read_text())["data"][0]
+    assert first == {"text": {"content": [inputs.texts[0]], "shape": [1]}}
+    with triton_server.client() as client:
+        before = client.get_inference_statistics("minilm")["model_stats"][0]["inference_count"]
+    points = perf_sweep(
+        "minilm_text", triton_server.grpc_url, "grpc", [1, 2], data, tmp_path / "t.csv", window_ms=400
+    )
+    assert [p.concurrency for p in points] == [1, 2]
+    for point in points:
+        assert point.throughput > 0 and point.failures == 0
+        assert point.extra["server_inferences"] >= point.extra["server_executions"] > 0
+    with triton_server.client() as client:
+        after = client.get_inference_statistics("minilm")["model_stats"][0]["inference_count"]
+    assert int(after) - int(before) >= sum(p.extra["server_inferences"] for p in points)
+
+
 @pytest.fixture(scope="module")
 def locust_run(bento_server, model_repo, tmp_path_factory):
     """Locust headless for real: the project's BentoUser against the session Bento, 2 users, 2 s."""
@@ -348,6 +374,44 @@ def test_quick_run_writes_a_report_with_positive_figures(model_repo, tmp_path):
     names = {p["name"] for p in summary["processes"]}
     assert names == {"tritonserver", "bento", "fastapi-eager"}
     assert all(group_members(p["pid"]) == [] for p in summary["processes"])
+
+
+@pytest.mark.triton
+@pytest.mark.bento
+@pytest.mark.slow
+def test_tokenize_stacks_and_cold_start_are_measured_side_by_side(model_repo, tmp_path):
+    """The Bento's two ways to a text model and the warm-up measurement in one run (the full plan, on
+    minilm-long, whose users sweep has two levels, and image): both settings measured on the same
+    inputs with their ratio, and each entry's first request after a load, without and with its
+    warm-up."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "benchmarks", "--out", str(out), "--repository", str(model_repo)]
+    argv += ["--workloads", "minilm-long,image"]
+    argv += ["--stacks", "cold-start,bento-tokenize-service,bento-tokenize-triton"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["errors"] == []
+    text = summary["workloads"]["minilm-long"]
+    assert set(text["stacks"]) == {"bento-tokenize-service", "bento-tokenize-triton"}
+    for data in text["stacks"].values():
+        assert data["points"] and all(p["failures"] == 0 and p["throughput"] > 0 for p in data["points"])
+        # The CPU the Bento and Triton spent per request, the figure other load does not inflate.
+        assert all(p["extra"]["server_cpu_ms_per_item"] > 0 for p in data["points"])
+    assert text["ratios"]["bento-tokenize-triton/bento-tokenize-service"] > 0
+    assert summary["workloads"]["image"]["stacks"] == {}  # the tokenize stacks are for text workloads
+    cold = summary["cold_start"]
+    assert set(cold) == {"minilm-long", "image"}
+    for result in cold.values():
+        assert result["without warm-up"]["warmup_samples"] == 0
+        assert result["with warm-up"]["warmup_samples"] > 0
+        for row in (result["without warm-up"], result["with warm-up"]):
+            assert row["first_ms"] > 0 and row["steady_median_ms"] > 0 and row["load_s"] > 0
+    report = (out / "report.md").read_text()
+    assert "## First request after a load" in report and "Bento sending texts to NAME_text" in report
+    assert "CPU per request on **minilm-long**" in report
+    names = {p["name"] for p in summary["processes"]}
+    assert names == {"tritonserver", "bento-tokenize-service", "bento-tokenize-triton"}
 
 
 # ---- the tuner -----------------------------------------------------------------------------------

@@ -508,12 +508,29 @@ def test_the_load_balancer_waits_for_new_pods(objects):
     assert backend["name"] == "bento" and backend["port"]["name"] == "http"
 
 
+def _image_cmd(dockerfile: str) -> list[str]:
+    text = (checks.DEPLOY / "docker" / dockerfile).read_text(encoding="utf-8")
+    cmd = re.search(r"^CMD (\[.*?\])\s*$", text.replace("\\\n", ""), re.MULTILINE | re.DOTALL)
+    return json.loads(cmd.group(1))
+
+
+def test_cpu_overlays_run_the_cpu_triton_image_and_gpu_nvidias(objects):
+    images = {
+        overlay: _container(_pod(objects, overlay, "triton"), "triton")["image"] for overlay in OVERLAYS
+    }
+    assert images == {
+        "cpu": "modelpack-triton-cpu:0.1.0",
+        "canary": "modelpack-triton-cpu:0.1.0",
+        "gpu": "modelpack-triton:0.1.0",
+    }
+    # Both images take the same arguments: the Deployment's args work with either.
+    assert _image_cmd("triton-cpu.Dockerfile") == _image_cmd("triton.Dockerfile")
+
+
 def test_triton_command_is_the_same_in_the_image_kubernetes_and_ecs(objects):
     """The image's command, then ONNX Runtime's thread flags: from the CPU limit in Kubernetes (downward
     API), the container's vCPUs in ECS (deploy/ecs/checks.py checks the count)."""
-    text = (checks.DEPLOY / "docker" / "triton.Dockerfile").read_text(encoding="utf-8")
-    cmd = re.search(r"^CMD (\[.*?\])\s*$", text.replace("\\\n", ""), re.MULTILINE | re.DOTALL)
-    image_args = json.loads(cmd.group(1))
+    image_args = _image_cmd("triton.Dockerfile")
     assert "--exit-timeout-secs=30" in image_args
     task = json.loads((checks.DEPLOY / "ecs" / "task-definition.json").read_text(encoding="utf-8"))
     ecs_args = next(c for c in task["containerDefinitions"] if c["name"] == "triton")["command"]

@@ -5,9 +5,12 @@
   body). Response bodies may use the placeholders that page documents (``"<number>"``, ``"<int>"``,
   ``"<string>"``, ``"<bool>"``, ``"..."``); keys, types, status codes and every literal must match.
   The examples run in the order written, as a reader would send them: ``bento_server`` (minilm and
-  image_classifier) answers them, except ``/classify``, which a Triton and a Bento of this module's
-  own answer (an entry ``classifier``: MiniLM with a random two-label head).
-- every route in the service's OpenAPI schema has at least one example there;
+  image_classifier) answers them, except those of the routes of other tasks (``/classify``,
+  ``/entities``, ``/classify/features``, ``/tensors``) and the protocol route of other models, which
+  ``any_model_server`` answers (``classifier``: MiniLM with a random two-label head; ``ner``,
+  ``tabular``, ``tuplenet``, ``dictnet``, ...: see tests/conftest.py).
+- every route in the service's OpenAPI schema has at least one example there (a route's {parameters}
+  filled in);
 - every ``curl`` line in README.md and docs/*.md is sent to the running service (``localhost:3000``)
   or Triton (``localhost:8000``) and must answer 200;
 - every ``python`` block in README.md and docs/*.md runs against the session's Triton (and Bento, for
@@ -307,44 +310,26 @@ def test_service_page_has_examples():
 # ---- the servers that answer them -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def classifier_server(minilm_path, service_config, tmp_path_factory):
-    """A text classifier (MiniLM with a seeded, untrained two-label head, published by the converters
-    as ``classifier``) on a Triton and a Bento of this module's own: the session's stack has none."""
-    from converters.hf2onnx import convert_hf
-    from local_triton.server import TritonServer
-    from serving.launcher import BentoServer
-
-    folder = tmp_path_factory.mktemp("docs_classifier")
-    repo = folder / "repository"
-    convert_hf(minilm_path, "classifier", task="text-classification", repository=repo)
-    triton = TritonServer(repo, log_path=folder / "tritonserver.log").start()
-    try:  # Triton stops even when the Bento fails to start
-        config = service_config(
-            folder / "service.yaml",
-            repo,
-            triton.grpc_url,
-            [{"name": "classifier", "task": "text-classification"}],
-        )
-        bento = BentoServer(config, folder / "home", folder / "bento.log").start()
-        try:
-            yield bento
-        finally:
-            bento.stop()
-    finally:
-        triton.stop()
+# The session's stack serves these models; the routes of the tasks it does not serve go elsewhere.
+SESSION_MODELS = ("minilm", "image_classifier")
+OTHER_STACK_ROUTES = ("/classify", "/entities", "/tensors")
 
 
-def server_for(path: str, bento_server, classifier_server):
-    return classifier_server if path.startswith("/classify") else bento_server
+def server_for(path: str, bento_server, any_model_server):
+    """``any_model_server`` (classifier, ner, tabular, tuplenet, dictnet, ...) for the routes of the
+    tasks it serves and the protocol route of its models; ``bento_server`` for the rest."""
+    protocol = re.fullmatch(r"/v2/models/([^/]+)/.*", path)
+    if path.startswith(OTHER_STACK_ROUTES) or (protocol and protocol[1] not in SESSION_MODELS):
+        return any_model_server
+    return bento_server
 
 
 @pytest.fixture(scope="module")
-def answers(bento_server, classifier_server) -> dict[str, httpx.Response]:
+def answers(bento_server, any_model_server) -> dict[str, httpx.Response]:
     """Every example of the page sent in the order written (a later one, /metrics, sees the earlier)."""
     result = {}
     for example in EXAMPLES:
-        server = server_for(example.path, bento_server, classifier_server)
+        server = server_for(example.path, bento_server, any_model_server)
         result[example.id] = server.client.request(
             example.method,
             example.path,
@@ -376,9 +361,18 @@ def test_every_route_has_an_example(bento_server):
     schema = bento_server.client.get("/docs.json", timeout=10).json()
     routes = {(method.upper(), path) for path, methods in schema["paths"].items() for method in methods}
     shown = {(e.method, e.path) for e in EXAMPLES}
-    missing = sorted(routes - shown)
+
+    def fits(route: tuple[str, str], example: tuple[str, str]) -> bool:
+        """An example of the route: its method, and its path with each {parameter} of the route
+        filled in (a route without parameters: the very path)."""
+        pattern = "/".join("[^/]+" if p.startswith("{") else re.escape(p) for p in route[1].split("/"))
+        return route[0] == example[0] and re.fullmatch(pattern, example[1]) is not None
+
+    missing = sorted(r for r in routes if not any(fits(r, e) for e in shown))
     assert not missing, f"routes with no example in {SERVICE_PAGE.name}: {missing}"
-    unknown = sorted(shown - routes - {("GET", "/docs.json")})  # the schema itself is not among its paths
+    unknown = sorted(
+        e for e in shown - {("GET", "/docs.json")} if not any(fits(r, e) for r in routes)
+    )  # the schema itself is not among its paths
     assert not unknown, f"examples in {SERVICE_PAGE.name} for routes the service does not have: {unknown}"
 
 
@@ -463,9 +457,9 @@ def test_readme_has_a_curl():
 @pytest.mark.bento
 @pytest.mark.slow
 @pytest.mark.parametrize("curl", CURLS, ids=[f"{c.where} {c.method} {c.path}" for c in CURLS])
-def test_curl_example_hits_a_real_route(curl: Curl, bento_server, classifier_server, triton_server):
+def test_curl_example_hits_a_real_route(curl: Curl, bento_server, any_model_server, triton_server):
     if curl.port == BENTO_PORT:
-        client = server_for(curl.path, bento_server, classifier_server).client
+        client = server_for(curl.path, bento_server, any_model_server).client
     elif curl.port == TRITON_HTTP_PORT:
         client = httpx.Client(base_url=f"http://{triton_server.http_url}", timeout=30)
     else:

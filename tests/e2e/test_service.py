@@ -357,6 +357,71 @@ def test_canary_split_and_pinning(canary):
         assert f"modelpack_request_duration_seconds_count{{{labels}}}" in metrics
 
 
+@pytest.fixture(scope="module")
+def text_bento(canary, service_config, tmp_path_factory):
+    """A second Bento on the canary's Triton, its text models with ``tokenize: triton``: the newest
+    served version's texts go to NAME_text, the others' are tokenized here (an ensemble is not pinned)."""
+    from serving.launcher import BentoServer
+
+    _, triton = canary
+    folder = tmp_path_factory.mktemp("text_bento")
+    config = service_config(
+        folder / "service.yaml",
+        triton.repository,
+        triton.grpc_url,
+        [
+            {
+                "name": "minilm",
+                "task": "feature-extraction",
+                "versions": {1: 50, 2: 50},
+                "tokenize": "triton",
+            },
+            {"name": "classifier", "task": "text-classification", "top_k": 2, "tokenize": "triton"},
+        ],
+    )
+    server = BentoServer(config, folder / "home", folder / "bento.log").start()
+    yield server, triton
+    server.stop()
+
+
+def test_tokenize_triton_sends_the_newest_versions_texts_to_the_ensemble(text_bento):
+    """Pinned to the newest served version (2), the texts go to minilm_text (its count moves); pinned to
+    1, they are tokenized here and go to minilm version 1 (minilm_text's count stays). Both equal the
+    in-process pipeline of their version, and the classifier's labels too."""
+    bento, triton = text_bento
+    repository = Path(triton.repository)
+    texts = [SENTENCES[0], SENTENCES[3] * 4, "short"]
+
+    def ensemble_count() -> int:
+        stats = triton.statistics("minilm_text")["model_stats"][0]
+        return int(stats.get("inference_count", 0))
+
+    for version, through_ensemble in ((2, True), (1, False)):
+        before = ensemble_count()
+        response = post(bento, "/embed/batch", {"texts": texts, "version": version})
+        assert response.status_code == 200, response.text
+        assert response.json()["version"] == version
+        expected = reference_outputs(repository / "minilm" / str(version), texts)
+        np.testing.assert_allclose(response.json()["embeddings"], expected, atol=1e-5)
+        deadline = time.monotonic() + 10  # Triton counts a request after answering it
+        while through_ensemble and ensemble_count() == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (ensemble_count() - before > 0) is through_ensemble
+
+    logits = reference_outputs(repository / "classifier" / "1", texts, "logits")
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    batch = post(bento, "/classify/batch", {"texts": texts})
+    assert batch.status_code == 200, batch.text
+    for result, row in zip(batch.json()["results"], probs, strict=True):
+        assert [p["label"] for p in result["predictions"]] == [f"LABEL_{i}" for i in np.argsort(-row)]
+        np.testing.assert_allclose([p["score"] for p in result["predictions"]], np.sort(row)[::-1], atol=1e-5)
+
+    described = {m["name"]: m for m in bento.client.get("/models").json()["models"]}
+    assert described["minilm"]["tokenize"] == "triton" and described["classifier"]["tokenize"] == "triton"
+    assert bento.client.get("/readyz").status_code == 200
+
+
 def test_triton_killed_mid_run_gives_503_then_recovers(canary):
     bento, triton = canary
     stop = time.monotonic() + 60

@@ -243,14 +243,34 @@ def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
     assert code == 0 and json.loads(out)["version"] == 2
 
     code, out, _ = cli("list", "--json", "--repository", cli_repo, capsys=capsys)
-    rows = {(r["name"], r["version"]): r for r in json.loads(out)}
-    assert set(rows) == {("minilm", 1), ("image_classifier", 1), ("image_classifier", 2)}
+    listed = json.loads(out)
+    rows = {(r["name"], r["version"]): r for r in listed}
+    assert set(rows) == {
+        ("minilm", 1),
+        ("minilm_tokenizer", 1),
+        ("minilm_text", 1),
+        ("image_classifier", 1),
+        ("image_classifier", 2),
+    }
     assert rows[("image_classifier", 2)]["served"] and not rows[("image_classifier", 1)]["served"]
     assert rows[("minilm", 1)]["parity_passed"] and rows[("minilm", 1)]["size_bytes"] > 80e6
+    # minilm's companions come right after it, and say whose and what they are.
+    assert [r["name"] for r in listed].index("minilm_tokenizer") == [r["name"] for r in listed].index(
+        "minilm"
+    ) + 1
+    assert {(r["companion_of"], r["role"]) for r in listed if r["name"].startswith("minilm_")} == {
+        ("minilm", "tokenizer"),
+        ("minilm", "text"),
+    }
+    assert rows[("minilm", 1)]["companion_of"] is None and rows[("minilm_tokenizer", 1)]["served"]
 
     code, out, _ = cli("list", "--repository", cli_repo, capsys=capsys)
     assert code == 0 and out.splitlines()[0].split()[:3] == ["NAME", "VER", "SERVED"]
     assert "image_classifier       2 yes" in out
+    assert (
+        "  minilm_tokenizer     1 yes    (tokenizer)" in out
+        and "  minilm_text          1 yes    (text)" in out
+    )
 
     foreign = cli_repo / "image_classifier" / "9"  # a version put there by hand, without a manifest
     foreign.mkdir()
@@ -282,6 +302,31 @@ def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
     code, out, err = cli("validate", "image_classifier:1", "--repository", cli_repo, capsys=capsys)
     assert code == 0, err
     assert json.loads(out)["passed"] is True
+
+
+def test_companions_of_an_entry_published_before_them(cli_repo, tmp_path, capsys):
+    """`companions NAME` writes NAME_tokenizer and NAME_text for a text entry that lacks them (and only
+    for a text entry); the companions themselves are not changed directly."""
+    root = tmp_path / "repository"
+    shutil.copytree(cli_repo, root)
+    for name in ("minilm_tokenizer", "minilm_text"):
+        shutil.rmtree(root / name)
+    code, out, err = cli("companions", "minilm", "--repository", root, capsys=capsys)
+    assert code == 0, err
+    assert json.loads(out) == {
+        "name": "minilm",
+        "companions": ["minilm_tokenizer", "minilm_text"],
+        "served": [1],
+    }
+    assert (root / "minilm_tokenizer" / "config.pbtxt").read_bytes() == (
+        cli_repo / "minilm_tokenizer" / "config.pbtxt"
+    ).read_bytes()
+    code, _, err = cli("companions", "image_classifier", "--repository", root, capsys=capsys)
+    assert code == 2 and "image-classification entry takes no text" in err
+    code, _, err = cli("companions", "minilm_text", "--repository", root, capsys=capsys)
+    assert code == 2 and "is a companion model of 'minilm'" in err
+    code, _, err = cli("rollback", "minilm_tokenizer", "--repository", root, capsys=capsys)
+    assert code == 2 and "change 'minilm' instead" in err
 
 
 # ---- configure --tuning: a tuning result of `python -m benchmarks tune`, applied -----------------------

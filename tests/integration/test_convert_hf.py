@@ -73,9 +73,11 @@ def test_tokenizer_json_loads_with_the_tokenizers_library(minilm_entry):
 
 def test_the_repository_lists_the_session_entries(model_repo):
     repo = Repository(model_repo)
-    assert repo.models() == ["image_classifier", "minilm"]
+    assert repo.models() == ["image_classifier", "minilm", "minilm_text", "minilm_tokenizer"]
+    assert repo.companions("minilm") == ["minilm_tokenizer", "minilm_text"]
+    assert repo.companions("image_classifier") == []  # an image entry takes no text
     assert repo.versions("minilm") == [1]
-    assert repo.served_versions("minilm") == [1]
+    assert repo.served_versions("minilm") == [1] and repo.served_versions("minilm_tokenizer") == [1]
 
 
 def test_text_classification_entry_gives_logits_and_labels(minilm_path, tmp_path):
@@ -92,6 +94,8 @@ def test_text_classification_entry_gives_logits_and_labels(minilm_path, tmp_path
     config = read_config(tmp_path / "repo" / "minilm_classifier" / "config.pbtxt")
     assert [o.name for o in config.output] == ["logits"] and list(config.output[0].dims) == [2]
     assert [step.step for step in result.steps] == ["load", "export", "parity", "publish"]
+    assert result.steps[-1].outputs["companions"] == ["minilm_classifier_tokenizer", "minilm_classifier_text"]
+    assert (tmp_path / "repo" / "minilm_classifier_text" / "labels.txt").read_text() == "LABEL_0\nLABEL_1\n"
 
     from converters.validate import validate
 

@@ -52,7 +52,11 @@ def test_triton_levels_carry_parsed_figures_and_cpu_per_item(triton_step):
         extra = point["extra"]
         assert extra["server_cpu_ms_per_item"] > 0 and extra["client_cpu_ms_per_item"] > 0
         assert extra["avg_batch"] >= 1.0
-    assert triton[0]["extra"]["avg_batch"] == pytest.approx(1.0)  # one request in flight: nothing to batch
+    # One request in flight: nothing to batch. Triton counts a request's inference when its response is
+    # sent and the execution when the batch's statistics are reported, so a window's boundary can fall
+    # between the two for the one request in flight at each end.
+    lone = triton[0]["extra"]
+    assert abs(lone["server_inferences"] - lone["server_executions"]) <= 2, lone
 
 
 def test_ceiling_is_measured_before_and_after_with_cpu_per_item(triton_step):

@@ -200,6 +200,26 @@ def test_failure_reason_picks_the_line_that_explains():
     )
     assert failure_reason(log) == "model 'broken' version 1 failed to load: Internal: bad protobuf"
     assert failure_reason("I1124 all fine\n") is None
+    # What this CPU-only build always logs explains nothing.
+    benign = 'E1201 11:21:10.8 1 server.cc:241] "CudaDriverHelper has not been initialized."\n'
+    assert failure_reason(benign) is None
+
+
+@pytest.mark.triton
+def test_a_failing_warm_up_request_is_named(model_repo, tmp_path):
+    """A warm-up request the model fails on (here 600 tokens for MiniLM's 512 positions) takes this
+    Triton build down with SIGSEGV and no log line; the error says where to look."""
+    from core.triton_config import WarmupSample, read_config, set_warmup, write_config
+
+    root = tmp_path / "repository"
+    shutil.copytree(model_repo / "minilm", root / "minilm")
+    config = read_config(root / "minilm" / "config.pbtxt")
+    write_config(
+        root / "minilm" / "config.pbtxt",
+        set_warmup(config, [WarmupSample(1, {"input_ids": (600,), "attention_mask": (600,)})]),
+    )
+    with pytest.raises(Unavailable, match="warm-up request fails: check the model_warmup"):
+        TritonServer(root, log_path=tmp_path / "triton.log", models=["minilm"]).start(timeout=120)
 
 
 # ---- the CLI ----------------------------------------------------------------------------------------

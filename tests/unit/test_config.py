@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -26,9 +28,10 @@ def test_text_encoder_config_has_the_contract_fields():
     config = _minilm_config()
     assert config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 64
+    # No allow_ragged_batch: NVIDIA's native backends would hand the model a flattened 1-D input.
     assert [(i.name, i.data_type, list(i.dims), i.allow_ragged_batch) for i in config.input] == [
-        ("input_ids", mc.TYPE_INT64, [-1], True),
-        ("attention_mask", mc.TYPE_INT64, [-1], True),
+        ("input_ids", mc.TYPE_INT64, [-1], False),
+        ("attention_mask", mc.TYPE_INT64, [-1], False),
     ]
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
         ("embeddings", mc.TYPE_FP32, [384])
@@ -58,6 +61,13 @@ def test_round_trip_through_the_file_is_identical(tmp_path):
     accelerator = back.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"precision_mode": "FP16"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.pbtxt"]  # no temp file left
+
+
+def test_written_config_is_readable_by_other_users(tmp_path):
+    """A repository mounted read-only into the Triton (uid 1000) or Bento (uid 1034) container is read
+    by another user than the one who wrote it: config.pbtxt must not keep mkstemp's 0600."""
+    path = write_config(tmp_path / "config.pbtxt", _minilm_config())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_set_accelerator_twice_keeps_one_entry():
@@ -133,7 +143,7 @@ def test_read_config_reports_the_path_of_a_broken_file(tmp_path):
 def test_text_is_the_protobuf_text_format():
     text = to_text(_minilm_config())
     assert 'platform: "onnxruntime_onnx"' in text
-    assert "allow_ragged_batch: true" in text
+    assert "allow_ragged_batch" not in text
 
 
 def test_serving_options_put_an_accelerated_entry_on_gpu_instances():
@@ -148,3 +158,36 @@ def test_serving_options_put_an_accelerated_entry_on_gpu_instances():
     )
     with pytest.raises(InvalidArgument, match="pass --instance-kind gpu"):
         ServingOptions(accelerator="tensorrt", instance_kind="cpu").check()
+
+
+def test_warmup_samples_are_written_with_the_inputs_types_and_checked_against_the_config(tmp_path):
+    from core.triton_config import WarmupSample, set_warmup
+
+    config = _minilm_config()
+    set_warmup(config, [WarmupSample(1, {"input_ids": (16,), "attention_mask": (16,)})])
+    set_warmup(config, [WarmupSample(32, {"input_ids": (256,), "attention_mask": (256,)})])  # replaces
+    assert len(config.model_warmup) == 1
+    warmup = config.model_warmup[0]
+    assert warmup.batch_size == 32 and warmup.name == "batch 32: input_ids [256], attention_mask [256]"
+    assert {k: (v.data_type, list(v.dims), v.zero_data) for k, v in warmup.inputs.items()} == {
+        "input_ids": (mc.TYPE_INT64, [256], True),
+        "attention_mask": (mc.TYPE_INT64, [256], True),
+    }
+    assert read_config(write_config(tmp_path / "config.pbtxt", config)) == config
+
+
+@pytest.mark.parametrize(
+    ("sample", "words"),
+    [
+        ({"batch_size": 65, "dims": {"input_ids": (16,), "attention_mask": (16,)}}, "not within 1..max"),
+        ({"batch_size": 1, "dims": {"input_ids": (16,)}}, "differ from the config's inputs"),
+        ({"batch_size": 1, "dims": {"input_ids": (16, 2), "attention_mask": (16,)}}, "do not fit"),
+        ({"batch_size": 1, "dims": {"input_ids": (0,), "attention_mask": (16,)}}, "do not fit"),
+    ],
+)
+def test_warmup_samples_that_do_not_fit_the_config_are_refused(sample, words):
+    from core.triton_config import WarmupSample, set_warmup
+
+    with pytest.raises(InvalidArgument, match="model_warmup") as caught:
+        set_warmup(_minilm_config(), [WarmupSample(**sample)])
+    assert words in str(caught.value)

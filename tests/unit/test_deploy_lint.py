@@ -56,7 +56,11 @@ def checkov_run(tmp_path_factory, bad_files) -> tuple[checks.CheckResult, list[P
 
 
 def test_there_is_a_dockerfile_to_check():
-    assert [p.name for p in checks.dockerfiles()] == ["triton.Dockerfile"]
+    assert [p.name for p in checks.dockerfiles()] == [
+        "bento.Dockerfile",
+        "triton-cpu.Dockerfile",
+        "triton.Dockerfile",
+    ]
 
 
 def test_checkov_passes_on_our_files(checkov_run):
@@ -110,3 +114,20 @@ def test_triton_image_is_pinned_non_root_and_health_checked():
     ignore = (checks.DEPLOY / "docker" / "triton.Dockerfile.dockerignore").read_text(encoding="utf-8")
     assert [line for line in ignore.splitlines() if not line.startswith("#")] == ["*"]
     assert not [line for line in text.splitlines() if line.startswith(("COPY", "ADD"))]
+
+
+def test_cpu_triton_image_runs_the_local_set_up_non_root_and_health_checked():
+    """The CPU image installs Triton with local_triton/setup.sh itself (no copy of its steps) and starts
+    it through local_triton.entrypoint (Installation.environment), as uid 1000 like NVIDIA's image."""
+    text = (checks.DEPLOY / "docker" / "triton-cpu.Dockerfile").read_text(encoding="utf-8")
+    assert "RUN bash local_triton/setup.sh --server-only python3" in text
+    assert 'ENTRYPOINT ["python3", "-m", "local_triton.entrypoint"]' in text
+    assert "\nUSER 1000:1000\n" in text and "useradd --uid 1000" in text
+    assert "HEALTHCHECK" in text and "/v2/health/ready" in text
+    assert "ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm" in text
+
+
+def test_bento_image_step_adds_a_ready_health_check_as_the_bento_user():
+    text = (checks.DEPLOY / "docker" / "bento.Dockerfile").read_text(encoding="utf-8")
+    assert "FROM ${BENTO_IMAGE}" in text and "\nUSER 1034:1034\n" in text
+    assert "HEALTHCHECK" in text and "127.0.0.1:3000/readyz" in text

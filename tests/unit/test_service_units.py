@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import json
+import random
 import re
 import shutil
 from pathlib import Path
@@ -18,13 +19,13 @@ import yaml
 import service
 from converters.sentences import SENTENCES
 from core.errors import InvalidArgument, NotFound, PayloadTooLarge, Unavailable
-from core.tasks import ROUTES, TASK_SPECS, TEXT_TASKS
+from core.tasks import INFER_ROUTES, ROUTES, TASK_SPECS, TEXT_TASKS
 from serving.models import load_models
 from serving.observability import REQUEST_ID
 from serving.preprocess import ImagePipeline, TextPipeline
 from serving.requests import RequestPath
-from serving.settings import ServiceSettings, read_settings
-from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Images
+from serving.settings import Limits, ServiceSettings, read_settings
+from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Images, Texts
 from serving.triton_client import Coalescer, merge_rows
 
 
@@ -92,6 +93,14 @@ def test_defaults_relative_repository_and_environment_overrides(tmp_path):
         (
             {"models": [{"name": "m", "task": "feature-extraction", "max_length": -3}]},
             ["models.0.max_length"],
+        ),
+        (
+            {"models": [{"name": "m", "task": "feature-extraction", "tokenize": "client"}]},
+            ["models.0.tokenize", "'service'", "'triton'"],
+        ),
+        (
+            {"models": [{"name": "m", "task": "image-classification", "tokenize": "triton"}]},
+            ["models.0", "image-classification models take no text", "leave `tokenize` out"],
         ),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else None,
@@ -163,7 +172,7 @@ def test_every_route_belongs_to_one_task():
     paths = [route.path for spec in TASK_SPECS.values() for route in spec.routes]
     assert len(paths) == len(set(paths)) == len(ROUTES), paths
     assert all(spec.routes for spec in TASK_SPECS.values())
-    assert TEXT_TASKS == ("feature-extraction", "text-classification")
+    assert TEXT_TASKS == ("feature-extraction", "text-classification", "token-classification")
 
 
 def test_settings_accept_exactly_the_registry_tasks():
@@ -172,7 +181,8 @@ def test_settings_accept_exactly_the_registry_tasks():
 
 
 def test_docs_route_table_is_the_registry():
-    """docs/service.md's table of POST routes names each registry route under its task, and no other."""
+    """docs/service.md's table of POST routes names each registry route under its task, and no other
+    (and the Open Inference Protocol's routes under "any")."""
     readme = (Path(service.__file__).parent / "docs" / "service.md").read_text(encoding="utf-8")
     documented = {}
     for line in readme.splitlines():
@@ -180,7 +190,10 @@ def test_docs_route_table_is_the_registry():
             cells = [c.strip() for c in line.strip("|").split("|")]
             for path in re.findall(r"`(?:POST )?(/[^`]*)`", cells[0]):
                 documented[path] = cells[1]
-    assert documented == {path: spec.task for path, (spec, _) in ROUTES.items()}
+    protocol = {path for path, task in documented.items() if task == "any"}
+    assert protocol == set(INFER_ROUTES)  # the Open Inference Protocol's routes take any task
+    tasks = {path: task for path, task in documented.items() if task != "any"}
+    assert tasks == {path: spec.task for path, (spec, _) in ROUTES.items()}
 
 
 def test_service_endpoints_are_the_registry_routes():
@@ -240,6 +253,49 @@ def test_load_models_refuses_what_the_repository_does_not_have(model_repo, tmp_p
     (broken / "minilm" / "1" / "tokenizer" / "tokenizer.json").unlink()
     with pytest.raises(NotFound, match="no fast tokenizer file"):
         load_models(settings_for(broken, [{"name": "minilm", "task": "feature-extraction"}]))
+
+
+def test_tokenize_triton_routes_the_newest_served_version_through_the_ensemble(model_repo, tmp_path):
+    from core.repository import Repository
+    from serving.settings import DEFAULT_TOKENIZE
+
+    models = load_models(settings_for(model_repo, [{"name": "minilm", "task": "feature-extraction"}]))
+    assert models["minilm"].tokenize == DEFAULT_TOKENIZE
+    version = models["minilm"].versions[1]
+    assert (version.triton_model, version.triton_version, version.via_text_model) == ("minilm", 1, False)
+
+    models = load_models(
+        settings_for(model_repo, [{"name": "minilm", "task": "feature-extraction", "tokenize": "triton"}])
+    )
+    entry = models["minilm"]
+    version = entry.choose(None, random.Random(0))
+    assert (version.triton_model, version.triton_version, version.via_text_model) == ("minilm_text", 1, True)
+    pinned = entry.choose(1, random.Random(0))
+    assert pinned.via_text_model and entry.versions[1].triton_model == "minilm"  # the entry is not changed
+    # The ensemble runs Triton's newest ready version: texts go to it only for the newest served
+    # version, once it is also the newest ready one.
+    entry.ready = frozenset({1})
+    assert entry.via_text(1)
+    entry.ready = frozenset({1, 2})  # a rolled-back version 2 still loaded: the ensemble would run it
+    assert not entry.via_text(1) and not entry.choose(1, random.Random(0)).via_text_model
+    entry.ready, entry.served = frozenset({1}), (1, 2)  # version 2 published, not loaded yet
+    assert not entry.via_text(1) and not entry.via_text(2)
+    entry.ready, entry.served = None, (1,)
+    texts = Texts.of(texts=["a", "b c"])
+    tensors = PREPROCESS["text"](texts, version, Limits())
+    assert list(tensors) == ["text"] and tensors["text"].tolist() == [[b"a"], [b"b c"]]
+
+    with pytest.raises(InvalidArgument, match="'minilm_text' is a companion model of 'minilm'"):
+        load_models(settings_for(model_repo, [{"name": "minilm_text", "task": "feature-extraction"}]))
+    bare = tmp_path / "repository"
+    shutil.copytree(model_repo / "minilm", bare / "minilm")  # an entry without its companions
+    assert Repository(bare).companions("minilm") == []
+    with pytest.raises(
+        NotFound, match=r"tokenize: triton sends texts to minilm_text.*converters companions minilm"
+    ):
+        load_models(
+            settings_for(bare, [{"name": "minilm", "task": "feature-extraction", "tokenize": "triton"}])
+        )
 
 
 def test_version_choice_pins_and_splits(model_repo):
@@ -496,10 +552,18 @@ def test_token_arrays_are_refused_naming_input(model_repo):
     for sent in ([101, 7592, 102], [[101, 7592, 102]]):
         with pytest.raises(InvalidArgument, match=r"input\[0\]: .* is not text; token ids are not accepted"):
             PREPROCESS["text"](Texts.of(input=sent), entry, limits)
-    tensors = PREPROCESS["text"](Texts.of(input=["hello world", "a"]), entry, limits)
+    texts = Texts.of(input=["hello world", "a"])
+    tensors = PREPROCESS["text"](texts, entry, limits)
+    from dataclasses import replace
+
     from serving.tasks import token_counts
 
-    assert token_counts(tensors) == (4, 3)  # [CLS] hello world [SEP]; [CLS] a [SEP]
+    assert token_counts(tensors, texts, entry) == (4, 3)  # [CLS] hello world [SEP]; [CLS] a [SEP]
+    # Texts sent to the ensemble (tokenize: triton) carry no mask: counted with the same tokenizer.
+    via_text = replace(entry, via_text_model=True)
+    strings = PREPROCESS["text"](texts, via_text, limits)
+    assert "attention_mask" not in strings
+    assert token_counts(strings, texts, via_text) == (4, 3)
 
 
 def test_openai_error_bodies():

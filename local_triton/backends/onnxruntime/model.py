@@ -9,10 +9,22 @@ Docker. What it honours from ``config.pbtxt``:
 - ``input`` / ``output``: names and data types, checked against the ONNX graph when the model loads;
   only the outputs a request asks for are returned.
 - ``max_batch_size``: > 0 means the first axis is the batch axis and Triton's dynamic batcher may hand
-  several requests to one ``execute`` call; they run as one ONNX Runtime call.
-- ``allow_ragged_batch`` on an input: requests whose sizes differ on that input's variable axes are
-  batched together; each input is padded with zeros to the longest request (token ids and attention
-  masks: padding is masked out), and outputs that share a padded axis are sliced back per request.
+  several requests to one ``execute`` call; they run as one ONNX Runtime call. Triton's core batcher
+  merges only requests whose (non-ragged) inputs have equal shapes, as the native backend relies on;
+  requests of different shapes that still reach one call run as separate ONNX Runtime calls, never
+  padded.
+- ``allow_ragged_batch`` on an input, as NVIDIA's native backend does it: the model must take that
+  input as ``[-1]`` (checked when the model loads, with the native backend's message), and gets the
+  requests' values flattened and concatenated into one 1-D tensor; ``batch_input`` entries of the
+  element-count kinds (``BATCH_ELEMENT_COUNT``, ``BATCH_ACCUMULATED_ELEMENT_COUNT``,
+  ``BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO``, ``BATCH_MAX_ELEMENT_COUNT_AS_SHAPE``) tell the model
+  where each request's values are. Outputs are cut back along the batch axis by each request's batch
+  size. So a config whose ragged inputs the native backend would refuse (a ``[batch, seq]`` model)
+  fails to load here too.
+- The load-time checks of the native backend (``ValidateInputs``/``ValidateOutputs``): the config's
+  inputs (plus its batch inputs) are exactly the graph's inputs, data types match, and each
+  non-ragged input's and output's dims match the graph's (a batching model's first axis must be
+  dynamic; an output's dims must equal the graph's exactly, dynamic axes being ``-1``).
 - ``parameters`` and ``optimization.graph.level``, as NVIDIA's native onnxruntime backend reads them:
   ``intra_op_thread_count``, ``inter_op_thread_count``, ``execution_mode``, ``enable_mem_arena``,
   ``enable_mem_pattern``; and any ``session.*`` key as an ONNX Runtime session config entry
@@ -144,6 +156,15 @@ def _session_options(model: str, config: dict, ort) -> tuple[object, dict]:
     return options, settings
 
 
+def _graph_dims(shape: list) -> list[int]:
+    """ONNX Runtime's view of a tensor's axes as the native backend sees them: -1 where dynamic."""
+    return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+
+
+def _shape_text(dims: list[int]) -> str:
+    return "[" + ",".join(str(d) for d in dims) + "]"
+
+
 class _Tensor:
     """One input or output of the config, with the ONNX graph's view of its axes."""
 
@@ -152,10 +173,45 @@ class _Tensor:
         self.config_type = entry["data_type"]
         self.dtype = _NUMPY.get(self.config_type)
         self.dims = [int(d) for d in entry.get("dims", [])]
+        if entry.get("reshape") is not None:  # the model's own shape (Triton reshapes requests to it)
+            self.dims = [int(d) for d in entry["reshape"].get("shape", [])]
         self.ragged = bool(entry.get("allow_ragged_batch", False))
+        self.optional = bool(entry.get("optional", False))
+        self.graph_dims = _graph_dims(list(onnx_shape))
         # Symbolic names of the ONNX axes ("sequence", ...) beyond the batch axis; None where fixed.
         axes = list(onnx_shape)[1:] if batched else list(onnx_shape)
         self.symbols = [a if isinstance(a, str) else None for a in axes]
+
+
+# batch_input kinds this backend computes (the element-count kinds); the item-shape kinds are refused
+# when the model loads, with a message saying so.
+_BATCH_INPUT_KINDS = (
+    "BATCH_ELEMENT_COUNT",
+    "BATCH_ACCUMULATED_ELEMENT_COUNT",
+    "BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO",
+    "BATCH_MAX_ELEMENT_COUNT_AS_SHAPE",
+)
+
+
+class _BatchInput:
+    """One ``batch_input`` of the config: a tensor Triton makes from the batch, not sent by clients."""
+
+    def __init__(self, entry: dict) -> None:
+        self.kind = entry.get("kind", "BATCH_ELEMENT_COUNT")
+        self.targets = list(entry.get("target_name", []))
+        self.config_type = entry.get("data_type", "TYPE_INVALID")
+        self.dtype = _NUMPY.get(self.config_type)
+        self.sources = list(entry.get("source_input", []))
+
+    def values(self, counts: list[int]) -> np.ndarray:
+        """The tensor for a batch whose requests hold ``counts`` elements of the source input each."""
+        if self.kind == "BATCH_ELEMENT_COUNT":
+            return np.asarray(counts, dtype=self.dtype)
+        if self.kind == "BATCH_ACCUMULATED_ELEMENT_COUNT":
+            return np.cumsum(counts).astype(self.dtype)
+        if self.kind == "BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO":
+            return np.concatenate([[0], np.cumsum(counts)]).astype(self.dtype)
+        return np.zeros((max(counts),), dtype=self.dtype)  # BATCH_MAX_ELEMENT_COUNT_AS_SHAPE
 
 
 class TritonPythonModel:
@@ -189,14 +245,11 @@ class TritonPythonModel:
 
         graph_inputs = {i.name: i for i in self.session.get_inputs()}
         graph_outputs = {o.name: o for o in self.session.get_outputs()}
+        self.batch_inputs = [_BatchInput(entry) for entry in config.get("batch_input", [])]
         self.inputs = self._bind(config.get("input", []), graph_inputs, "input")
         self.outputs = self._bind(config.get("output", []), graph_outputs, "output")
-        missing = sorted(set(graph_inputs) - {t.name for t in self.inputs})
-        if missing:
-            raise pb_utils.TritonModelException(
-                f"{self.name}: the ONNX graph needs inputs {missing} that config.pbtxt does not declare; "
-                "add them to `input` in config.pbtxt"
-            )
+        self._check_inputs(graph_inputs)
+        self._check_outputs()
         self.output_names = [t.name for t in self.outputs]
         pb_utils.Logger.log_info(
             f"{self.name} v{version}: {path} loaded in {time.perf_counter() - started:.2f}s "
@@ -229,26 +282,107 @@ class TritonPythonModel:
             tensors.append(_Tensor(entry, graph[name].shape, self.batched))
         return tensors
 
+    def _compare_dims(self, tensor: _Tensor, exact: bool) -> None:
+        """The native backend's CompareDimsSupported: with batching the graph's first axis must be
+        dynamic and the rest must match the config's dims (inputs: a dynamic graph axis takes any
+        dims; outputs: equal, dynamic being -1)."""
+        graph = tensor.graph_dims
+        if not graph:
+            return  # a scalar in the graph: the config's dims are used as they are
+        if self.batched and graph[0] != -1:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: tensor {tensor.name!r}: for the model to support batching the shape "
+                "should have at least 1 dimension and the first dimension must be -1; but shape "
+                f"expected by the model is {_shape_text(graph)} (set max_batch_size: 0, or export "
+                "the model with a dynamic batch axis)"
+            )
+        full = ([-1] if self.batched else []) + tensor.dims
+        same = len(graph) == len(full) and all(
+            g == f for g, f in zip(graph, full, strict=True) if exact or g != -1
+        )
+        if not same:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: tensor {tensor.name!r}: the model expects {len(graph)} dimensions (shape "
+                f"{_shape_text(graph)}) but the model configuration specifies {len(full)} dimensions "
+                f"(shape {_shape_text(full)}{', the batch axis first' if self.batched else ''}); "
+                f"make dims in config.pbtxt match the graph"
+            )
+
+    def _check_inputs(self, graph_inputs: dict) -> None:
+        required = [t for t in self.inputs if not t.optional]
+        expected = len(required) + len(self.batch_inputs)
+        if len(graph_inputs) != expected:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: configuration expects {expected} inputs, model provides "
+                f"{len(graph_inputs)} ({sorted(graph_inputs)}); declare every graph input in `input` "
+                "(or `batch_input`) of config.pbtxt"
+            )
+        for tensor in self.inputs:
+            if tensor.optional and self.batched:
+                raise pb_utils.TritonModelException(
+                    f"{self.name}: optional input {tensor.name!r} is not supported for models that "
+                    "support batching (max_batch_size > 0)"
+                )
+            if tensor.ragged:
+                if tensor.graph_dims != [-1]:
+                    raise pb_utils.TritonModelException(
+                        f"{self.name}: configuration expects model provides input with shape [-1] for "
+                        f"ragged input {tensor.name!r}, model provides {_shape_text(tensor.graph_dims)}: "
+                        "a ragged input reaches the model flattened to 1-D (Triton's ragged batching); "
+                        "remove allow_ragged_batch, or export the model to take it as [-1] with a "
+                        "batch_input that says where each request's values are"
+                    )
+            else:
+                self._compare_dims(tensor, exact=False)
+        names = {t.name for t in self.inputs}
+        for batch_input in self.batch_inputs:
+            if batch_input.kind not in _BATCH_INPUT_KINDS:
+                raise pb_utils.TritonModelException(
+                    f"{self.name}: batch_input kind {batch_input.kind} is not computed by this local "
+                    f"backend (it computes {', '.join(_BATCH_INPUT_KINDS)}); NVIDIA's native backend "
+                    "does, so test this model on its image"
+                )
+            missing = [t for t in batch_input.targets if t not in graph_inputs]
+            unknown = [s for s in batch_input.sources if s not in names]
+            if missing or unknown or batch_input.dtype is None or len(batch_input.sources) != 1:
+                raise pb_utils.TritonModelException(
+                    f"{self.name}: batch_input {batch_input.kind}: target_name {batch_input.targets} must "
+                    f"be graph inputs (missing: {missing}), source_input {batch_input.sources} one "
+                    f"config input (unknown: {unknown}), data_type a numeric type "
+                    f"(got {batch_input.config_type})"
+                )
+            for target in batch_input.targets:
+                want = _FROM_ORT.get(graph_inputs[target].type)
+                if want != batch_input.config_type:
+                    raise pb_utils.TritonModelException(
+                        f"{self.name}: batch_input target {target!r} has data_type "
+                        f"{batch_input.config_type} but the ONNX graph has {graph_inputs[target].type}"
+                    )
+
+    def _check_outputs(self) -> None:
+        for tensor in self.outputs:
+            self._compare_dims(tensor, exact=True)
+
     # ---- inference --------------------------------------------------------------------------------
 
     def execute(self, requests: list) -> list:
         arrays: list[dict | None] = []
-        sizes: list[dict | None] = []
+        batches: list[int] = []
         errors: list[str | None] = []
         for request in requests:
             try:
-                feeds, request_sizes = self._read(request)
+                feeds, batch = self._read(request)
                 errors.append(None)
             except ValueError as err:
-                feeds = request_sizes = None
+                feeds, batch = None, 0
                 errors.append(str(err))
             arrays.append(feeds)
-            sizes.append(request_sizes)
+            batches.append(batch)
 
         results: list = [None] * len(requests)
         valid = [i for i, a in enumerate(arrays) if a is not None]
         for group in self._groups(valid, arrays):
-            self._run_group(group, arrays, sizes, results, errors)
+            self._run_group(group, arrays, batches, results, errors)
 
         responses = []
         for i, request in enumerate(requests):
@@ -267,15 +401,17 @@ class TritonPythonModel:
             )
         return responses
 
-    def _read(self, request) -> tuple[dict, dict]:
+    def _read(self, request) -> tuple[dict, int]:
         """The request's inputs as numpy arrays, after the checks Triton's core does not make; and its
-        sizes (batch rows, and each symbolic axis), to cut merged outputs back to this request."""
+        batch size (the first axis of its first input, as the native backend takes it)."""
         arrays = {}
         sizes: dict[str, tuple[int, str]] = {}  # symbolic axis -> (size, the input that set it)
         batch = None
         for tensor in self.inputs:
             got = pb_utils.get_input_tensor_by_name(request, tensor.name)
             if got is None:
+                if tensor.optional:
+                    continue
                 raise ValueError(
                     f"{self.name}: input {tensor.name!r} is missing; send every input of the model"
                 )
@@ -295,45 +431,63 @@ class TritonPythonModel:
             if self.batched:
                 if batch is None:
                     batch = array.shape[0]
-                elif array.shape[0] != batch:
+                elif array.shape[0] != batch and not tensor.ragged:
                     raise ValueError(
                         f"{self.name}: input {tensor.name!r} has batch size {array.shape[0]} "
                         "but the other inputs "
                         f"have {batch}; send the same number of rows in every input"
                     )
-            axes = array.shape[1:] if self.batched else array.shape
-            for symbol, size in zip(tensor.symbols, axes, strict=True):
-                if symbol is None:
-                    continue
-                seen = sizes.setdefault(symbol, (size, tensor.name))
-                if seen[0] != size:
-                    raise ValueError(
-                        f"{self.name}: input {tensor.name!r} has {size} on axis {symbol!r} "
-                        f"but input {seen[1]!r} has {seen[0]}; those axes must be equal "
-                        "(e.g. input_ids and attention_mask of one tokenizer call)"
-                    )
+            if not tensor.ragged:
+                axes = array.shape[1:] if self.batched else array.shape
+                for symbol, size in zip(tensor.symbols, axes, strict=False):
+                    if symbol is None:
+                        continue
+                    seen = sizes.setdefault(symbol, (size, tensor.name))
+                    if seen[0] != size:
+                        raise ValueError(
+                            f"{self.name}: input {tensor.name!r} has {size} on axis {symbol!r} "
+                            f"but input {seen[1]!r} has {seen[0]}; those axes must be equal "
+                            "(e.g. input_ids and attention_mask of one tokenizer call)"
+                        )
             arrays[tensor.name] = array
-        own = {symbol: size for symbol, (size, _) in sizes.items()}
-        return arrays, {"batch": batch if self.batched else 1, **own}
+        return arrays, (batch if self.batched else 1)
 
     def _groups(self, valid: list[int], arrays: list) -> list[list[int]]:
-        """Requests that can run as one ONNX Runtime call: same shape on every non-ragged input."""
+        """Requests that can run as one ONNX Runtime call: equal shapes on every non-ragged input
+        (Triton's core batcher hands this backend only such requests together; the check keeps a
+        batch of other shapes from ever being padded or mixed)."""
         if not self.batched:
             return [[i] for i in valid]
         groups: dict[tuple, list[int]] = {}
         for i in valid:
-            key = tuple(arrays[i][t.name].shape[1:] for t in self.inputs if not t.ragged)
+            key = tuple(
+                arrays[i][t.name].shape[1:] if t.name in arrays[i] else None
+                for t in self.inputs
+                if not t.ragged
+            )
             groups.setdefault(key, []).append(i)
+        if len(groups) > 1:  # NVIDIA's backend would have run them as one tensor of the first's shape
+            pb_utils.Logger.log_warn(
+                f"{self.name}: one execution held requests of {len(groups)} different shapes; they run "
+                "as separate ONNX Runtime calls"
+            )
         return list(groups.values())
 
-    def _run_group(self, group: list[int], arrays: list, sizes: list, results: list, errors: list) -> None:
+    def _run_group(self, group: list[int], arrays: list, batches: list, results: list, errors: list) -> None:
         try:
             feeds = self._merge([arrays[i] for i in group])
             outputs = self.session.run(self.output_names, feeds)
+            rows = sum(batches[i] for i in group)
+            for name, value in zip(self.output_names, outputs, strict=True):
+                if self.batched and (value.ndim == 0 or value.shape[0] != rows):
+                    raise ValueError(
+                        f"output {name!r} has shape {list(value.shape)}, not {rows} rows (one per row of "
+                        "the batch): outputs of a batching model start with the batch axis"
+                    )
         except Exception as err:  # an ORT runtime error fails these requests, never the model
             if len(group) > 1:  # find the request that caused it: run each alone
                 for i in group:
-                    self._run_group([i], arrays, sizes, results, errors)
+                    self._run_group([i], arrays, batches, results, errors)
                 return
             errors[group[0]] = f"{self.name}: ONNX Runtime failed on this request: {err}"
             return
@@ -342,41 +496,34 @@ class TritonPythonModel:
             return
         start = 0
         for i in group:
-            rows = slice(start, start + sizes[i]["batch"])
+            rows = slice(start, start + batches[i])
             start = rows.stop
             results[i] = {
-                tensor.name: self._slice(tensor, value[rows], sizes[i])
-                for tensor, value in zip(self.outputs, outputs, strict=True)
+                name: np.ascontiguousarray(value[rows])
+                for name, value in zip(self.output_names, outputs, strict=True)
             }
 
     def _merge(self, group: list[dict]) -> dict:
-        """Concatenate the requests' inputs along the batch axis, padding ragged axes with zeros."""
-        if len(group) == 1:
-            return group[0]
+        """One ONNX Runtime feed for the group, as the native backend builds it: non-ragged inputs
+        concatenated along the batch axis (their shapes are equal), ragged inputs flattened and
+        concatenated into one 1-D tensor, and the batch inputs computed from the ragged sources."""
         feeds = {}
         for tensor in self.inputs:
-            parts = [arrays[tensor.name] for arrays in group]
-            widest = tuple(max(p.shape[axis] for p in parts) for axis in range(1, parts[0].ndim))
-            if all(p.shape[1:] == widest for p in parts):
-                feeds[tensor.name] = np.concatenate(parts, axis=0)
+            parts = [arrays[tensor.name] for arrays in group if tensor.name in arrays]
+            if not parts:
                 continue
-            merged = np.zeros((sum(p.shape[0] for p in parts),) + widest, dtype=parts[0].dtype)
-            row = 0
-            for p in parts:
-                merged[(slice(row, row + p.shape[0]),) + tuple(slice(0, n) for n in p.shape[1:])] = p
-                row += p.shape[0]
-            feeds[tensor.name] = merged
+            if tensor.ragged:
+                feeds[tensor.name] = np.concatenate([p.reshape(-1) for p in parts])
+            elif len(parts) == 1:
+                feeds[tensor.name] = parts[0]
+            else:
+                feeds[tensor.name] = np.concatenate(parts, axis=0)
+        for batch_input in self.batch_inputs:
+            counts = [int(arrays[batch_input.sources[0]].size) for arrays in group]
+            values = batch_input.values(counts)
+            for target in batch_input.targets:
+                feeds[target] = values
         return feeds
-
-    @staticmethod
-    def _slice(tensor: _Tensor, value: np.ndarray, sizes: dict) -> np.ndarray:
-        """Cut an output back to one request's own sizes on axes it shares with a padded input."""
-        index = [slice(None)]
-        for axis, symbol in enumerate(tensor.symbols, start=1):
-            if axis >= value.ndim:
-                break
-            index.append(slice(0, sizes[symbol]) if symbol in sizes else slice(None))
-        return np.ascontiguousarray(value[tuple(index)])
 
     def finalize(self) -> None:
         self.session = None
