@@ -130,8 +130,11 @@ demo: setup model_repository/minilm_text/config.pbtxt model_repository/image_cla
 	$(PY) -m converters list
 	$(PY) -m benchmarks --quick --repository model_repository
 
+# The suite runs in a random order (pytest-random-order: modules shuffled, and the tests within each),
+# so no test leans on another one having run first. The header prints the seed ("Using
+# --random-order-seed=N"); `$(PY) -m pytest -p random_order --random-order-seed=N` replays that order.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -p random_order --random-order
 
 lint: setup
 	$(VENV)/bin/ruff check .

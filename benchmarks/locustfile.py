@@ -12,6 +12,14 @@ an exact token count, or seeded images), so a run of each at equal concurrency c
 
 Every response is checked (status, and the shape of what came back); a wrong one counts as a failure.
 
+Locust's ``-t`` clock: Locust schedules the end of the run with ``gevent.spawn_later(run_time)``, on
+gevent's loop clock, which only moves when the loop runs. Everything Locust and this file do before the
+loop first runs (imports, reading the workload, loading the tokenizer: 1-3 s on a busy machine) leaves
+that clock behind the real time, and a ``-t 2s`` run ended after a fraction of a second, often before
+its first request ("Locust recorded no request at 2 users"). So the inputs are loaded when Locust
+initialises (its ``init`` event, before the run is scheduled), and the loop's clock is brought up to
+date right after: the run then lasts what ``-t`` says, and the users start with their inputs ready.
+
 Environment:
     MODELPACK_WORKLOAD    a workload of benchmarks.workloads (default ``minilm-short``)
     MODELPACK_REPOSITORY  the model repository holding the entry (default ``model_repository/``)
@@ -27,7 +35,7 @@ import os
 import sys
 from pathlib import Path
 
-from locust import FastHttpUser, constant, task
+from locust import FastHttpUser, constant, events, task
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # locust puts only this file's folder on sys.path
@@ -84,6 +92,16 @@ def workload_data() -> dict:
         "output": output["name"],
         "width": int(output["shape"][-1]),
     }
+
+
+@events.init.add_listener
+def load_workload(environment, **_kwargs) -> None:
+    """Load the inputs now, before the run is scheduled, then bring gevent's loop clock up to date
+    (see the module's docstring)."""
+    import gevent
+
+    workload_data()
+    gevent.get_hub().loop.update_now()
 
 
 class BentoUser(FastHttpUser):

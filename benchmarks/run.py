@@ -242,7 +242,9 @@ class Run:
         # A text entry comes with its companions: the ensemble NAME_text and its tokenizer model.
         loaded = [m for model in models for m in (model, *repo.companions(model))]
         server = procs.enter(
-            TritonServer(repo.root, models=loaded, log_path=self.out / "logs" / "triton.log"),
+            TritonServer(
+                repo.root, models=loaded, log_path=self.out / "logs" / "triton.log", die_with_parent=True
+            ),
             name="tritonserver",
         )
         return server
@@ -434,7 +436,9 @@ class Run:
         # override from the environment).
         config = self.bento_config(triton_server, repo, models, tokenize)
         label = "bento" if tokenize is None else f"bento-tokenize-{tokenize}"
-        server = BentoServer(config, self.out / "bentoml_home", self.out / "logs" / f"{label}.log")
+        server = BentoServer(
+            config, self.out / "bentoml_home", self.out / "logs" / f"{label}.log", die_with_parent=True
+        )
         procs.enter(server.start(timeout=60), name=label)  # a failed start leaves nothing running
         return server
 
@@ -480,6 +484,7 @@ class Run:
             [*argv, "--port", str(port)],
             log_path=self.out / "logs" / "fastapi_eager.log",
             cwd=ROOT,
+            die_with_parent=True,
         )
         url = f"http://127.0.0.1:{port}"
         waited = proc.wait_ready(f"{url}/healthz", timeout_s=90)

@@ -204,7 +204,9 @@ def tune(options: TuneOptions) -> TuneResult:
     target = Target(options.p99_ms, workload_name, PROTOCOL, tuple(concurrency), options.window_ms)
 
     grid = [GridPoint(Settings(d, p, i)) for d, p, i in itertools.product(delays, preferred, instances)]
-    with TritonServer(repo.root, models=[options.name], log_path=work / "triton.log") as server:
+    with TritonServer(
+        repo.root, models=[options.name], log_path=work / "triton.log", die_with_parent=True
+    ) as server:
         for index, point in enumerate(grid):
             config = type(base)()
             config.CopyFrom(base)

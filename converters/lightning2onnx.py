@@ -93,6 +93,19 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0].split(". ")[0] if text else type(err).__name__
 
 
+def _weights_only_refusal(message: str) -> bool:
+    """Whether torch.load's UnpicklingError is a weights-only load refusing something (which a full
+    pickle load would run), not a damaged file. torch 2.6+ starts every such message with "Weights only
+    load failed"; what it names differs by case: a global not on the allow-list ("Unsupported global:
+    GLOBAL fractions.Fraction was not an allowed global"), a global from a blocked module, the one a
+    code-running pickle uses ("unsupported GLOBAL posix.system whose module posix is blocked"), an
+    unsupported opcode."""
+    return (
+        message.lstrip().startswith("Weights only load failed")
+        or re.search(r"\bGLOBAL \S+", message) is not None
+    )
+
+
 def read_checkpoint(path: Path, *, trust: bool) -> dict:
     """Load the checkpoint dict (weights only unless ``trust``) and check that Lightning wrote it."""
     import torch
@@ -109,11 +122,11 @@ def read_checkpoint(path: Path, *, trust: bool) -> dict:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
         message = str(err)
-        if not trust and ("Unsupported global" in message or "allowed global" in message):
+        if not trust and _weights_only_refusal(message):
             global_name = re.search(r"GLOBAL (\S+)", message)
-            what = global_name.group(1) if global_name else message.strip().splitlines()[0]
+            what = f"an object ({global_name.group(1)})" if global_name else "data"
             raise UnsafeInput(
-                f"CKPT: {path} holds an object ({what}) that a weights-only load refuses; if you trust the "
+                f"CKPT: {path} holds {what} that a weights-only load refuses; if you trust the "
                 f"file's origin, pass {TRUST_FLAG} to load it with full pickle",
                 field="ckpt",
             ) from None

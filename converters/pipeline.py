@@ -39,8 +39,8 @@ def parity_step(report: ParityReport, duration_s: float) -> StepResult:
 def warmup_samples(manifest: dict, config: mc.ModelConfig) -> list[WarmupSample]:
     """The requests Triton warms the entry up with, at its real input shapes: text entries at batch 1
     for every length its tokenizer model pads to (``length_buckets`` of its max_length) and at the
-    largest preferred batch size for the shortest; image entries at batch 1 and the largest preferred
-    batch size, at their C,H,W."""
+    largest preferred batch size for the shortest; other entries at batch 1 and the largest preferred
+    batch size, at their declared dims (an image's C,H,W)."""
     names = [tensor.name for tensor in config.input]
     preferred = list(config.dynamic_batching.preferred_batch_size)
     largest = max(preferred) if preferred else min(16, config.max_batch_size)
@@ -49,7 +49,17 @@ def warmup_samples(manifest: dict, config: mc.ModelConfig) -> list[WarmupSample]
         lengths = length_buckets(int(manifest["preprocessing"]["max_length"]))
         samples = [WarmupSample(1, {name: (length,) for name in names}) for length in lengths]
         return samples + [WarmupSample(b, {name: (lengths[0],) for name in names}) for b in batches[1:]]
-    shapes = {spec["name"]: tuple(int(d) for d in spec["shape"][1:]) for spec in manifest["inputs"]}
+    # The config's dims, a dynamic axis (-1) at the size parity ran it at (the signature's sample), else
+    # 1; a [batch] tensor's dims are [1] (reshaped to [] for the model), as a client sends them.
+    samples = {d["name"]: d.get("sample") for d in (manifest.get("signature") or {}).get("inputs", [])}
+
+    def warm_dims(tensor: mc.ModelInput) -> tuple[int, ...]:
+        sample = samples.get(tensor.name) or []
+        if len(sample) != len(tensor.dims):
+            sample = [1] * len(tensor.dims)
+        return tuple(int(d) if d > 0 else max(1, int(s)) for d, s in zip(tensor.dims, sample, strict=True))
+
+    shapes = {tensor.name: warm_dims(tensor) for tensor in config.input}
     return [WarmupSample(b, {name: shapes[name] for name in names}) for b in batches]
 
 

@@ -4,6 +4,11 @@
   exactly as at export: sentence-transformers / the PyTorch model on the fixed sentences or on generated
   images, or the LightningModule on the seeded inputs of its recorded signature;
 - int8 versions: the int8 gate against the fp32 version they came from.
+
+Everything read from the repository is data. A Lightning version's manifest names the Python module of
+its LightningModule (``module``); importing it runs code, so validate imports it only when the user
+says so (``--trust-module``): a module placed in the repository and named by a manifest never runs
+otherwise.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from pathlib import Path
 from converters.inputs import EntryInputs
 from converters.results import StepResult, Timer
 from converters.runtime import ort_session, run
-from core.errors import CheckFailed, NotFound
+from core.errors import CheckFailed, NotFound, UnsafeInput
 from core.repository import Repository, parse_ref, sha256_path
 from core.tasks import TEXT_TASKS
 
 log = logging.getLogger(__name__)
+
+TRUST_MODULE_FLAG = "--trust-module"
 
 
 def _source(manifest: dict) -> Path:
@@ -36,7 +43,22 @@ def _source(manifest: dict) -> Path:
     return source
 
 
-def _fp32_parity(manifest: dict, version_dir: Path, *, trust_checkpoint: bool):
+def _module_ref(ref: str, manifest: dict, *, trust_module: bool) -> str:
+    """The manifest's ``module`` (``PKG.MOD:CLASS``), once the user allowed importing it."""
+    module = manifest.get("module")
+    if not isinstance(module, str) or not module:
+        raise CheckFailed(f"{ref}: its manifest names no LightningModule (`module`); convert it again")
+    if not trust_module:
+        raise UnsafeInput(
+            f"{ref}: its manifest names the Python module {module!r} to import for the parity check, and "
+            f"importing it runs code read from the repository; pass {TRUST_MODULE_FLAG} if you trust the "
+            "repository and that module",
+            field="module",
+        )
+    return module
+
+
+def _fp32_parity(ref: str, manifest: dict, version_dir: Path, *, trust_checkpoint: bool, trust_module: bool):
     parity = manifest["parity"]
     atol, rtol = float(parity["atol"]), float(parity["rtol"])
     source = _source(manifest)
@@ -60,7 +82,7 @@ def _fp32_parity(manifest: dict, version_dir: Path, *, trust_checkpoint: bool):
     from converters.lightning2onnx import lightning_parity, load_module, resolve_class, wrapped_module
     from converters.signatures import Signature
 
-    cls = resolve_class(manifest["module"])
+    cls = resolve_class(_module_ref(ref, manifest, trust_module=trust_module))
     module = load_module(source, cls, trust=trust_checkpoint)
     signature = Signature.from_manifest(manifest)
     return lightning_parity(model_path, wrapped_module(module, signature), signature, atol, rtol)
@@ -91,8 +113,15 @@ def _int8_gate(repo: Repository, name: str, manifest: dict, version_dir: Path) -
     return result
 
 
-def validate(ref: str, *, repository: str | Path | None = None, trust_checkpoint: bool = False) -> StepResult:
-    """Re-run the version's check; CheckFailed (exit 1) when it no longer passes."""
+def validate(
+    ref: str,
+    *,
+    repository: str | Path | None = None,
+    trust_checkpoint: bool = False,
+    trust_module: bool = False,
+) -> StepResult:
+    """Re-run the version's check; CheckFailed (exit 1) when it no longer passes. ``trust_module``: import
+    the LightningModule's module that a Lightning version's manifest names (UnsafeInput without it)."""
     name, version = parse_ref(ref)
     repo = Repository(repository)
     version = repo.require(name, version)
@@ -102,7 +131,13 @@ def validate(ref: str, *, repository: str | Path | None = None, trust_checkpoint
         if manifest.get("precision") == "int8":
             outputs = _int8_gate(repo, name, manifest, version_dir)
         elif (version_dir / "model.onnx").is_file():
-            report = _fp32_parity(manifest, version_dir, trust_checkpoint=trust_checkpoint)
+            report = _fp32_parity(
+                f"{name}:{version}",
+                manifest,
+                version_dir,
+                trust_checkpoint=trust_checkpoint,
+                trust_module=trust_module,
+            )
             report.raise_if_failed(f"{name}:{version}")
             outputs = report.to_manifest()
         else:

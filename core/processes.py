@@ -10,7 +10,9 @@
   any signal; it returns once none of the family runs;
 - ``Child.cpu_times()`` is the CPU time of that family, per process;
 - ``die_with_parent()`` asks Linux to end the *calling* process when its parent dies, for processes
-  that someone else starts (BentoML's workers).
+  that someone else starts (BentoML's workers);
+- ``started()`` lists every child this process started (name, pid, log, where its output begins), so
+  that a failure can show the logs of the servers involved (the tests do).
 
 Process trees, CPU times and zombie checks come from psutil (it is in the bento's requirements too).
 """
@@ -43,6 +45,16 @@ POLL_S = 0.05  # between two looks at a family that is stopping
 READY_POLL_S = 0.1  # between two readiness probes
 KILL_WAIT_S = 10.0  # what SIGKILLed processes may take to disappear before they are reported
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+# Every child started by this process, oldest first: (name, pid, log path, offset of its output).
+_STARTED: list[tuple[str, int, Path, int]] = []
+
+
+def started() -> list[tuple[str, int, Path, int]]:
+    """(name, pid, log path, offset where its output begins in that log) of every child this process
+    started with ``start()``, oldest first, running or not."""
+    return list(_STARTED)
+
 
 # ---- ports ------------------------------------------------------------------------------------------
 
@@ -419,4 +431,5 @@ def start(
                 f"{name}: cannot run {argv[0]}{where}: {err.strerror}" + (f"; {hint}" if hint else "")
             ) from err
     log.debug("started %s (pid %d): %s", name, popen.pid, " ".join(argv))
+    _STARTED.append((name, popen.pid, log_path, offset))
     return Child(name, argv, popen, log_path, offset)

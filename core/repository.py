@@ -17,9 +17,11 @@ How a version is published without ever exposing a half-written one:
 2. ``commit()`` takes the model's lock (``fcntl.flock`` on ``<workspace>/locks/<name>.lock``), picks
    the next version number, writes ``manifest.json``, fsyncs everything, and makes the version visible
    in ONE atomic step: ``os.rename`` of the whole ``<name>/`` folder for a new model; ``os.rename`` of
-   ``<name>/<version>/`` when the config stays the same; and when the config changes too, a new
-   ``<name>/`` is built in staging (existing versions hard-linked) and swapped with the live one by
-   ``renameat2(RENAME_EXCHANGE)``. A failure after that step takes it back.
+   ``<name>/<version>/`` when the config stays the same and the new version is not served (a
+   ``specific`` policy); and when the config changes, or the new version is served (its served
+   history changes with it), a new ``<name>/`` is built in staging (existing versions hard-linked)
+   and swapped with the live one by ``renameat2(RENAME_EXCHANGE)``. A failure after that step takes
+   it back.
 3. A text entry's companions (``core.companions``: ``NAME_tokenizer``, ``NAME_text``) are derived from
    ``NAME`` and rebuilt in staging whenever ``NAME``'s versions or config change (commit,
    ``update_config``: rollback, configure), then each put in place in one atomic step, in this order:
@@ -29,6 +31,14 @@ How a version is published without ever exposing a half-written one:
    back; a kill leaves what docs/repository.md describes.
 4. Any exception inside ``stage()`` removes the staging folder. A process killed mid-way leaves only a
    staging folder in the workspace, which the next ``stage()`` removes once its owner is gone.
+
+What each entry has served is kept in ``<name>/served_history.json`` (oldest first; the last entry is
+what is served now), written in the same atomic step as the config or version that changes what is
+served: ``rollback()`` returns to the entry before the last one. Triton ignores the file.
+
+Symlinks that leave the repository are refused wherever an entry is read or written (a model folder, a
+version folder, or any file or folder inside an entry): Triton would serve, and a publish would write or
+hard-link, files that are not the repository's.
 """
 
 from __future__ import annotations
@@ -68,6 +78,8 @@ log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MANIFEST = "manifest.json"
 CONFIG = "config.pbtxt"
+HISTORY = "served_history.json"
+HISTORY_FORMAT = "modelpack-served-history/1"
 OWNER = ".owner"
 LOCK_TIMEOUT_S = 300.0
 
@@ -141,6 +153,15 @@ def tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def served_by_policy(config: mc.ModelConfig, versions: list[int]) -> list[int]:
+    """The versions Triton serves out of ``versions`` (sorted) under the config's version_policy."""
+    return served(versions, config.version_policy)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _fsync_tree(path: Path) -> None:
     for folder, _dirs, files in os.walk(path):
         for file in files:
@@ -206,9 +227,33 @@ class Repository:
         self.root = Path(root if root is not None else default_repository()).absolute()
         self._hook = hook or (lambda point: None)
 
+    # ---- symlinks ----
+    def _refuse_escape(self, path: Path, field: str) -> Path:
+        """``path`` itself, unless it is a symlink whose target lies outside the repository."""
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(self.root.resolve()):
+                raise UnsafeInput(
+                    f"{path} is a symlink to {target}, outside the repository {self.root}: Triton would "
+                    "serve, and a publish would write into, files that are not the repository's; put the "
+                    "files themselves there (or remove the link)",
+                    field=field,
+                )
+        return path
+
+    def check_links(self, name: str | None = None) -> None:
+        """UnsafeInput naming the first symlink of an entry (every entry when ``name`` is None), at any
+        depth, whose target lies outside the repository."""
+        names = [name] if name is not None else self.models()
+        for entry in names:
+            folder = self.model_dir(entry)
+            for parent, dirs, files in os.walk(folder):  # does not descend into linked folders
+                for child in (*dirs, *files):
+                    self._refuse_escape(Path(parent) / child, "name")
+
     # ---- reading ----
     def model_dir(self, name: str) -> Path:
-        return self.root / validate_name(name)
+        return self._refuse_escape(self.root / validate_name(name), "name")
 
     def models(self) -> list[str]:
         if not self.root.is_dir():
@@ -216,7 +261,9 @@ class Repository:
         return sorted(
             p.name
             for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / CONFIG).is_file()
+            if not p.name.startswith(".")
+            and self._refuse_escape(p, "name").is_dir()
+            and (p / CONFIG).is_file()
         )
 
     def versions(self, name: str) -> list[int]:
@@ -226,7 +273,7 @@ class Repository:
         return sorted(
             int(p.name)
             for p in folder.iterdir()
-            if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")
+            if p.name.isdigit() and not p.name.startswith("0") and self._refuse_escape(p, "version").is_dir()
         )
 
     def require(self, name: str, version: int | None = None) -> int:
@@ -250,7 +297,7 @@ class Repository:
         return versions[-1] if versions else self.require(name)
 
     def version_dir(self, name: str, version: int) -> Path:
-        return self.model_dir(name) / str(version)
+        return self._refuse_escape(self.model_dir(name) / str(version), "version")
 
     def manifest(self, name: str, version: int | None = None) -> dict:
         version = self.require(name, version)
@@ -264,7 +311,7 @@ class Repository:
 
     def served_versions(self, name: str) -> list[int]:
         """The versions Triton serves under the entry's version_policy."""
-        return served(self.versions(name), self.config(name).version_policy)
+        return served_by_policy(self.config(name), self.versions(name))
 
     def companions(self, name: str) -> list[str]:
         """The companion models of ``name`` in the repository (``NAME_tokenizer``, ``NAME_text``)."""
@@ -277,6 +324,60 @@ class Repository:
     def companion_of(self, name: str) -> str | None:
         """The entry ``name`` is a companion of, or None for an entry of its own."""
         return companions.companion_of(self.model_dir(name))
+
+    def served_history(self, name: str) -> list[dict]:
+        """What the entry has served, oldest first; the last entry (``served``, ``at``, ``by``) is what it
+        serves now. Recorded by every change made through the repository; reconciled with what the
+        config serves now (a config edited by hand joins the history as its newest entry). Without a
+        recorded history (an entry published before there was one) each version is taken to have been
+        served in turn, in number order, up to the ones served now. Entries naming a version that no
+        longer exists are left out."""
+        versions = self.versions(name)
+        current = served_by_policy(self.config(name), versions)
+        path = self.model_dir(name) / HISTORY
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                entries = [dict(e) for e in data["entries"] if isinstance(e.get("served"), list)]
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise InvalidArgument(
+                    f"{path}: not a served history ({err}); remove it to start a new one", field="name"
+                ) from None
+            entries = [e for e in entries if e["served"] and set(e["served"]) <= set(versions)]
+        else:
+            first = min(current, default=None)
+            entries = [{"served": [v], "at": None, "by": "assumed"} for v in versions if first and v < first]
+        if not entries or entries[-1]["served"] != current:
+            entries.append({"served": current, "at": None, "by": "found in the config"})
+        return entries
+
+    def rollback(self, name: str) -> list[int]:
+        """Serve again what was served before the current versions (the entry before the last of the
+        served history, which is dropped); returns the versions served now. Nothing is deleted. A text
+        entry's companions follow."""
+        self.check_not_companion(name)
+
+        def earlier() -> list[dict]:
+            history = self.served_history(name)
+            if len(history) < 2:
+                served = ", ".join(map(str, history[-1]["served"])) or "none"
+                raise InvalidArgument(
+                    f"{name}: nothing was served before version {served} (the oldest entry of its served "
+                    "history); there is nothing to roll back to",
+                    field="name",
+                )
+            return history
+
+        earlier()  # refused before the lock (and its workspace) is taken: a refusal changes nothing
+        with self.lock(name):
+            history = earlier()
+            history.pop()
+            target = history[-1]["served"]
+            config = self.config(name)
+            config.version_policy.CopyFrom(version_policy(target))
+            self._change_config(name, config, history)
+        log.info("%s: rolled back to version(s) %s", name, target)
+        return target
 
     # ---- workspace, lock ----
     def workspace(self) -> Path:
@@ -381,10 +482,7 @@ class Repository:
                 version = max(self.versions(name), default=0) + 1
                 manifest = dict(manifest)
                 manifest.update(
-                    name=name,
-                    version=version,
-                    size_bytes=tree_size(staged.dir),
-                    created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                    name=name, version=version, size_bytes=tree_size(staged.dir), created_at=_now()
                 )
                 (staged.dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
                 self._hook("manifest_written")
@@ -400,12 +498,20 @@ class Repository:
                     if plan is not None and plan.hide:
                         undos.append(self._hide_text_model(name, staged.root))
                         self._hook("text_hidden")
+                    serves = served_by_policy(config, [*self.versions(name), version])
+                    record = {"served": serves, "at": _now(), "by": f"publish {version}"}
                     if not model_dir.exists():
-                        undos.append(self._publish_new_model(versioned, model_dir, config))
-                    elif to_text(self.config(name)) == to_text(config):
-                        undos.append(self._publish_version(versioned, model_dir / str(version)))
+                        undos.append(self._publish_new_model(versioned, model_dir, config, [record]))
                     else:
-                        undos.append(self._publish_with_config(versioned, model_dir, config))
+                        self.check_links(name)
+                        history = self.served_history(name)
+                        same_config = to_text(self.config(name)) == to_text(config)
+                        if same_config and serves == history[-1]["served"]:
+                            undos.append(self._publish_version(versioned, model_dir / str(version)))
+                        else:  # what is served changes: version, config and history in one step
+                            if serves != history[-1]["served"]:
+                                history.append(record)
+                            undos.append(self._publish_with_config(versioned, model_dir, config, history))
                     self._hook("renamed")
                     self._hook("config_written")
                     if plan is not None:
@@ -564,10 +670,11 @@ class Repository:
     # Each of the three ways to publish makes the new version visible in one atomic step and returns
     # how to take that step back.
     def _publish_new_model(
-        self, versioned: Path, model_dir: Path, config: mc.ModelConfig
+        self, versioned: Path, model_dir: Path, config: mc.ModelConfig, history: list[dict]
     ) -> Callable[[], None]:
-        """A new model: <name>/ with its config and first version appears in one rename."""
+        """A new model: <name>/ with its config, history and first version appears in one rename."""
         write_config(versioned.parent / CONFIG, config)
+        _write_history(versioned.parent / HISTORY, history)
         _fsync_tree(versioned.parent)
         os.rename(versioned.parent, model_dir)
         fsync_dir(self.root)
@@ -591,19 +698,28 @@ class Repository:
         return undo
 
     def _publish_with_config(
-        self, versioned: Path, model_dir: Path, config: mc.ModelConfig
+        self,
+        versioned: Path | None,
+        model_dir: Path,
+        config: mc.ModelConfig,
+        history: list[dict],
+        *,
+        swap: Path | None = None,
     ) -> Callable[[], None]:
-        """New version and new config together: build the whole new <name>/ in staging (existing
-        versions hard-linked, not copied) and swap it with the live one in one renameat2 call."""
-        swap = versioned.parent
+        """New version (or none), new config and served history together: build the whole new <name>/ in
+        staging (existing versions hard-linked, not copied; symlinks, all inside the repository, copied
+        as symlinks) and swap it with the live one in one renameat2 call."""
+        swap = versioned.parent if versioned is not None else swap
+        self.check_links(model_dir.name)  # never a hard link to a file outside the repository
         for entry in model_dir.iterdir():
-            if entry.name == CONFIG:
+            if entry.name in (CONFIG, HISTORY):
                 continue
-            if entry.is_dir():
-                shutil.copytree(entry, swap / entry.name, copy_function=os.link)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, swap / entry.name, symlinks=True, copy_function=os.link)
             else:
-                os.link(entry, swap / entry.name)
+                os.link(entry, swap / entry.name, follow_symlinks=False)
         write_config(swap / CONFIG, config)
+        _write_history(swap / HISTORY, history)
         _fsync_tree(swap)
         try:
             exchange(swap, model_dir)
@@ -613,7 +729,7 @@ class Repository:
             log.warning(
                 "%s: this filesystem cannot swap folders (%s); publishing in two steps", self.root, err
             )
-            return self._publish_in_two_steps(versioned, model_dir, config)
+            return self._publish_in_two_steps(versioned, model_dir, config, history)
         fsync_dir(self.root)
 
         def undo() -> None:
@@ -623,22 +739,38 @@ class Repository:
         return undo
 
     def _publish_in_two_steps(
-        self, versioned: Path, model_dir: Path, config: mc.ModelConfig
+        self,
+        versioned: Path | None,
+        model_dir: Path,
+        config: mc.ModelConfig,
+        history: list[dict] | None = None,
     ) -> Callable[[], None]:
-        """Fallback without renameat2: rename the version in, then replace the config. A kill between
-        the two leaves the new version with the old config."""
+        """Fallback without renameat2: rename the version in (if any), then replace the config, then
+        the served history. A kill between them leaves the new version with the old config, or a
+        history one change behind (``served_history`` reconciles it with the config)."""
         old_config = (model_dir / CONFIG).read_bytes()
-        undo_version = self._publish_version(versioned, model_dir / versioned.name)
-        try:
-            write_config(model_dir / CONFIG, config)
-        except BaseException:
-            undo_version()
-            raise
+        history_path = model_dir / HISTORY
+        old_history = history_path.read_bytes() if history_path.is_file() else None
+        undo_version = (
+            self._publish_version(versioned, model_dir / versioned.name) if versioned is not None else None
+        )
 
         def undo() -> None:
             atomic_write(model_dir / CONFIG, old_config)
-            undo_version()
+            if old_history is not None:
+                atomic_write(history_path, old_history)
+            else:
+                history_path.unlink(missing_ok=True)
+            if undo_version is not None:
+                undo_version()
 
+        try:
+            write_config(model_dir / CONFIG, config)
+            if history is not None:
+                _write_history(history_path, history)
+        except BaseException:
+            undo()
+            raise
         return undo
 
     def check_task(self, name: str, task: str | None) -> None:
@@ -654,8 +786,8 @@ class Repository:
             )
 
     def set_version_policy(self, name: str, policy: str | list[int]) -> mc.ModelConfig:
-        """Change which versions Triton serves (atomically); nothing is deleted. A text entry's
-        companions follow: ``NAME_tokenizer`` serves the same versions."""
+        """Change which versions Triton serves (atomically, with the served history); nothing is deleted.
+        A text entry's companions follow: ``NAME_tokenizer`` serves the same versions."""
         return self.update_config(name, lambda config: config.version_policy.CopyFrom(version_policy(policy)))
 
     def write_companions(self, name: str, tokenizer_model: bytes) -> list[str]:
@@ -686,36 +818,79 @@ class Repository:
         return self.companions(name)
 
     def update_config(self, name: str, change: Callable[[mc.ModelConfig], None]) -> mc.ModelConfig:
-        """Apply ``change`` to the entry's config under the model lock and write it atomically. When the
-        entry has companions, they are rebuilt and put in place after it (in the order of ``commit``),
-        and a failure at any step takes the earlier ones back."""
+        """Apply ``change`` to the entry's config under the model lock and write it atomically; when it
+        changes what is served, the served history records it in the same step. When the entry has
+        companions, they are rebuilt and put in place after it (in the order of ``commit``), and a
+        failure at any step takes the earlier ones back."""
         self.check_not_companion(name)
         with self.lock(name):
             config = self.config(name)
+            history = self.served_history(name)
             change(config)
-            if not self.companions(name):
-                write_config(self.model_dir(name) / CONFIG, config)
-                return config
+            serves = served_by_policy(config, self.versions(name))
+            if serves == history[-1]["served"]:
+                self._change_config(name, config, None)
+            else:
+                history.append({"served": serves, "at": _now(), "by": "version policy"})
+                self._change_config(name, config, history)
+        return config
+
+    def _change_config(self, name: str, config: mc.ModelConfig, history: list[dict] | None) -> None:
+        """Under the model lock: the config alone in one atomic write (``history`` None: what is served
+        does not change), else the config and the served history together in one swap of the entry's
+        folder; then, when the entry has companions, they are rebuilt and put in place (in the order of
+        ``commit``). A failure at any step takes the earlier ones back."""
+        model_dir = self.model_dir(name)
+        self.check_links(name)
+        has_companions = bool(self.companions(name))
+        if history is None and not has_companions:
+            write_config(model_dir / CONFIG, config)
+            return
+        try:
             with self.stage(name) as staged:
-                plan = self._plan_companions(name, config, staged.root, None, None)
-                path = self.model_dir(name) / CONFIG
-                old = path.read_bytes()
+                plan = (
+                    self._plan_companions(name, config, staged.root, None, None) if has_companions else None
+                )
                 undos: list[Callable[[], None]] = []
                 try:
-                    if plan.hide:
+                    if plan is not None and plan.hide:
                         undos.append(self._hide_text_model(name, staged.root))
                         self._hook("text_hidden")
-                    write_config(path, config)
-                    undos.append(lambda: atomic_write(path, old))
+                    if history is None:
+                        path = model_dir / CONFIG
+                        old = path.read_bytes()
+                        write_config(path, config)
+                        undos.append(lambda: atomic_write(path, old))
+                    else:
+                        staged.dir.rmdir()
+                        undos.append(
+                            self._publish_with_config(
+                                None, model_dir, config, history, swap=staged.dir.parent
+                            )
+                        )
                     self._hook("config_written")
-                    self._put_companions(name, plan, undos)
+                    if plan is not None:
+                        self._put_companions(name, plan, undos)
                 except BaseException:
                     for undo in reversed(undos):
                         undo()
                     raise
-        return config
+        except OSError as err:
+            hint = " (disk full)" if err.errno == errno.ENOSPC else ""
+            raise PublishError(
+                f"changing the config of {name!r} in {self.root} failed{hint}: {err}; the repository is "
+                "unchanged"
+            ) from err
 
 
 def _is_text(task: str | None) -> bool:
     spec = TASK_SPECS.get(task) if task else None
     return spec is not None and spec.input_kind == "text"
+
+
+def _history_text(history: list[dict]) -> bytes:
+    return (json.dumps({"format": HISTORY_FORMAT, "entries": history}, indent=2) + "\n").encode("utf-8")
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    atomic_write(path, _history_text(history))

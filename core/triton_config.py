@@ -11,6 +11,7 @@ declares the requests Triton runs through a model when it loads it.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -305,17 +306,16 @@ def write_config(path: str | os.PathLike, config: mc.ModelConfig) -> Path:
     return atomic_write(path, text.encode("utf-8"))
 
 
-# The mode of a written file: readable by every user, like the rest of an entry (model.onnx,
-# manifest.json). mkstemp creates 0600, and a repository mounted into a container whose server runs as
-# another uid (the Triton image's 1000, the Bento's 1034) must still be able to read config.pbtxt.
-WRITTEN_MODE = 0o644
-
-
 def atomic_write(path: Path, data: bytes) -> Path:
-    """Replace ``path`` with ``data`` in one step: temp file in the same folder, fsync, os.replace."""
+    """Replace ``path`` with ``data`` in one step: temp file in the same folder, fsync, os.replace.
+
+    The file keeps the mode it had; a new one gets the mode any other new file gets (0666 less the
+    umask), not mkstemp's private 0600, which would leave it unreadable to a server running as another
+    user."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, WRITTEN_MODE)
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -326,6 +326,29 @@ def atomic_write(path: Path, data: bytes) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits ``path`` has now, or those of a new file under the current umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc (Linux): os.umask() can only read it by setting it, and
+    another thread creating a file meanwhile would get the wrong mode."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -79,6 +79,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help="the server's HTTP address (default: the running `serve`, else 127.0.0.1:8000)",
         )
         add_json_flag(parser)
+        if name == "load":
+            parser.add_argument(
+                "--timeout",
+                type=float,
+                default=None,
+                metavar="S",
+                help="give up on a load still running after S seconds, naming the version and the "
+                "server's log line (default 120)",
+            )
         parser.set_defaults(func=func)
 
 
@@ -90,6 +99,7 @@ def _stop_on_sigterm(signum, frame) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from core import processes
     from core.repository import Repository, default_repository
     from local_triton.server import TritonServer
 
@@ -121,9 +131,10 @@ def run_serve(args: argparse.Namespace) -> int:
         log.warning("%s holds no model (no */config.pbtxt): serving an empty repository", repository)
 
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    state_pid = None
     try:
         server.start(timeout=args.timeout)
-        _write_state(server)
+        state_pid = _write_state(server)
         served = ", ".join(server.models or names) or "no models"
         emit(
             {
@@ -145,17 +156,31 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         while server.running:
             time.sleep(0.5)
-        raise Unavailable(server.explain(f"stopped by itself (status {server.returncode})"))
+        # It ended under us (a crash, or killed): say how, then end its stubs at once; stop() would
+        # give them a grace period they do not need with their server gone.
+        reason = server.explain(f"{processes.exit_status(server.returncode)} while serving")
+        server.kill()
+        raise Unavailable(reason)
     except KeyboardInterrupt:
         print("stopping tritonserver", file=sys.stderr, flush=True)
         return 0
     finally:
         server.stop()
-        STATE_FILE.unlink(missing_ok=True)
+        _remove_state(state_pid)
         signal.signal(signal.SIGTERM, previous)
 
 
-def _write_state(server) -> None:
+def _remove_state(pid: int | None) -> None:
+    """Remove the state file if it is still ours: another `serve` started meanwhile may own it now."""
+    try:
+        if pid is not None and json.loads(STATE_FILE.read_text()).get("pid") == pid:
+            STATE_FILE.unlink(missing_ok=True)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _write_state(server) -> int:
+    """Record the server's addresses for `status`, `load` and `unload`; returns the pid recorded."""
     STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "pid": server.pid,
@@ -165,21 +190,34 @@ def _write_state(server) -> None:
         "metrics_url": server.metrics_url,
         "log": str(server.log_path),
     }
-    tmp = STATE_FILE.with_suffix(".tmp")
+    tmp = STATE_FILE.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     os.replace(tmp, STATE_FILE)
+    return server.pid
+
+
+def _running_serve() -> dict | None:
+    """The state of the `serve` that is running (its addresses and log), or None."""
+    try:
+        state = json.loads(STATE_FILE.read_text())
+        os.kill(int(state["pid"]), 0)
+        return state if isinstance(state.get("http_url"), str) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _url(args: argparse.Namespace) -> str:
     """--url, else the address of the `serve` that is running, else Triton's default HTTP port."""
     if args.url:
         return args.url
-    try:
-        state = json.loads(STATE_FILE.read_text())
-        os.kill(int(state["pid"]), 0)
-        return state["http_url"]
-    except (OSError, ValueError, KeyError):
-        return f"127.0.0.1:{DEFAULT_PORTS['http']}"
+    state = _running_serve()
+    return state["http_url"] if state else f"127.0.0.1:{DEFAULT_PORTS['http']}"
+
+
+def _log_of(url: str) -> str | None:
+    """The log of the running `serve` when ``url`` is its address (for the error of a stalled load)."""
+    state = _running_serve()
+    return state.get("log") if state and state["http_url"] == url else None
 
 
 # ---- status / load / unload -------------------------------------------------------------------------
@@ -208,9 +246,14 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_load(args: argparse.Namespace) -> int:
-    from local_triton.server import load_model
+    from local_triton.server import LOAD_TIMEOUT_S, load_model
 
-    versions = load_model(_url(args), args.name)
+    if args.timeout is not None and not args.timeout > 0:
+        raise InvalidArgument(
+            f"--timeout: must be a positive number of seconds, got {args.timeout}", field="timeout"
+        )
+    url = _url(args)
+    versions = load_model(url, args.name, timeout_s=args.timeout or LOAD_TIMEOUT_S, log_path=_log_of(url))
     emit(
         {"name": args.name, "ready": True, "versions": versions},
         as_json=args.json,

@@ -9,7 +9,9 @@ module applies exactly that environment, adds ``--backend-directory`` (the insta
 the python backend and the python-based onnxruntime backend) before the given arguments, and replaces
 itself with tritonserver (``execve``), so the server is the container's PID 1 and receives its stop
 signal. The arguments are the image's CMD, or the ``args``/``command`` of a Kubernetes or ECS
-container: the same flags NVIDIA's image takes. Outside a container it runs the local set-up's server
+container: the same flags NVIDIA's image takes; the ONNX Runtime thread counts of
+``--backend-config=onnxruntime,...`` reach the python-based backend through its environment
+(``backend_config_environment``). Outside a container it runs the local set-up's server
 (``.triton/``, ``.venv-triton/`` of this checkout).
 """
 
@@ -23,6 +25,29 @@ from core.errors import MissingDependency
 from local_triton.server import Installation
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# The ``--backend-config=onnxruntime,KEY=VALUE`` settings the python-based onnxruntime backend reads
+# from its environment (local_triton/backends/onnxruntime/model.py, BACKEND_CONFIG_ENV): Triton passes
+# backend configs to native backends only.
+ORT_BACKEND_CONFIG = {
+    "intra_op_thread_count": "MODELPACK_ORT_INTRA_OP_THREADS",
+    "inter_op_thread_count": "MODELPACK_ORT_INTER_OP_THREADS",
+}
+
+
+def backend_config_environment(args: list[str]) -> dict[str, str]:
+    """The environment variables that carry the onnxruntime backend configs of ``args`` (both
+    ``--backend-config=onnxruntime,K=V`` and ``--backend-config onnxruntime,K=V``) to the backend."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith("--backend-config=")]
+    values += [b for a, b in zip(args, args[1:], strict=False) if a == "--backend-config"]
+    env = {}
+    for value in values:
+        backend, _, setting = value.partition(",")
+        key, _, raw = setting.partition("=")
+        if backend == "onnxruntime" and key in ORT_BACKEND_CONFIG:
+            env[ORT_BACKEND_CONFIG[key]] = raw
+    return env
 
 
 def command(install: Installation, args: list[str]) -> list[str]:
@@ -41,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     argv_out = command(install, args)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(argv_out[0], argv_out, install.environment())
+    os.execve(argv_out[0], argv_out, {**install.environment(), **backend_config_environment(args)})
     return 1  # not reached: execve replaces this process or raises OSError
 
 

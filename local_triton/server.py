@@ -32,6 +32,7 @@ from pathlib import Path
 from core import processes
 from core.errors import MissingDependency, NotFound, Unavailable
 from core.processes import HOST, check_port_free, free_port
+from core.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +118,22 @@ _FAILURE_PATTERNS = (
 )
 
 
-# Error lines this CPU-only build always logs, which never explain a failure.
-_BENIGN = ("CudaDriverHelper has not been initialized", "unable to create stream")
+# Lines Triton 2.51 prints at every start on a machine without a GPU, then carries on: never the reason
+# it stopped.
+_HARMLESS = (
+    "CudaDriverHelper has not been initialized",
+    "Failed to initialize NVML",
+    "DCGM unable to start",
+    "Unable to allocate pinned system memory",
+    "Unable to find CUDA",
+    "unable to create stream",
+)
 
 
 def failure_reason(log_text: str) -> str | None:
-    """The one line of a Triton log that explains a failed start, or None."""
-    lines = [line for line in log_text.splitlines() if not any(b in line for b in _BENIGN)]
+    """The one line of a Triton log that explains a failed start, or None (lines Triton prints at every
+    CPU-only start are not reasons)."""
+    lines = [line for line in log_text.splitlines() if not any(h in line for h in _HARMLESS)]
     for pattern in _FAILURE_PATTERNS:
         for line in lines:
             match = pattern.search(line)
@@ -257,6 +267,9 @@ class TritonServer:
         if self.running:
             return self
         self.install.check()
+        # Triton follows symlinks: a model or version folder linked outside the repository is refused
+        # (UnsafeInput naming it) before anything starts.
+        Repository(self.repository).check_links()
         auto = self.http_port is None
         for attempt in range(3):
             self._assign_ports()
@@ -346,18 +359,24 @@ class TritonServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the process group, SIGKILL what is left of it after ``timeout``; return once none of
-        it is left."""
+        it is left. Shared memory the server left behind (it was killed) is removed."""
         atexit.unregister(self.stop)
         child, self._child = self._child, None
         if child is not None:
+            regions = _shared_memory_of(child.family())
             child.stop(grace_s=timeout)
+            _remove(regions)
 
     def kill(self) -> None:
-        """SIGKILL the server and its stubs at once, as a crash would (ports are kept for start())."""
+        """SIGKILL the server and its stubs at once, as a crash would (ports are kept for start()); then
+        remove the shared memory regions they had mapped, which a killed server cannot remove itself
+        (the python backend's /dev/shm/triton_*: this server's only, read from its processes' maps)."""
         atexit.unregister(self.stop)
         child, self._child = self._child, None
         if child is not None:
+            regions = _shared_memory_of(child.family())
             child.kill()
+            _remove(regions)
 
     def restart(self, timeout: float = 120.0) -> TritonServer:
         self.stop()
@@ -373,12 +392,46 @@ class TritonServer:
 
     def client(self):
         """A tritonclient HTTP client for this server; close it (``with server.client() as c:``): Triton
-        waits up to ``exit_timeout_s`` for open HTTP connections when it stops."""
+        waits up to ``exit_timeout_s`` for open HTTP connections when it stops. Each call has a deadline
+        (``CALL_TIMEOUT_S``): a stalled server fails the call instead of hanging its caller."""
         return _client(self.http_url, connection_timeout=10.0)
 
-    def load(self, name: str, config: dict | None = None) -> list[str]:
-        """(Re)load a model: versions come and go by its version_policy. Returns the ready versions."""
-        return load_model(self.http_url, name, config=config)
+    def load(self, name: str, config: dict | None = None, *, timeout_s: float = None) -> list[str]:
+        """(Re)load a model: versions come and go by its version_policy. Returns the ready versions;
+        Unavailable naming the model, the version and Triton's last log line about it when the load
+        does not finish within ``timeout_s`` (default ``LOAD_TIMEOUT_S``)."""
+        try:
+            return load_model(
+                self.http_url,
+                name,
+                config=config,
+                timeout_s=timeout_s or LOAD_TIMEOUT_S,
+                log_path=self.log_path,
+            )
+        except Unavailable as err:
+            if "did not finish loading" not in str(err):
+                raise
+            # The evidence for the next stalled load: which stubs exist (one per loaded version and
+            # instance) and what state each process is in (S sleeping, R running, D disk, Z zombie).
+            raise Unavailable(f"{err}; its processes: {self.processes()}") from None
+
+    def processes(self) -> str:
+        """``tritonserver 123 S, stub image_classifier/1/model.onnx 456 S, ...``: the server's family."""
+        import psutil
+
+        described = []
+        for pid, proc in sorted(self._child.family().items() if self._child else []):
+            try:
+                argv = proc.cmdline()
+                status = proc.status()
+            except psutil.Error:
+                continue
+            if "triton_python_backend_stub" in " ".join(argv[:1]):
+                what = "stub " + "/".join(Path(argv[1]).parts[-3:]) if len(argv) > 1 else "stub"
+            else:
+                what = Path(argv[0]).name if argv else "?"
+            described.append(f"{what} {pid} {status}")
+        return ", ".join(described) or "none"
 
     def unload(self, name: str) -> None:
         unload_model(self.http_url, name)
@@ -392,13 +445,46 @@ class TritonServer:
             return client.get_inference_statistics(name, version)
 
 
+def _shared_memory_of(pids: Iterable[int]) -> set[Path]:
+    """The /dev/shm/triton_* files mapped by those processes: the python backend's regions, one per
+    stub, which the server removes when it stops normally and leaves behind when it is killed."""
+    found = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        for line in maps.splitlines():
+            path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+            if path.startswith("/dev/shm/triton_"):
+                found.add(Path(path.removesuffix(" (deleted)")))
+    return found
+
+
+def _remove(regions: Iterable[Path]) -> None:
+    for region in regions:
+        try:
+            region.unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("could not remove %s left by tritonserver: %s", region, err)
+
+
 # ---- against any running server (the CLI's status/load/unload) ---------------------------------------
 
+# Deadlines of the calls to a server, well under pytest's 600 s and a CI job's patience: a model loads
+# here in 1-11 s (the slowest on a saturated 2-core machine), any other call answers at once. A load
+# that is still running at its deadline is reported as stalled (load_model), never waited for without
+# end: Triton 2.51's python backend can stall a load for good (docs/local-triton.md).
+LOAD_TIMEOUT_S = 120.0
+CALL_TIMEOUT_S = 30.0
 
-def _client(url: str, connection_timeout: float = 5.0):
+
+def _client(url: str, connection_timeout: float = 5.0, network_timeout: float = CALL_TIMEOUT_S):
     import tritonclient.http as httpclient
 
-    return httpclient.InferenceServerClient(url, network_timeout=300.0, connection_timeout=connection_timeout)
+    return httpclient.InferenceServerClient(
+        url, network_timeout=network_timeout, connection_timeout=connection_timeout
+    )
 
 
 def _unreachable(url: str, err: Exception) -> Unavailable:
@@ -409,12 +495,17 @@ def _unreachable(url: str, err: Exception) -> Unavailable:
 
 
 @contextlib.contextmanager
-def _connection(url: str) -> Iterator:
+def _connection(url: str, network_timeout: float = CALL_TIMEOUT_S) -> Iterator:
     """A client for the server at ``url``, closed after use; no answer at all is Unavailable, saying how
-    to start a server or point at one."""
-    client = _client(url)
+    to start a server or point at one, and so is a call past its deadline."""
+    client = _client(url, network_timeout=network_timeout)
     try:
         yield client
+    except TimeoutError as err:
+        raise Unavailable(
+            f"the Triton server at {url} did not answer within {network_timeout:.0f} s ({err}); it is up "
+            "but stalled: see its log, or restart it"
+        ) from err
     except (OSError, ConnectionError) as err:
         raise _unreachable(url, err) from err
     finally:
@@ -443,8 +534,18 @@ def repository_index(url: str) -> list[dict]:
     return server_status(url)["models"]
 
 
-def load_model(url: str, name: str, config: dict | None = None) -> list[str]:
+def load_model(
+    url: str,
+    name: str,
+    config: dict | None = None,
+    *,
+    timeout_s: float = LOAD_TIMEOUT_S,
+    log_path: str | os.PathLike | None = None,
+) -> list[str]:
     """Ask the server to (re)load ``name``; returns the versions now READY, raises with Triton's reason.
+    A load still running after ``timeout_s`` is Unavailable naming the model, the version(s) being
+    loaded and the last line of the server's log (``log_path``) about the model; the server keeps
+    serving the versions it served (Triton swaps versions only once the new ones are ready).
 
     A text entry whose ensemble ``NAME_text`` is in the server's repository is (re)loaded through the
     ensemble: Triton then loads the changed ``NAME`` and ``NAME_tokenizer`` first and the ensemble once
@@ -453,7 +554,7 @@ def load_model(url: str, name: str, config: dict | None = None) -> list[str]:
 
     from core.companions import text_name
 
-    with _connection(url) as client:
+    with _connection(url, network_timeout=timeout_s) as client:
         try:
             target = name
             if config is None:
@@ -461,6 +562,8 @@ def load_model(url: str, name: str, config: dict | None = None) -> list[str]:
                 if text_name(name) in index:
                     target = text_name(name)
             client.load_model(target, config=json.dumps(config) if config is not None else None)
+        except TimeoutError:
+            raise Unavailable(stalled_load(url, name, timeout_s, log_path)) from None
         except InferenceServerException as err:
             message = err.message() or str(err)
             if "no such file" in message.lower() or "not found" in message.lower():
@@ -475,6 +578,50 @@ def load_model(url: str, name: str, config: dict | None = None) -> list[str]:
                 f"model {name!r} loaded, but the server did not list its versions: {err.message() or err}"
             ) from None
     return sorted((m["version"] for m in index if m["name"] == name and m.get("state") == "READY"), key=int)
+
+
+def stalled_load(url: str, name: str, timeout_s: float, log_path: str | os.PathLike | None) -> str:
+    """The error of a load past its deadline: the model, the version(s) Triton was loading, and its log
+    lines that started the load and that last mention the model (from the log's end)."""
+    lines = _log_tail(log_path).splitlines()
+    loading = re.compile(rf"loading: {re.escape(name)}:(\d+)\b")
+    last_load = max((i for i, line in enumerate(lines) if loading.search(line)), default=None)
+    versions: list[str] = []
+    if last_load is not None:  # the versions of the latest load: its "loading:" lines come together
+        first = last_load
+        while first > 0 and loading.search(lines[first - 1]):
+            first -= 1
+        versions = [loading.search(line).group(1) for line in lines[first : last_load + 1]]
+    about = [line.strip() for line in lines if name in line]
+    what = f"version{'s' if len(versions) > 1 else ''} {', '.join(versions)}" if versions else "it"
+    message = (
+        f"model {name!r}: Triton did not finish loading {what} within {timeout_s:.0f} s (server {url}); "
+        "the versions it served before are still served (Triton swaps versions only once the new ones "
+        "are ready)"
+    )
+    if about:
+        said = [lines[last_load].strip()] if last_load is not None else []
+        if about[-1] not in said:
+            said.append(about[-1])
+        message += f"; its log ({log_path}) says: " + " ... ".join(_shorten(line) for line in said)
+    elif log_path:
+        message += f"; its log: {log_path}"
+    return message + "; unload the model or restart the server to try again"
+
+
+def _log_tail(log_path: str | os.PathLike | None, size: int = 256 * 1024) -> str:
+    if not log_path:
+        return ""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(log_path) - size))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _shorten(line: str, limit: int = 300) -> str:
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def unload_model(url: str, name: str) -> None:

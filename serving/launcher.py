@@ -43,11 +43,15 @@ class BentoServer:
         log_path: str | os.PathLike,
         *,
         root: str | os.PathLike = ROOT,
+        die_with_parent: bool = False,
     ) -> None:
         self.config = Path(config)
         self.home = Path(home)
         self.log_path = Path(log_path)
         self.root = Path(root)
+        # Linux SIGTERMs the server when the thread that starts it ends: the tests' and the benchmarks'
+        # servers go with a runner killed outright (SIGKILL, a CI timeout), leaving no orphan.
+        self.die_with_parent = die_with_parent
         self.port: int | None = None
         self.ready_after_s: float | None = None  # how long the latest start() waited
         self._child: processes.Child | None = None
@@ -104,6 +108,7 @@ class BentoServer:
             log_path=self.log_path,
             env=self.environment(),
             cwd=self.root,
+            die_with_parent=self.die_with_parent,
         )
         probe = f"{self.url}/readyz" if ready else f"{self.url}/healthz"
         try:

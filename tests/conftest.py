@@ -8,19 +8,68 @@
   (version 1), built by the real converters. Treat it as read-only;
   a test that changes a repository takes ``writable_model_repo`` (a fresh copy) instead.
 - ``triton_server`` and ``bento_server``: the real servers over ``model_repo``, started once per
-  session; ``service_config`` writes a service.yaml for a Bento of a test's own.
+  session; ``service_config`` writes a service.yaml for a Bento of a test's own. Every server a test or
+  fixture starts dies with the test run, even a run killed outright (``die_with_parent``).
 - Models the project has never seen: ``signature_ckpts`` (LightningModules of every signature,
   tests/signature_modules.py, trained a few steps), ``tiny_hf_models`` (tiny random Hugging Face models
   of each task, built from a config), ``any_model_repo`` (entries converted from them) and
   ``any_model_server`` (a Triton and a Bento of their own over it).
+
+A test that fails shows, beside its traceback, what every server involved wrote to its log during the
+test: the servers it started, and the session's (``pytest_runtest_makereport`` below).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+LOG_LINES = 80  # of each server's log shown with a failing test
+_SIZES_AT_START = pytest.StashKey[dict]()
+
+
+def _log_sizes() -> dict[Path, int]:
+    from core import processes
+
+    sizes = {}
+    for _name, _pid, log_path, _offset in processes.started():
+        try:
+            sizes[log_path] = os.path.getsize(log_path)
+        except OSError:
+            continue
+    return sizes
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_SIZES_AT_START] = _log_sizes()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test shows the end of what each server wrote to its log during the test (a server
+    started by the test from where it started; one started before, from the test's start)."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.when == "teardown":
+        return
+    from core import processes
+
+    at_start = item.stash.get(_SIZES_AT_START, {})
+    for name, pid, log_path, offset in processes.started():
+        begin = at_start.get(log_path, offset)
+        try:
+            with open(log_path, "rb") as handle:
+                handle.seek(begin)
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if text.strip():
+            tail = "\n".join(text.splitlines()[-LOG_LINES:])
+            report.sections.append((f"{name} (pid {pid}) log {log_path}, last {LOG_LINES} lines", tail))
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +119,9 @@ def triton_server(model_repo, tmp_path_factory):
     ends (it comes back on the same ports); ``stop()`` at the end leaves no process behind."""
     from local_triton.server import TritonServer
 
-    server = TritonServer(model_repo, log_path=tmp_path_factory.mktemp("triton") / "tritonserver.log")
+    server = TritonServer(
+        model_repo, log_path=tmp_path_factory.mktemp("triton") / "tritonserver.log", die_with_parent=True
+    )
     server.start()
     yield server
     server.stop()
@@ -115,7 +166,7 @@ def bento_server(model_repo, triton_server, service_config, tmp_path_factory):
             {"name": "image_classifier", "task": "image-classification", "top_k": 3},
         ],
     )
-    server = BentoServer(config, folder / "home", folder / "bento.log").start()
+    server = BentoServer(config, folder / "home", folder / "bento.log", die_with_parent=True).start()
     yield server
     server.stop()
 
@@ -286,7 +337,7 @@ def any_model_server(any_model_repo, service_config, tmp_path_factory):
     from serving.launcher import BentoServer
 
     folder = tmp_path_factory.mktemp("any_model_stack")
-    triton = TritonServer(any_model_repo, log_path=folder / "tritonserver.log").start()
+    triton = TritonServer(any_model_repo, log_path=folder / "tritonserver.log", die_with_parent=True).start()
     try:  # Triton stops even when the Bento fails to start
         config = service_config(
             folder / "service.yaml",
@@ -294,7 +345,7 @@ def any_model_server(any_model_repo, service_config, tmp_path_factory):
             triton.grpc_url,
             [{"name": name, "task": task} for name, task in ANY_MODELS.items()],
         )
-        bento = BentoServer(config, folder / "home", folder / "bento.log").start()
+        bento = BentoServer(config, folder / "home", folder / "bento.log", die_with_parent=True).start()
         bento.triton = triton
         try:
             yield bento

@@ -130,7 +130,10 @@ def start_stack(procs: ProcessSet, repository: Path, out: Path) -> Stack:
     from local_triton.server import TritonServer
     from serving.launcher import BentoServer
 
-    triton = procs.enter(TritonServer(repository, log_path=out / "logs" / "tritonserver.log"), name="triton")
+    triton = procs.enter(
+        TritonServer(repository, log_path=out / "logs" / "tritonserver.log", die_with_parent=True),
+        name="triton",
+    )
     timeout_s = 2.0
     config = out / "service.yaml"
     config.write_text(
@@ -152,7 +155,7 @@ def start_stack(procs: ProcessSet, repository: Path, out: Path) -> Stack:
         ),
         encoding="utf-8",
     )
-    bento = BentoServer(config, out / "bentoml_home", out / "logs" / "bento.log")
+    bento = BentoServer(config, out / "bentoml_home", out / "logs" / "bento.log", die_with_parent=True)
     procs.enter(bento.start(timeout=120), name="bento")
     stack = Stack(repository, triton, bento, timeout_s)
     stack.expected = reference(bento.client)

@@ -108,7 +108,12 @@ def run_validate(args: argparse.Namespace) -> int:
     from converters.validate import validate
 
     with progress(f"validating {args.ref}"):
-        result = validate(args.ref, repository=args.repository, trust_checkpoint=args.trust_checkpoint)
+        result = validate(
+            args.ref,
+            repository=args.repository,
+            trust_checkpoint=args.trust_checkpoint,
+            trust_module=args.trust_module,
+        )
     outputs = result.outputs
     figures = {
         k: outputs[k] for k in ("max_abs_err", "max_rel_err", "min_cosine", "top1_agreement") if k in outputs
@@ -125,22 +130,14 @@ def run_rollback(args: argparse.Namespace) -> int:
     repo.require(name)  # NotFound naming the models there, before any version is looked at
     repo.check_not_companion(name)  # a companion follows its entry: roll the entry back
     versions = repo.versions(name)
-    if args.to == "latest":
+    if args.to is None:
+        repo.rollback(name)  # what was served before, from the entry's served history
+    elif args.to == "latest":
         repo.set_version_policy(name, "latest")
     else:
-        if args.to is None:
-            current = max(repo.served_versions(name), default=versions[-1])
-            earlier = [v for v in versions if v < current]
-            if not earlier:
-                raise InvalidArgument(
-                    f"{name}: version {current} is the oldest; there is nothing to roll back to", field="name"
-                )
-            target = earlier[-1]
-        else:
-            if not args.to.isdigit():
-                raise InvalidArgument(f"--to: {args.to!r} is not a version number or 'latest'", field="to")
-            target = repo.require(name, int(args.to))
-        repo.set_version_policy(name, [target])
+        if not args.to.isdigit():
+            raise InvalidArgument(f"--to: {args.to!r} is not a version number or 'latest'", field="to")
+        repo.set_version_policy(name, [repo.require(name, int(args.to))])
     print(json.dumps({"name": name, "served": repo.served_versions(name), "versions": versions}))
     return 0
 
@@ -233,11 +230,18 @@ def register(subparsers) -> None:
         "validate",
         help="re-run the parity check of a version",
         description="Re-run the check a version was published under: parity against the source in its "
-        "manifest (fp32), or the int8 gate against its fp32 version. Exit 1 when it fails.",
+        "manifest (fp32), or the int8 gate against its fp32 version. Exit 1 when it fails. A Lightning "
+        "version's check imports the LightningModule's module its manifest names: only with --trust-module.",
     )
     validate.add_argument("ref", metavar="NAME[:VERSION]", help="entry and version (default: latest)")
     validate.add_argument(
         "--trust-checkpoint", action="store_true", help="full-pickle load of a Lightning source"
+    )
+    validate.add_argument(
+        "--trust-module",
+        action="store_true",
+        help="import the Python module a Lightning version's manifest names (runs its code): only for a "
+        "repository you trust",
     )
     add_repository_flag(validate)
     add_json_flag(validate, default_json=True)
@@ -245,9 +249,10 @@ def register(subparsers) -> None:
 
     rollback = subparsers.add_parser(
         "rollback",
-        help="serve the previous version (nothing deleted)",
-        description="Point the entry's version_policy at the version before the one served now (or at "
-        "--to VERSION, or back to 'latest'). No version is deleted; Triton picks the change up on reload.",
+        help="serve what was served before (nothing deleted)",
+        description="Point the entry's version_policy back at the version(s) it served before the current "
+        "ones, from the entry's served history (each rollback goes one change further back), or at --to "
+        "VERSION, or back to 'latest'. No version is deleted; Triton picks the change up on reload.",
     )
     rollback.add_argument("name", metavar="NAME")
     rollback.add_argument("--to", default=None, metavar="VERSION|latest", help="serve this version instead")

@@ -175,8 +175,40 @@ def test_locust_csv_of_a_real_run(locust_run):
     assert point == result.point or point.throughput == result.point.throughput
     history = parse_locust_history(Path(f"{prefix}_stats_history.csv"))
     assert history and history[-1].users == 2 and history[-1].total_requests > 0
+    # The run lasted its -t (2 s): a run cut short by gevent's stale loop clock recorded requests over a
+    # fraction of a second only (see benchmarks/locustfile.py).
+    [embed] = [entry for entry in json.loads(Path(f"{prefix}.json").read_text()) if entry["name"] == "/embed"]
+    assert embed["last_request_timestamp"] - embed["start_time"] >= 1.0, embed
     assert all(a.timestamp <= b.timestamp for a, b in zip(history, history[1:], strict=False))
     assert Path(f"{prefix}.html").read_text().lstrip().lower().startswith("<!doctype html")
+
+
+# Locust starts its -t clock right after its init event: the users' inputs must be loaded by then, or a
+# short run spends its time loading them and records no request.
+INIT_THEN_INSPECT = """
+import locust
+from locust.env import Environment
+from benchmarks import locustfile
+
+assert locustfile.workload_data.cache_info().currsize == 0  # importing the file loads nothing
+environment = Environment(user_classes=[locustfile.BentoUser], events=locust.events)
+locust.events.init.fire(environment=environment, runner=None, web_ui=None)
+print(locustfile.workload_data.cache_info().currsize, len(locustfile.workload_data()["bodies"]))
+"""
+
+
+def test_the_locust_users_inputs_are_loaded_before_the_run_clock_starts(model_repo):
+    done = subprocess.run(  # a process of its own: importing locust monkey-patches the standard library
+        [sys.executable, "-c", INIT_THEN_INSPECT],
+        cwd=ROOT,
+        env={**os.environ, "MODELPACK_WORKLOAD": "minilm-short", "MODELPACK_REPOSITORY": str(model_repo)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded, bodies = map(int, done.stdout.split())
+    assert loaded == 1 and bodies > 0
 
 
 @pytest.mark.bento
@@ -325,18 +357,17 @@ def test_quick_run_writes_a_report_with_positive_figures(model_repo, tmp_path):
 
     out = tmp_path / "run"
     env = {**os.environ, "MODELPACK_BENCH_TIME_SCALE": "0.2"}
-    start = time.monotonic()
+    # No speed is asserted: the harness keeps its own time budget (84 s in --quick) by skipping what
+    # would not fit, and says so. The deadline only stops a hung run, well before pytest's 600 s.
     done = subprocess.run(
         quick_run_argv(out, model_repo, "--workloads", "minilm-short"),
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=400,
     )
-    elapsed = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-3000:]
-    assert elapsed < 90  # --quick's bound; ~35 s on an idle 2-core machine
     # The summary table comes last on stdout.
     assert done.stdout.splitlines()[2].split()[:2] == ["workload", "stack"]
 

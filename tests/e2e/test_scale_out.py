@@ -40,7 +40,7 @@ def stack(model_repo, service_config, tmp_path_factory):
     folder = tmp_path_factory.mktemp("scale-out")
     repo = folder / "repository"
     shutil.copytree(model_repo / MODEL, repo / MODEL)
-    tritons = [TritonServer(repo, log_path=folder / f"triton-{i}.log") for i in (1, 2)]
+    tritons = [TritonServer(repo, log_path=folder / f"triton-{i}.log", die_with_parent=True) for i in (1, 2)]
     bento = None
     try:
         for triton in tritons:
@@ -53,7 +53,7 @@ def stack(model_repo, service_config, tmp_path_factory):
             [{"name": MODEL, "task": "image-classification", "top_k": 1}],
             triton={"url": url, "timeout_s": 5, "ready_interval_s": 0.5, "max_connection_age_s": 30},
         )
-        bento = BentoServer(config, folder / "home", folder / "bento.log").start()
+        bento = BentoServer(config, folder / "home", folder / "bento.log", die_with_parent=True).start()
         yield bento, tritons
     finally:
         if bento is not None:

@@ -24,7 +24,7 @@ def live(model_repo, service_config, tmp_path_factory):
     folder = tmp_path_factory.mktemp("live")
     repo = folder / "repository"
     shutil.copytree(model_repo / "image_classifier", repo / "image_classifier")
-    triton = TritonServer(repo, log_path=folder / "tritonserver.log").start()
+    triton = TritonServer(repo, log_path=folder / "tritonserver.log", die_with_parent=True).start()
     try:
         config = service_config(
             folder / "service.yaml",
@@ -34,7 +34,7 @@ def live(model_repo, service_config, tmp_path_factory):
             triton={"url": triton.grpc_url, "timeout_s": 10, "retry_after_s": 2},
             refresh_s=0.25,
         )
-        bento = BentoServer(config, folder / "home", folder / "bento.log").start()
+        bento = BentoServer(config, folder / "home", folder / "bento.log", die_with_parent=True).start()
         try:
             yield bento, triton, repo
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fractions
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,10 +29,22 @@ def snapshot(root: Path) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def cli_repo(model_repo, tmp_path_factory) -> Path:
-    """One copy of the session repository for this module's commands."""
+    """One copy of the session repository for this module's commands that must change nothing: the
+    tests that take it assert it is left as it was. A test that changes a repository takes a
+    repository of its own (``writable_model_repo``, or a new one), so the tests pass in any order."""
     copy = tmp_path_factory.mktemp("cli") / "repository"
     shutil.copytree(model_repo, copy)
     return copy
+
+
+class CodeRunningObject:
+    """Unpickling this runs a shell command: what a hostile checkpoint holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +56,7 @@ def bad_files(tmp_path_factory, lightning_ckpt) -> dict[str, Path]:
         "garbage": folder / "garbage.ckpt",
         "plain_torch": folder / "plain.ckpt",
         "unsafe": folder / "unsafe.ckpt",
+        "code_running": folder / "code_running.ckpt",
         "not_a_folder": folder / "model.bin",
         "no_config": folder / "empty_model",
     }
@@ -51,6 +65,8 @@ def bad_files(tmp_path_factory, lightning_ckpt) -> dict[str, Path]:
     checkpoint = torch.load(str(lightning_ckpt), map_location="cpu", weights_only=True)
     checkpoint["provenance"] = fractions.Fraction(1, 3)  # a global that weights_only refuses
     torch.save(checkpoint, files["unsafe"])
+    checkpoint["provenance"] = CodeRunningObject(folder / "code-ran")
+    torch.save(checkpoint, files["code_running"])
     files["not_a_folder"].write_bytes(b"\0")
     files["no_config"].mkdir()
     return files
@@ -88,6 +104,10 @@ BAD_INPUTS = [
         ["not a Lightning checkpoint", "weights"],
     ),
     (["lightning", "{unsafe}", "--module", MODULE, "--name", "m"], ["weights-only", "--trust-checkpoint"]),
+    (
+        ["lightning", "{code_running}", "--module", MODULE, "--name", "m"],
+        ["CKPT:", "posix.system", "weights-only", "--trust-checkpoint"],
+    ),
     (["lightning", "{ckpt}", "--module", "no.such.module:Net", "--name", "m"], ["--module", "cannot import"]),
     (
         ["lightning", "{ckpt}", "--module", "converters.examples.image_classifier:Nope", "--name", "m"],
@@ -138,6 +158,7 @@ def test_bad_input_exits_2_with_one_clear_line(
         assert word in lines[0]
     assert out == ""
     assert snapshot(cli_repo.parent) == before
+    assert not (bad_files["code_running"].parent / "code-ran").exists()  # nothing in a checkpoint ran
 
 
 def test_parity_failure_exits_1_lists_every_output_and_publishes_nothing(
@@ -228,7 +249,8 @@ def test_serving_flags_reach_the_config(lightning_ckpt, tmp_path, capsys):
     assert [i.name for i in config.input] == ["input"] and list(config.input[0].dims) == [3, 32, 32]
 
 
-def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
+def test_list_rollback_configure_validate(writable_model_repo, lightning_ckpt, capsys):
+    repo = writable_model_repo  # this test publishes, rolls back and configures: a copy of its own
     code, out, _ = cli(
         "lightning",
         lightning_ckpt,
@@ -237,12 +259,12 @@ def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
         "--name",
         "image_classifier",
         "--repository",
-        cli_repo,
+        repo,
         capsys=capsys,
     )
     assert code == 0 and json.loads(out)["version"] == 2
 
-    code, out, _ = cli("list", "--json", "--repository", cli_repo, capsys=capsys)
+    code, out, _ = cli("list", "--json", "--repository", repo, capsys=capsys)
     listed = json.loads(out)
     rows = {(r["name"], r["version"]): r for r in listed}
     assert set(rows) == {
@@ -264,7 +286,7 @@ def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
     }
     assert rows[("minilm", 1)]["companion_of"] is None and rows[("minilm_tokenizer", 1)]["served"]
 
-    code, out, _ = cli("list", "--repository", cli_repo, capsys=capsys)
+    code, out, _ = cli("list", "--repository", repo, capsys=capsys)
     assert code == 0 and out.splitlines()[0].split()[:3] == ["NAME", "VER", "SERVED"]
     assert "image_classifier       2 yes" in out
     assert (
@@ -272,34 +294,34 @@ def test_list_rollback_configure_validate(cli_repo, lightning_ckpt, capsys):
         and "  minilm_text          1 yes    (text)" in out
     )
 
-    foreign = cli_repo / "image_classifier" / "9"  # a version put there by hand, without a manifest
+    foreign = repo / "image_classifier" / "9"  # a version put there by hand, without a manifest
     foreign.mkdir()
     (foreign / "model.onnx").write_bytes(b"x" * 10)
-    code, out, _ = cli("list", "--json", "--repository", cli_repo, capsys=capsys)
+    code, out, _ = cli("list", "--json", "--repository", repo, capsys=capsys)
     row = {(r["name"], r["version"]): r for r in json.loads(out)}[("image_classifier", 9)]
     assert row["size_bytes"] == 10 and row["task"] is None and row["served"]
     shutil.rmtree(foreign)
 
-    code, out, _ = cli("rollback", "image_classifier", "--repository", cli_repo, capsys=capsys)
+    code, out, _ = cli("rollback", "image_classifier", "--repository", repo, capsys=capsys)
     assert code == 0 and json.loads(out) == {"name": "image_classifier", "served": [1], "versions": [1, 2]}
-    assert (cli_repo / "image_classifier" / "2" / "model.onnx").is_file()  # nothing deleted
-    code, out, _ = cli(
-        "rollback", "image_classifier", "--to", "latest", "--repository", cli_repo, capsys=capsys
-    )
+    assert (repo / "image_classifier" / "2" / "model.onnx").is_file()  # nothing deleted
+    code, out, _ = cli("rollback", "image_classifier", "--to", "latest", "--repository", repo, capsys=capsys)
     assert json.loads(out)["served"] == [2]
 
     code, out, _ = cli(
-        "configure", "image_classifier", "--accelerator", "tensorrt", "--repository", cli_repo, capsys=capsys
+        "configure", "image_classifier", "--accelerator", "tensorrt", "--repository", repo, capsys=capsys
     )
     assert code == 0 and json.loads(out)["gpu_execution_accelerator"] == ["tensorrt"]
     assert json.loads(out)["instance_kinds"] == ["KIND_GPU"]
     code, out, _ = cli(
-        "configure", "image_classifier", "--accelerator", "none", "--repository", cli_repo, capsys=capsys
+        "configure", "image_classifier", "--accelerator", "none", "--repository", repo, capsys=capsys
     )
     assert json.loads(out)["gpu_execution_accelerator"] == []
-    assert not read_config(cli_repo / "image_classifier" / "config.pbtxt").HasField("optimization")
+    assert not read_config(repo / "image_classifier" / "config.pbtxt").HasField("optimization")
 
-    code, out, err = cli("validate", "image_classifier:1", "--repository", cli_repo, capsys=capsys)
+    code, out, err = cli(
+        "validate", "image_classifier:1", "--trust-module", "--repository", repo, capsys=capsys
+    )
     assert code == 0, err
     assert json.loads(out)["passed"] is True
 
@@ -393,7 +415,10 @@ def test_configure_applies_a_tuning_result_to_exactly_its_fields_in_one_write(
     assert [row for row in snapshot(writable_model_repo) if row[0] not in changing] == untouched
     # One atomic replace: a new file renamed over the old one (a new inode), no temporary file left.
     assert config_path.stat().st_ino != inode
-    assert sorted(p.name for p in config_path.parent.iterdir() if not p.name.isdigit()) == ["config.pbtxt"]
+    assert sorted(p.name for p in config_path.parent.iterdir() if not p.name.isdigit()) == [
+        "config.pbtxt",
+        "served_history.json",  # written by the publish; configuring serves the same version
+    ]
 
 
 def _edited(data: dict, edit: str) -> dict:
@@ -480,17 +505,55 @@ def test_configure_refuses_a_tuning_result_for_another_model(tuning_file, cli_re
     assert snapshot(cli_repo.parent) == before
 
 
-def test_validate_fails_when_the_source_changed(cli_repo, lightning_ckpt, tmp_path, capsys):
+def test_validate_fails_when_the_source_changed(lightning_ckpt, tmp_path, capsys):
+    repo = tmp_path / "repository"  # this test publishes: a repository of its own
     moved = tmp_path / "changed.ckpt"
     shutil.copy(lightning_ckpt, moved)
     code, _, err = cli(
-        "lightning", moved, "--module", MODULE, "--name", "changing", "--repository", cli_repo, capsys=capsys
+        "lightning", moved, "--module", MODULE, "--name", "changing", "--repository", repo, capsys=capsys
     )
     assert code == 0, err
     with moved.open("ab") as handle:
         handle.write(b"\0")
-    code, _, err = cli("validate", "changing", "--repository", cli_repo, capsys=capsys)
+    code, _, err = cli("validate", "changing", "--repository", repo, capsys=capsys)
     assert code == 1 and "changed since export" in err
+
+
+def _validate_in_a_process(repo: Path, *flags: str) -> subprocess.CompletedProcess:
+    """``python -m converters validate image_classifier:1`` as a user runs it, with the folder holding the
+    repository importable (as the project root is, for a repository at model_repository/)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(repo.parent)])}
+    argv = ["validate", "image_classifier:1", "--repository", str(repo), *flags]
+    return subprocess.run(
+        [sys.executable, "-m", "converters", *argv],
+        cwd=repo.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_validate_never_imports_the_module_a_manifest_names_without_trust_module(writable_model_repo):
+    """The manifest's ``module`` is data read from the repository: a payload placed in a version folder
+    and named there must not run unless the user passes --trust-module."""
+    version = writable_model_repo / "image_classifier" / "1"
+    marker = writable_model_repo.parent / "payload-ran"
+    (version / "payload.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    manifest = json.loads((version / "manifest.json").read_text())
+    manifest["module"] = f"{writable_model_repo.name}.image_classifier.1.payload:Net"
+    (version / "manifest.json").write_text(json.dumps(manifest))
+
+    refused = _validate_in_a_process(writable_model_repo)
+    assert refused.returncode == 2, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: image_classifier:1: ") and manifest["module"] in line
+    assert "--trust-module" in line
+    assert not marker.exists()  # nothing of the repository ran
+
+    trusted = _validate_in_a_process(writable_model_repo, "--trust-module")
+    assert marker.read_text() == "ran"  # the flag is what lets it run
+    assert trusted.returncode == 2 and "has no class 'Net'" in trusted.stderr
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,7 @@ def test_every_model_of_the_audited_repository_loads_and_is_ready(audited_repo, 
     from local_triton.server import TritonServer
 
     repo = Repository(audited_repo)
-    with TritonServer(audited_repo, log_path=tmp_path / "triton.log") as server:
+    with TritonServer(audited_repo, log_path=tmp_path / "triton.log", die_with_parent=True) as server:
         with server.client() as client:
             states = {m["name"]: m.get("state") for m in client.get_model_repository_index()}
     assert states == {name: "READY" for name in repo.models()}
@@ -176,7 +176,9 @@ def test_the_local_server_refuses_ragged_token_inputs_as_the_native_backend_does
     shutil.copytree(model_repo / "minilm", root / "minilm")
     _edit(root, "minilm", _ragged)
     with pytest.raises(Unavailable, match=r"model 'minilm' version 1 failed to load: .*ragged input"):
-        TritonServer(root, log_path=tmp_path / "triton.log", models=["minilm"]).start(timeout=120)
+        TritonServer(root, log_path=tmp_path / "triton.log", models=["minilm"], die_with_parent=True).start(
+            timeout=120
+        )
 
 
 def _ragged_model(folder: Path) -> None:
@@ -232,7 +234,7 @@ def test_a_ragged_input_reaches_the_model_flattened_with_its_batch_input(tmp_pat
     root = tmp_path / "repository"
     _ragged_model(root / "ragged")
     assert [p for p in release.release_problems(root, "cpu") if not p.startswith("companions")] == []
-    with TritonServer(root, log_path=tmp_path / "triton.log") as server:
+    with TritonServer(root, log_path=tmp_path / "triton.log", die_with_parent=True) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
 
         def send(length: int) -> float:

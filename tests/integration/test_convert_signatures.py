@@ -142,8 +142,9 @@ def test_a_dict_example_with_fp16_int32_bool_inputs_and_dict_outputs(any_model_r
 def test_validate_reruns_the_recorded_signature(any_model_repo):
     from converters.validate import validate
 
+    # The modules are this test suite's own (tests/signature_modules.py): trusted.
     for name in ("tabular", "tuplenet", "dictnet"):
-        result = validate(name, repository=any_model_repo)
+        result = validate(name, repository=any_model_repo, trust_module=True)
         assert result.status == "ok" and result.outputs["passed"], name
 
 
@@ -199,7 +200,7 @@ def test_an_input_forward_does_not_use_is_left_out_of_the_entry(signature_ckpts,
         ("unused", False),
     ]
     assert [i.name for i in read_config(repo / "unused" / "config.pbtxt").input] == ["x"]
-    assert validate("unused", repository=repo).outputs["passed"]
+    assert validate("unused", repository=repo, trust_module=True).outputs["passed"]
 
 
 def test_a_task_asked_for_is_used_when_the_signature_fits(signature_ckpts, tmp_path, capsys):

@@ -111,32 +111,41 @@ def test_cli(model_repo, tmp_path, capsys):
 
 
 @pytest.mark.triton
-def test_exported_repository_serves_on_a_real_triton(model_repo, tmp_path):
+def test_exported_repository_serves_on_a_real_triton(model_repo, minilm_path, tmp_path):
     """The exported configs load in tritonserver with explicit model control; the text model answers a
-    [batch, seq] request of equal rows, and its ensemble answers texts."""
+    [batch, seq] request of equal rows with the embeddings sentence-transformers gives for the same
+    sentences, and its ensemble answers texts."""
     import numpy as np
     import tritonclient.http as httpclient
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
 
     from local_triton.server import TritonServer
 
+    texts = ["hello world", "this"]
+    tokenizer = AutoTokenizer.from_pretrained(model_repo / "minilm" / "1" / "tokenizer")
+    encoded = tokenizer(texts, padding=True, return_tensors="np")
+    expected = SentenceTransformer(str(minilm_path), device="cpu").encode(texts, normalize_embeddings=True)
     out = release.export(model_repo, tmp_path / "release", "cpu").destination
-    with TritonServer(out, log_path=tmp_path / "triton.log") as server:
+    with TritonServer(out, log_path=tmp_path / "triton.log", die_with_parent=True) as server:
         client = httpclient.InferenceServerClient(server.http_url)
         for name in ("minilm", "image_classifier", "minilm_tokenizer", "minilm_text"):
             assert client.is_model_ready(name), name
         ids = np.array([[101, 7592, 2088, 102], [101, 2023, 102, 0]], dtype=np.int64)
+        np.testing.assert_array_equal(encoded["input_ids"], ids)  # the two sentences, padded
         inputs = []
         for name, value in (("input_ids", ids), ("attention_mask", (ids > 0).astype(np.int64))):
             tensor = httpclient.InferInput(name, list(value.shape), "INT64")
             tensor.set_data_from_numpy(value)
             inputs.append(tensor)
         embeddings = client.infer("minilm", inputs).as_numpy("embeddings")
-        texts = httpclient.InferInput("text", [1, 1], "BYTES")
-        texts.set_data_from_numpy(np.array([[b"hello world"]], dtype=np.object_))
-        from_text = client.infer("minilm_text", [texts]).as_numpy("embeddings")
+        text_input = httpclient.InferInput("text", [1, 1], "BYTES")
+        text_input.set_data_from_numpy(np.array([[b"hello world"]], dtype=np.object_))
+        from_text = client.infer("minilm_text", [text_input]).as_numpy("embeddings")
     assert embeddings.shape == (2, 384) and from_text.shape == (1, 384)
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4)
     assert np.abs(from_text[0] - embeddings[0]).max() < 1e-5  # the same tokens: [CLS] hello world [SEP]
+    np.testing.assert_allclose(embeddings, expected, atol=1e-4)
 
 
 # ---- releases: content-addressed, checked, pinned --------------------------------------------------

@@ -30,6 +30,14 @@ def test_top1_gate_on_exact_logits():
     assert not gate("text-classification", fp32, int8, min_cosine=0.99, min_top1=0.8)["passed"]
 
 
+def test_both_gates_pass_at_their_threshold_exactly():
+    """The gates keep what reaches the threshold (>=): a version exactly at it is published."""
+    fp32 = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)  # every cosine with itself is exactly 1
+    assert gate("feature-extraction", fp32, fp32.copy(), min_cosine=1.0, min_top1=1.0)["passed"]
+    logits = np.array([[2.0, 1.0], [0.0, 3.0]])
+    assert gate("image-classification", logits, logits * 2, min_cosine=1.0, min_top1=1.0)["passed"]
+
+
 @pytest.fixture(scope="module")
 def quantized(model_repo, tmp_path_factory):
     """A copy of the session repository, with minilm and image_classifier quantised once."""

@@ -31,7 +31,7 @@ def test_publish_and_rollback_on_a_running_server(model_repo, lightning_ckpt, tm
     leftover.mkdir(parents=True)
     (leftover / "model.onnx").write_bytes(b"half written")
 
-    with TritonServer(root, log_path=tmp_path / "triton.log") as server:
+    with TritonServer(root, log_path=tmp_path / "triton.log", die_with_parent=True) as server:
         assert _ready(server) == {("image_classifier", "1")}
         assert [m["name"] for m in server.index()] == ["image_classifier"]
 
@@ -39,7 +39,7 @@ def test_publish_and_rollback_on_a_running_server(model_repo, lightning_ckpt, tm
         server.load("image_classifier")
         assert _ready(server) == {("image_classifier", "2")}
 
-        repo.set_version_policy("image_classifier", [1])  # what `rollback image_classifier` writes
+        assert repo.rollback("image_classifier") == [1]  # what `rollback image_classifier` does
         server.load("image_classifier")
         assert _ready(server) == {("image_classifier", "1")}
         assert repo.versions("image_classifier") == [1, 2]  # nothing deleted

@@ -146,7 +146,7 @@ def classifier(minilm_path, tmp_path_factory):
     folder = tmp_path_factory.mktemp("classifier")
     repo = folder / "repository"
     convert_hf(minilm_path, "clf", task="text-classification", repository=repo)
-    with TritonServer(repo, log_path=folder / "triton.log") as server:
+    with TritonServer(repo, log_path=folder / "triton.log", die_with_parent=True) as server:
         yield Repository(repo), server
 
 
@@ -213,7 +213,9 @@ def test_a_new_version_and_a_rollback_move_the_ensemble_with_the_entry(model_rep
             for name in ("minilm", "minilm_tokenizer", "minilm_text")
         }
 
-    with TritonServer(root, log_path=tmp_path / "triton.log", models=["minilm_text"]) as server:
+    with TritonServer(
+        root, log_path=tmp_path / "triton.log", models=["minilm_text"], die_with_parent=True
+    ) as server:
         with server.client() as client:
             assert ready(client) == {"minilm": ["2"], "minilm_tokenizer": ["2"], "minilm_text": ["1"]}
         repo.set_version_policy("minilm", [1])

@@ -36,7 +36,10 @@ def classifier_repo(model_repo, tmp_path_factory) -> Path:
 def two_tritons(classifier_repo):
     """Two tritonservers serving the same repository on their own free ports."""
     folder = classifier_repo.parent
-    servers = [TritonServer(classifier_repo, log_path=folder / f"triton-{i}.log") for i in (1, 2)]
+    servers = [
+        TritonServer(classifier_repo, log_path=folder / f"triton-{i}.log", die_with_parent=True)
+        for i in (1, 2)
+    ]
     try:
         for server in servers:
             server.start()
@@ -156,7 +159,7 @@ def test_health_is_checked_in_the_background(classifier_repo, service_config, tm
     for Triton; requests are refused at once with Retry-After; a thawed Triton is ready again."""
     from serving.health import TritonHealth
 
-    server = TritonServer(classifier_repo, log_path=tmp_path / "triton.log").start()
+    server = TritonServer(classifier_repo, log_path=tmp_path / "triton.log", die_with_parent=True).start()
     settings = _settings(
         service_config,
         tmp_path,

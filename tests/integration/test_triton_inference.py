@@ -15,6 +15,7 @@ import pytest
 from converters.inputs import EntryInputs, load_tokenizer, seeded_images, sentences
 from converters.runtime import ort_session, run
 from core.repository import Repository
+from local_triton.server import CALL_TIMEOUT_S
 
 pytestmark = pytest.mark.triton
 
@@ -34,7 +35,9 @@ def _infer(protocol: str, url: str, model: str, feeds: dict[str, np.ndarray], ve
             tensor = client_module.InferInput(name, list(array.shape), datatype)
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
-        result = client.infer(model, inputs, model_version=version)
+        # A deadline per call (http's client has one built in): a stalled server fails the test.
+        deadline = {} if protocol == "http" else {"client_timeout": CALL_TIMEOUT_S}
+        result = client.infer(model, inputs, model_version=version, **deadline)
         response = result.get_response()
         outputs = response["outputs"] if protocol == "http" else response.outputs
         names = [o["name"] if protocol == "http" else o.name for o in outputs]
@@ -119,7 +122,9 @@ def test_concurrent_requests_are_batched_by_shape_and_never_mixed(triton_server,
     log_start = len(triton_server.log_text())
 
     def send(feeds):
-        return client.infer("minilm", _grpc_inputs(feeds)).as_numpy("embeddings")
+        return client.infer("minilm", _grpc_inputs(feeds), client_timeout=CALL_TIMEOUT_S).as_numpy(
+            "embeddings"
+        )
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
         results = list(pool.map(send, singles))
@@ -204,7 +209,9 @@ def test_bad_request_in_a_batch_does_not_fail_the_others(triton_server, entries)
 
     def send(feeds):
         try:
-            return client.infer("minilm", _grpc_inputs(feeds)).as_numpy("embeddings")
+            return client.infer("minilm", _grpc_inputs(feeds), client_timeout=CALL_TIMEOUT_S).as_numpy(
+                "embeddings"
+            )
         except InferenceServerException as err:
             return err
 

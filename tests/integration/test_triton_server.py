@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,10 +23,10 @@ import pytest
 
 from converters.inputs import seeded_images
 from converters.runtime import ort_session, run
-from core.errors import InvalidArgument, MissingDependency, NotFound, Unavailable
+from core.errors import InvalidArgument, MissingDependency, NotFound, Unavailable, UnsafeInput
 from core.processes import alive, free_port, group_members
 from core.repository import Repository
-from local_triton.server import TritonServer, failure_reason
+from local_triton.server import CALL_TIMEOUT_S, TritonServer, failure_reason
 
 pytestmark = pytest.mark.triton
 
@@ -38,7 +40,9 @@ def _classify(server: TritonServer, images: np.ndarray, version: str = "") -> np
     tensor = grpcclient.InferInput("input", list(images.shape), "FP32")
     tensor.set_data_from_numpy(images)
     try:
-        return client.infer("image_classifier", [tensor], model_version=version).as_numpy("logits")
+        return client.infer(
+            "image_classifier", [tensor], model_version=version, client_timeout=CALL_TIMEOUT_S
+        ).as_numpy("logits")
     finally:
         client.close()
 
@@ -85,9 +89,20 @@ def _alive(pids: list[int]) -> list[int]:
     return [pid for pid in pids if alive(pid)]
 
 
+def _shm_regions(pids: list[int]) -> set[Path]:
+    """The /dev/shm/triton_* files those processes have mapped (the python backend's regions)."""
+    found = set()
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            path = line.split(maxsplit=5)[-1]
+            if path.startswith("/dev/shm/triton_"):
+                found.add(Path(path.removesuffix(" (deleted)")))
+    return found
+
+
 def test_new_version_goes_live_without_restart(classifier_repo):
     images = seeded_images((3, 32, 32), 2, seed=3)
-    with TritonServer(classifier_repo, models=["image_classifier"]) as server:
+    with TritonServer(classifier_repo, models=["image_classifier"], die_with_parent=True) as server:
         pid = server.pid
         v1 = _classify(server, images)
         v2_dir = _publish_scaled_version(classifier_repo, 0.5)
@@ -107,15 +122,19 @@ def test_new_version_goes_live_without_restart(classifier_repo):
 
 
 def test_stop_kill_and_restart_leave_no_process(classifier_repo):
-    server = TritonServer(classifier_repo, models=["image_classifier"])
+    server = TritonServer(classifier_repo, models=["image_classifier"], die_with_parent=True)
     server.start()
     ports = (server.http_url, server.grpc_url, server.metrics_url)
     members = group_members(server.pid)
     stubs = [p for p in members if "stub" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
     assert server.pid in members and stubs, "expected tritonserver and a python backend stub in one group"
 
+    regions = _shm_regions(members)
+    assert regions and all(region.exists() for region in regions)
     server.kill()  # a crash: everything gone at once, the ports are kept for the restart
     assert not _alive(members)
+    # The python backend's shared memory would outlive a killed server: kill() removes this one's.
+    assert [region for region in regions if region.exists()] == []
     server.start()
     assert (server.http_url, server.grpc_url, server.metrics_url) == ports
     with server.client() as client:
@@ -126,6 +145,47 @@ def test_stop_kill_and_restart_leave_no_process(classifier_repo):
     assert not _alive(members)
     assert not server.running
     server.stop()  # idempotent
+
+
+SLOW_MODEL = """
+import time
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(60)  # a load that does not finish in time
+
+    def execute(self, requests):
+        return []
+"""
+
+
+def test_a_load_that_does_not_finish_in_time_fails_clearly_and_the_server_keeps_serving(classifier_repo):
+    """Until Triton's own load stalls are gone, a load has a deadline: past it the client gets an
+    error naming the model, the version being loaded and Triton's last log line about it, instead of
+    waiting for ever; the server goes on serving."""
+    slow = classifier_repo / "slow"
+    (slow / "1").mkdir(parents=True)
+    (slow / "1" / "model.py").write_text(SLOW_MODEL)
+    (slow / "config.pbtxt").write_text(
+        'name: "slow"\nbackend: "python"\nmax_batch_size: 0\n'
+        'input { name: "x" data_type: TYPE_FP32 dims: [1] }\n'
+        'output { name: "y" data_type: TYPE_FP32 dims: [1] }\n'
+    )
+    images = seeded_images((3, 32, 32), 1, seed=1)
+    with TritonServer(classifier_repo, models=["image_classifier"], die_with_parent=True) as server:
+        expected = _classify(server, images)
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as caught:
+            server.load("slow", timeout_s=5)
+        assert time.monotonic() - started < 60  # the client gave up at its deadline, not with the load
+        message = str(caught.value)
+        assert "model 'slow': Triton did not finish loading version 1 within 5 s" in message, message
+        assert "loading: slow:1" in message and str(server.log_path) in message, message
+        assert "its processes: tritonserver" in message and "stub slow/1/model.py" in message, message
+        assert np.abs(_classify(server, images) - expected).max() == 0  # still serving
+        with server.client() as client:
+            assert client.is_server_live() and client.is_model_ready("image_classifier")
 
 
 def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
@@ -146,7 +206,7 @@ def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
 
     images = seeded_images((3, 32, 32), 3, seed=5)
     expected = run(ort_session(entry / "1" / "classifier.onnx"), {"input": images})["logits"]
-    with TritonServer(classifier_repo, models=["image_classifier"]) as server:
+    with TritonServer(classifier_repo, models=["image_classifier"], die_with_parent=True) as server:
         assert np.abs(_classify(server, images) - expected).max() <= 1e-5
         logged = server.log_text()
         assert "'intra_op_thread_count': 1, 'inter_op_thread_count': 1" in logged
@@ -175,6 +235,16 @@ def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
 def test_missing_installation_is_one_clear_error(classifier_repo, tmp_path):
     with pytest.raises(MissingDependency, match=r"tritonserver binary is missing: .* run `make setup`"):
         TritonServer(classifier_repo, root=tmp_path).start()
+
+
+def test_a_repository_with_a_symlink_leaving_it_is_refused_before_starting(classifier_repo, tmp_path):
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(classifier_repo / "image_classifier" / "1", outside)
+    (classifier_repo / "image_classifier" / "2").symlink_to(outside)
+    server = TritonServer(classifier_repo, models=["image_classifier"], die_with_parent=True)
+    with pytest.raises(UnsafeInput, match=r"image_classifier/2 is a symlink to .*elsewhere, outside"):
+        server.start()
+    assert server.pid is None and not server.running
 
 
 def test_missing_repository_is_not_found(tmp_path):
@@ -271,6 +341,87 @@ def _children(pid: int) -> list[int]:
     return [child.pid for child in psutil.Process(pid).children()]
 
 
+def _start_serve(repo: Path, log_path: Path, timeout_s: float = 180.0) -> tuple[subprocess.Popen, list[str]]:
+    """`serve` on free ports, read until it says it serves (its lines, with a deadline: a serve that
+    stalls fails the test instead of hanging it)."""
+    command = [sys.executable, "-m", "converters", "serve", "--repository", str(repo)]
+    command += [
+        "--http-port",
+        str(free_port()),
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--log",
+        str(log_path),
+    ]
+    serve = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in iter(serve.stdout.readline, "")], daemon=True
+    ).start()
+    printed: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while not printed or printed[-1] != "Ctrl-C stops it.\n":
+        try:
+            printed.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+        except queue.Empty:
+            serve.kill()
+            raise AssertionError(f"serve did not say it serves within {timeout_s:.0f} s: {printed}") from None
+        if serve.poll() is not None and lines.empty():
+            raise AssertionError(f"serve ended early: {printed} {serve.stderr.read()}")
+    return serve, printed
+
+
+def _server_pid(serve: subprocess.Popen) -> int:
+    return next(p for p in _children(serve.pid) if "tritonserver" in Path(f"/proc/{p}/cmdline").read_text())
+
+
+def test_serve_explains_a_server_killed_under_it_and_leaves_nothing(classifier_repo, tmp_path):
+    """tritonserver killed while `serve` runs: serve ends at once with its family, saying what happened
+    (killed by SIGKILL), not a line Triton prints at every CPU start (CudaDriverHelper, NVML, DCGM)."""
+    serve, _ = _start_serve(classifier_repo, tmp_path / "serve.log")
+    try:
+        members = group_members(_server_pid(serve))
+        os.kill(_server_pid(serve), signal.SIGKILL)
+        _, err = serve.communicate(timeout=120)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+    assert serve.returncode == 1, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: tritonserver was killed by SIGKILL while serving"), line
+    assert "CudaDriverHelper" not in line and "NVML" not in line and str(tmp_path / "serve.log") in line
+    assert not _alive(members)  # serve ended once its whole family had (the stubs included)
+
+
+def test_serve_leaves_the_state_file_of_another_serve(classifier_repo, tmp_path):
+    """A second `serve` took over runs/triton/serve.json: the first one, stopping, must not remove it."""
+    from local_triton.cli import STATE_FILE
+
+    serve, _ = _start_serve(classifier_repo, tmp_path / "serve.log")
+    other = None
+    try:
+        ours = json.loads(STATE_FILE.read_text())
+        assert ours["pid"] == _server_pid(serve)
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # a live pid
+        theirs = {**ours, "pid": other.pid, "http_url": "127.0.0.1:1"}
+        STATE_FILE.write_text(json.dumps(theirs))
+        serve.send_signal(signal.SIGTERM)
+        serve.communicate(timeout=120)
+        assert serve.returncode == 0
+        assert json.loads(STATE_FILE.read_text()) == theirs  # still there, still theirs
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        if other is not None:
+            other.kill()
+            other.wait()
+        STATE_FILE.unlink(missing_ok=True)
+
+
 def test_serve_reports_a_model_that_fails_to_load(classifier_repo, tmp_path):
     (classifier_repo / "image_classifier" / "1" / "model.onnx").write_bytes(b"not an onnx file")
     done = _cli(
@@ -306,7 +457,9 @@ def test_status_without_a_server_says_how_to_start_one():
 
 
 def test_unavailable_is_raised_when_the_server_dies(classifier_repo):
-    server = TritonServer(classifier_repo, models=["image_classifier"], extra_args=["--not-a-flag"])
+    server = TritonServer(
+        classifier_repo, models=["image_classifier"], extra_args=["--not-a-flag"], die_with_parent=True
+    )
     with pytest.raises(Unavailable, match="tritonserver exited with status"):
         server.start(timeout=30)
     assert not server.running
@@ -315,28 +468,9 @@ def test_unavailable_is_raised_when_the_server_dies(classifier_repo):
 def test_serve_killed_outright_takes_the_server_with_it(classifier_repo, tmp_path):
     """SIGKILL on `serve` gives it no chance to clean up: tritonserver still ends (PR_SET_PDEATHSIG),
     and its stubs with it."""
-    http = free_port()
-    command = [sys.executable, "-m", "converters", "serve", "--repository", str(classifier_repo)]
-    command += [
-        "--http-port",
-        str(http),
-        "--grpc-port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--log",
-        str(tmp_path / "s.log"),
-    ]
-    serve = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    serve, _ = _start_serve(classifier_repo, tmp_path / "s.log")
     try:
-        printed = []
-        while not printed or printed[-1] not in ("", "Ctrl-C stops it.\n"):  # "" = serve ended early
-            printed.append(serve.stdout.readline())
-        assert printed[-1] == "Ctrl-C stops it.\n", printed
-        server_pid = next(
-            p for p in _children(serve.pid) if "tritonserver" in Path(f"/proc/{p}/cmdline").read_text()
-        )
-        members = group_members(server_pid)
+        members = group_members(_server_pid(serve))
         assert len(members) >= 2  # the server and a stub
     finally:
         serve.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 
 import pytest
@@ -191,3 +192,25 @@ def test_warmup_samples_that_do_not_fit_the_config_are_refused(sample, words):
     with pytest.raises(InvalidArgument, match="model_warmup") as caught:
         set_warmup(_minilm_config(), [WarmupSample(**sample)])
     assert words in str(caught.value)
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def test_a_new_config_gets_the_mode_every_other_file_gets(tmp_path):
+    """atomic_write's temporary file is created 0600 (mkstemp); the config it becomes must not be."""
+    write_config(tmp_path / "config.pbtxt", _minilm_config())
+    (tmp_path / "other.txt").write_text("x")
+    assert stat.S_IMODE((tmp_path / "config.pbtxt").stat().st_mode) == _default_mode()
+    assert stat.S_IMODE((tmp_path / "other.txt").stat().st_mode) == _default_mode()
+
+
+def test_replacing_a_config_keeps_its_mode(tmp_path):
+    path = write_config(tmp_path / "config.pbtxt", _minilm_config())
+    path.chmod(0o640)
+    write_config(path, _minilm_config(max_batch_size=8))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert read_config(path).max_batch_size == 8

@@ -19,7 +19,7 @@ import pytest
 from core.errors import InvalidArgument, NotFound, PublishError, UnsafeInput
 from core.repository import HOOK_POINTS, Repository, parse_ref, validate_name
 from core.tasks import TensorSpec
-from core.triton_config import build_config, read_config
+from core.triton_config import build_config, read_config, version_policy, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUT = TensorSpec("input", "FP32", (-1, 4), {0: "batch"})
@@ -308,3 +308,156 @@ def test_refs_parse_and_missing_ones_name_what_exists(repo):
 def test_manifest_json_is_plain_json(repo):
     text = (repo.version_dir("existing", 1) / "manifest.json").read_text()
     assert json.loads(text)["task"] == "image-classification"
+
+
+# ---- served history: rollback returns to what was served before ------------------------------------
+
+
+def served(repo: Repository, name: str = "existing") -> list[int]:
+    return repo.served_versions(name)
+
+
+def test_rollback_returns_to_what_was_served_before_not_the_previous_number(repo):
+    """The issue's sequence: v2 -> rollback -> v3 published -> rollback serves v1 again, which was served
+    before v3; v2 was never served since."""
+    publish_files(repo, "existing", b"v2")
+    assert repo.rollback("existing") == [1]
+    publish_files(repo, "existing", b"v3")  # the converters' config serves the latest again
+    assert served(repo) == [3]
+    assert repo.rollback("existing") == [1]
+    assert served(repo) == [1] and repo.versions("existing") == [1, 2, 3]  # nothing deleted
+    with pytest.raises(InvalidArgument, match="oldest.*nothing to roll back") as caught:
+        repo.rollback("existing")
+    assert caught.value.field == "name"
+
+
+def test_each_rollback_goes_one_step_further_back(repo):
+    publish_files(repo, "existing", b"v2")
+    publish_files(repo, "existing", b"v3")
+    assert [repo.rollback("existing"), repo.rollback("existing")] == [[2], [1]]
+    assert [entry["served"] for entry in repo.served_history("existing")] == [[1]]
+
+
+def test_a_chosen_version_is_history_too(repo):
+    """`rollback --to N` and `--to latest` are changes like any other: a rollback after one undoes it."""
+    publish_files(repo, "existing", b"v2")
+    publish_files(repo, "existing", b"v3")
+    repo.set_version_policy("existing", [1])
+    assert repo.rollback("existing") == [3]
+    repo.set_version_policy("existing", [2])
+    repo.set_version_policy("existing", "latest")
+    assert repo.rollback("existing") == [2]
+    assert [entry["served"] for entry in repo.served_history("existing")] == [[1], [2], [3], [2]]
+
+
+def test_a_publish_that_does_not_change_what_is_served_is_not_history(repo):
+    repo.set_version_policy("existing", [1])
+    with repo.stage("existing") as staged:  # the same config: version 2 is published, not served
+        (staged.dir / "model.onnx").write_bytes(b"v2")
+        repo.commit(staged, repo.config("existing"), {"task": "image-classification"})
+    assert served(repo) == [1]
+    assert [entry["served"] for entry in repo.served_history("existing")] == [[1]]
+
+
+def test_served_history_lives_in_the_entry_and_changes_with_the_config_in_one_step(repo, monkeypatch):
+    publish_files(repo, "existing", b"v2")
+    history = repo.model_dir("existing") / "served_history.json"
+    entries = json.loads(history.read_text())["entries"]
+    assert [e["served"] for e in entries] == [[1], [2]] and all(e["at"].endswith("Z") for e in entries)
+    before = tree_hash(repo.root)
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("core.repository.exchange", no_space)
+    with pytest.raises(PublishError, match="disk full"):
+        repo.rollback("existing")
+    assert tree_hash(repo.root) == before  # neither the config nor the history changed
+    monkeypatch.undo()
+    assert repo.rollback("existing") == [1]
+    assert [e["served"] for e in json.loads(history.read_text())["entries"]] == [[1]]
+
+
+def test_without_a_history_rollback_takes_the_version_numbered_before(repo):
+    """An entry published before the served history existed (or whose history was removed): rollback
+    falls back to the version before the one served, as it always did."""
+    publish_files(repo, "existing", b"v2")
+    publish_files(repo, "existing", b"v3")
+    (repo.model_dir("existing") / "served_history.json").unlink()
+    assert repo.rollback("existing") == [2]
+    assert repo.rollback("existing") == [1]
+
+
+def test_a_config_edited_by_hand_joins_the_history(repo):
+    publish_files(repo, "existing", b"v2")
+    config = repo.config("existing")
+    config.version_policy.CopyFrom(version_policy([1]))
+    write_config(repo.model_dir("existing") / "config.pbtxt", config)  # not through the repository
+    assert repo.rollback("existing") == [2]  # what was served before the edit
+
+
+# ---- symlinks that leave the repository --------------------------------------------------------------
+
+
+def test_a_model_folder_linked_outside_the_repository_is_refused(repo, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (repo.root / "linked").symlink_to(outside)
+    with pytest.raises(UnsafeInput, match=r"linked.* is a symlink to .*elsewhere, outside") as caught:
+        publish_files(repo, "linked", b"v1")
+    assert caught.value.field == "name"
+    assert list(outside.iterdir()) == []  # nothing written outside
+    for read in (repo.models, lambda: repo.versions("linked"), lambda: repo.manifest("linked")):
+        with pytest.raises(UnsafeInput, match="outside"):
+            read()
+
+
+def test_a_version_folder_linked_outside_the_repository_is_refused(repo, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "model.onnx").write_bytes(b"not ours")
+    (repo.model_dir("existing") / "2").symlink_to(outside)
+    for read in (
+        lambda: repo.versions("existing"),
+        lambda: repo.served_versions("existing"),
+        lambda: repo.version_dir("existing", 2),
+    ):
+        with pytest.raises(UnsafeInput, match=r"existing/2 is a symlink to .*elsewhere, outside"):
+            read()
+    # A config-changing publish would hard-link every version: never the outside files.
+    with pytest.raises(UnsafeInput, match="outside"):
+        publish_files(repo, "existing", b"v3", max_batch_size=16)
+    assert (outside / "model.onnx").stat().st_nlink == 1
+    with pytest.raises(UnsafeInput, match="outside"):
+        repo.set_version_policy("existing", [1])
+
+
+def test_a_file_linked_outside_the_repository_is_never_hard_linked(repo, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not ours")
+    (repo.version_dir("existing", 1) / "extra.txt").symlink_to(secret)
+    with pytest.raises(UnsafeInput, match=r"existing/1/extra.txt is a symlink to .*secret.txt, outside"):
+        publish_files(repo, "existing", b"v2", max_batch_size=16)
+    assert secret.stat().st_nlink == 1
+    with pytest.raises(UnsafeInput, match="outside"):
+        repo.check_links()
+
+
+def test_symlinks_inside_the_repository_stay_symlinks(repo):
+    (repo.version_dir("existing", 1) / "alias.onnx").symlink_to("model.onnx")
+    publish_files(repo, "existing", b"v2", max_batch_size=16)  # the whole entry is rebuilt
+    alias = repo.version_dir("existing", 1) / "alias.onnx"
+    assert alias.is_symlink() and os.readlink(alias) == "model.onnx" and alias.read_bytes() == b"v1"
+
+
+def test_the_rollback_command_returns_to_what_was_served_before(repo, capsys):
+    from converters.cli import main
+
+    def rollback() -> list[int]:
+        assert main(["rollback", "existing", "--repository", str(repo.root)]) == 0
+        return json.loads(capsys.readouterr().out)["served"]
+
+    publish_files(repo, "existing", b"v2")
+    assert rollback() == [1]
+    publish_files(repo, "existing", b"v3")
+    assert rollback() == [1]  # not 2: version 2 was not served before version 3

@@ -366,6 +366,32 @@ def test_image_decode_normalises_as_the_manifest_declares(model_repo):
     assert pipeline.from_array(np.zeros((8, 8, 3)).tolist(), "array").shape == (3, 32, 32)
 
 
+def test_image_normalisation_equals_values_computed_by_hand():
+    """(pixel / 255 - mean) / std per channel, with a mean and a std that differ in every channel, so
+    swapping them (or the channels) changes the result; the expected values are worked out by hand."""
+    pipeline = ImagePipeline.from_manifest(
+        {"channels": 3, "height": 2, "width": 2, "mean": [0.5, 0.25, 0.125], "std": [0.25, 0.5, 2.0]},
+        4096,
+        "test",
+    )
+    pixels = np.array(
+        [[[255, 0, 255], [0, 255, 0]], [[0, 0, 0], [255, 255, 255]]], dtype=np.uint8
+    )  # HWC: red+blue, green / black, white
+    # R: 255 -> (1 - 0.5) / 0.25 = 2, 0 -> (0 - 0.5) / 0.25 = -2
+    # G: 255 -> (1 - 0.25) / 0.5 = 1.5, 0 -> -0.5
+    # B: 255 -> (1 - 0.125) / 2 = 0.4375, 0 -> -0.0625
+    expected = np.array(
+        [
+            [[2.0, -2.0], [-2.0, 2.0]],
+            [[-0.5, 1.5], [-0.5, 1.5]],
+            [[0.4375, -0.0625], [-0.0625, 0.4375]],
+        ],
+        dtype=np.float32,
+    )
+    np.testing.assert_allclose(pipeline.from_array(pixels.tolist(), "array"), expected, atol=1e-6)
+    np.testing.assert_allclose(pipeline.decode(png(pixels), "image"), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("call", "error", "words"),
     [

@@ -29,6 +29,9 @@ Docker. What it honours from ``config.pbtxt``:
   ``intra_op_thread_count``, ``inter_op_thread_count``, ``execution_mode``, ``enable_mem_arena``,
   ``enable_mem_pattern``; and any ``session.*`` key as an ONNX Runtime session config entry
   (``session.intra_op.allow_spinning`` defaults to "0": idle pool threads would take CPU from Triton).
+  Thread counts the config leaves unset come from the server's ``--backend-config=onnxruntime,...``
+  (as for the native backend), else the intra-op pool follows the container's CPU limit
+  (``backend_thread_defaults``).
 - ``default_model_filename`` (default ``model.onnx``) inside the version folder being loaded.
 
 A request that does not fit (an inconsistent shape, a type the model cannot take) fails alone with a
@@ -102,6 +105,51 @@ def _parameter_error(model: str, key: str, raw: str, allowed: str, example: str)
     )
 
 
+# Where the entry point (local_triton/entrypoint.py) puts the server's
+# ``--backend-config=onnxruntime,intra_op_thread_count=N`` (and inter_op): Triton hands backend configs
+# to native backends only, so the python backend running this file never sees them otherwise.
+BACKEND_CONFIG_ENV = {
+    "intra_op_thread_count": "MODELPACK_ORT_INTRA_OP_THREADS",
+    "inter_op_thread_count": "MODELPACK_ORT_INTER_OP_THREADS",
+}
+
+
+def cpu_limit(cgroup: str = "/sys/fs/cgroup") -> int | None:
+    """The CPUs this process may use under its cgroup's CPU quota (rounded up), or None without a
+    quota: cgroup v2 ``cpu.max`` ("200000 100000"), else v1 ``cpu/cpu.cfs_quota_us`` / ``cfs_period_us``."""
+    try:
+        with open(os.path.join(cgroup, "cpu.max"), encoding="ascii") as handle:
+            quota, _, period = handle.read().strip().partition(" ")
+    except OSError:
+        try:
+            with open(os.path.join(cgroup, "cpu", "cpu.cfs_quota_us"), encoding="ascii") as handle:
+                quota = handle.read().strip()
+            with open(os.path.join(cgroup, "cpu", "cpu.cfs_period_us"), encoding="ascii") as handle:
+                period = handle.read().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1") or not quota.lstrip("-").isdigit() or not period.isdigit() or int(period) <= 0:
+        return None
+    return max(1, -(-int(quota) // int(period)))
+
+
+def backend_thread_defaults(environ, cgroup: str = "/sys/fs/cgroup") -> dict[str, int]:
+    """The thread counts of a model whose config does not set them, as NVIDIA's native backend takes
+    them: the server's ``--backend-config=onnxruntime,...`` values (through ``BACKEND_CONFIG_ENV``);
+    else, for the intra-op pool, the CPUs of the container's CPU limit when that is below the cores
+    this process may run on (ONNX Runtime's own default counts the machine's cores, so a container
+    limited to 2 CPUs on a 64-core node would start 64 threads); else 0, ONNX Runtime's default."""
+    defaults = {}
+    for key, variable in BACKEND_CONFIG_ENV.items():
+        raw = str(environ.get(variable, "")).strip()
+        defaults[key] = int(raw) if raw.isdigit() else 0
+    if defaults["intra_op_thread_count"] == 0:
+        limit = cpu_limit(cgroup)
+        if limit is not None and limit < len(os.sched_getaffinity(0)):
+            defaults["intra_op_thread_count"] = limit
+    return defaults
+
+
 def _session_options(model: str, config: dict, ort) -> tuple[object, dict]:
     """ONNX Runtime session options from the config, and what was set (for the load log line).
 
@@ -113,11 +161,12 @@ def _session_options(model: str, config: dict, ort) -> tuple[object, dict]:
     parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
     options = ort.SessionOptions()
     settings: dict[str, object] = {}
+    defaults = backend_thread_defaults(os.environ)
     for key in _INT_PARAMETERS:
         raw = parameters.get(key, "0")
         if not raw.strip().isdigit():
             raise _parameter_error(model, key, raw, "a whole number >= 0 (0 = ONNX Runtime default)", "2")
-        settings[key] = int(raw)
+        settings[key] = int(raw) or defaults[key]
     options.intra_op_num_threads = settings["intra_op_thread_count"]
     options.inter_op_num_threads = settings["inter_op_thread_count"]
     if "execution_mode" in parameters:
