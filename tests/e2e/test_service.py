@@ -439,6 +439,38 @@ def test_tokenize_triton_sends_the_newest_versions_texts_to_the_ensemble(text_be
     assert bento.client.get("/readyz").status_code == 200
 
 
+def test_openai_embeddings_through_the_ensemble_count_the_models_tokens(text_bento):
+    """/v1/embeddings pinned (``version``, the openai client's extra_body) to the version whose texts go
+    to minilm_text: the embeddings equal the in-process pipeline's, and ``usage`` counts the tokens the
+    model was given (transformers' tokenizer of that version, truncated at its max_length), though the
+    ensemble answers with the embeddings only."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    bento, triton = text_bento
+    version_dir = Path(triton.repository) / "minilm" / "2"
+    texts = [SENTENCES[0], SENTENCES[3] * 40, "short"]
+
+    def ensemble_count() -> int:
+        return int(triton.statistics("minilm_text")["model_stats"][0].get("inference_count", 0))
+
+    before = ensemble_count()
+    response = post(bento, "/v1/embeddings", {"model": "minilm", "input": texts, "version": 2})
+    assert response.status_code == 200, response.text
+    # Triton counts a request after answering it.
+    wait_for(lambda: ensemble_count() > before, "minilm_text's inference count moving", timeout_s=10)
+    body = response.json()
+    np.testing.assert_allclose(
+        [d["embedding"] for d in body["data"]], reference_outputs(version_dir, texts), atol=1e-5
+    )
+    max_length = json.loads((version_dir / "manifest.json").read_text())["preprocessing"]["max_length"]
+    tokenizer = AutoTokenizer.from_pretrained(version_dir / "tokenizer")
+    tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+    assert tokens > 3 * 3  # the long text was counted, truncated
+
+
 # A request either gets its answer from the service (which gives up on Triton after triton.timeout_s,
 # 2 s here) or hangs until the client gives up. The client's timeout is set far above the service's, so
 # "answered before the client gave up" tells the two apart on a machine of any speed; no test asserts
