@@ -66,6 +66,12 @@ log = logging.getLogger(__name__)
 OFFLOAD_TEXT_CHARS = 20_000
 
 
+def text_chars(inputs: Texts) -> int:
+    """The characters of a request's texts; items that are not text (OpenAI's token arrays, refused by
+    the text preprocessing with what to send instead) count for nothing."""
+    return sum(len(t) for f in inputs.fields for t in f.texts if isinstance(t, str))
+
+
 def as_declared(outputs: dict[str, np.ndarray], chosen: VersionEntry) -> dict[str, np.ndarray]:
     """Triton's outputs in the manifest's shapes: a [batch] output comes back as [batch, 1] (its config
     declares dims [1], reshaped to [] for the model) and is given as [batch]."""
@@ -130,7 +136,7 @@ class RequestPath:
             tensors = await self._preprocess(task.input_kind, inputs, chosen)
             counted = request
             if reply.reply == "openai_embeddings":  # OpenAI's answer reports the tokens in `usage`
-                counted = replace(request, tokens=token_counts(tensors, inputs, chosen))
+                counted = replace(request, tokens=await self._token_counts(tensors, inputs, chosen))
             self.health.raise_if_down()
             # Text rows may merge with others zero-padded (masked out); other tensors merge only with
             # rows of their own shapes. The tensors task answers with every output, the others with one.
@@ -229,9 +235,16 @@ class RequestPath:
         """The request's tensors for ``chosen``: short texts on the event loop, everything else in the
         decoding threads (``_decoded``)."""
         limits = self.settings.limits
-        if kind == "text" and sum(len(t) for f in inputs.fields for t in f.texts) <= OFFLOAD_TEXT_CHARS:
+        if kind == "text" and text_chars(inputs) <= OFFLOAD_TEXT_CHARS:
             return PREPROCESS[kind](inputs, chosen, limits)
         return await self._decoded(PREPROCESS[kind], inputs, chosen, limits)
+
+    async def _token_counts(self, tensors: dict, inputs: Texts, chosen: VersionEntry) -> tuple[int, ...]:
+        """Tokens per text for OpenAI's ``usage``: from the attention mask, or, for texts going to the
+        ensemble, tokenized again for the count, in the decoding threads as ``_preprocess`` would."""
+        if "attention_mask" in tensors or text_chars(inputs) <= OFFLOAD_TEXT_CHARS:
+            return token_counts(tensors, inputs, chosen)
+        return await self._decoded(token_counts, tensors, inputs, chosen)
 
     async def _decoded(self, work: Callable, *args):
         """``work(*args)`` in the decoding threads, within ``limits.decode_timeout_s`` (a job still

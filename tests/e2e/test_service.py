@@ -375,12 +375,12 @@ def test_canary_split_and_pinning(canary):
 
 
 @pytest.fixture(scope="module")
-def text_bento(canary, service_config, tmp_path_factory):
+def text_bento(canary_servers, service_config, tmp_path_factory):
     """A second Bento on the canary's Triton, its text models with ``tokenize: triton``: the newest
     served version's texts go to NAME_text, the others' are tokenized here (an ensemble is not pinned)."""
     from serving.launcher import BentoServer
 
-    _, triton = canary
+    _, triton = canary_servers
     folder = tmp_path_factory.mktemp("text_bento")
     config = service_config(
         folder / "service.yaml",
