@@ -209,14 +209,10 @@ class RequestPath:
         except ToolkitError as err:
             response = error_response(err, errors)
             level = logging.WARNING if response.status_code < 500 else logging.ERROR
-            log.log(
-                level,
-                "%s %s: %s",
-                route,
-                response.status_code,
-                err,
-                extra={"fields": {"endpoint": route, "status": response.status_code}},
-            )
+            fields = {"endpoint": route, "status": response.status_code}
+            if getattr(err, "detail", None):  # e.g. Triton's address and gRPC error: for the log only
+                fields["detail"] = err.detail
+            log.log(level, "%s %s: %s", route, response.status_code, err, extra={"fields": fields})
         except Exception:  # a bug: answer 500 with the request id (and count it) rather than lose it
             log.exception(
                 "%s 500: unexpected error", route, extra={"fields": {"endpoint": route, "status": 500}}

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.repository import HOOK_POINTS, MANIFEST, Repository
+from core.repository import HISTORY, HOOK_POINTS, MANIFEST, Repository
 
 MODES = ("same-config", "new-config")
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def tree_digest(root: Path) -> str:
     """sha256 over every entry under ``root``: relative path, type, mode and, for files, the bytes (a
-    manifest's ``created_at``, the one thing two runs of one publish write differently, left out)."""
+    manifest's ``created_at`` and the served history's times, the only things two runs of one publish
+    write differently, left out)."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
         info = path.lstat()
@@ -40,6 +41,11 @@ def tree_digest(root: Path) -> str:
                 manifest = json.loads(data)
                 manifest.pop("created_at", None)
                 data = json.dumps(manifest, sort_keys=True).encode()
+            elif path.name == HISTORY:  # its entries' times, likewise
+                history = json.loads(data)
+                for entry in history.get("entries", []):
+                    entry.pop("at", None)
+                data = json.dumps(history, sort_keys=True).encode()
             digest.update(data)
     return digest.hexdigest()
 

@@ -63,7 +63,11 @@ def test_a_quick_run_completes_with_every_section(quick_run, model_repo):
     assert done.stdout.strip().splitlines()[-len(result["goals"]) :][0].startswith("0 5xx")
     assert (out / "faults.md").read_text().count("| ") >= len(result["goals"])
     # The repository given was copied, never changed.
-    assert sorted(p.name for p in (model_repo / "image_classifier").iterdir()) == ["1", "config.pbtxt"]
+    assert sorted(p.name for p in (model_repo / "image_classifier").iterdir()) == [
+        "1",
+        "config.pbtxt",
+        "served_history.json",
+    ]
 
 
 def test_the_figures_agree_with_one_another(quick_run):

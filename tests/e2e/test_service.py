@@ -518,7 +518,12 @@ def test_triton_killed_mid_run_gives_503_then_recovers(canary):
             down = wait_for(not_200, "an answer other than 200 after Triton was killed")
             assert down.status_code == 503 and down.headers["Retry-After"] == "3", down.text
             assert "Triton" in down.json()["error"]
-            assert bento.client.get("/readyz", timeout=CLIENT_TIMEOUT_S).status_code == 503
+            # /readyz answers from the background check (every triton.ready_interval_s): the next one
+            # finds Triton gone.
+            wait_for(
+                lambda: bento.client.get("/readyz", timeout=CLIENT_TIMEOUT_S).status_code == 503,
+                "/readyz 503 after Triton was killed",
+            )
             triton.start()
             restarted = len(outcomes)
             wait_for(lambda: any(s == 200 for s, _, _ in outcomes[restarted:]), "a 200 after the restart")

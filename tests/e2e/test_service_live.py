@@ -93,16 +93,20 @@ def test_publish_and_rollback_are_followed_without_a_restart(live):
 
     bento, triton, repo = live
     pid = bento.pid
-    assert bento.client.post("/predict", json={"array": ARRAY}).json()["version"] == 1
+    repository = Repository(repo)
+    # The module's tests share the stack and run in any order: start from whatever version is served.
+    start = bento.client.post("/predict", json={"array": ARRAY}).json()["version"]
+    repository.set_version_policy("image_classifier", [start])
     client = Client(bento)
     client.start()
     try:
-        assert publish_copy(Repository(repo), "image_classifier", 1) == 2
+        new = publish_copy(repository, "image_classifier", start)
+        repository.set_version_policy("image_classifier", "latest")
         triton.load("image_classifier")
-        wait_for_version(bento, triton, 2)
-        Repository(repo).set_version_policy("image_classifier", [1])  # `converters rollback --to 1`
+        wait_for_version(bento, triton, new)
+        repository.set_version_policy("image_classifier", [start])  # `converters rollback`
         triton.load("image_classifier")
-        wait_for_version(bento, triton, 1)
+        wait_for_version(bento, triton, start)
         time.sleep(0.5)
     finally:
         outcomes = client.stop()
@@ -110,10 +114,10 @@ def test_publish_and_rollback_are_followed_without_a_restart(live):
     assert outcomes and not failed, f"{len(failed)} of {len(outcomes)} failed: {failed[:5]}\n" + logs(
         bento, triton
     )
-    assert {version for _, version in outcomes} == {1, 2}
+    assert {version for _, version in outcomes} == {start, new}
     assert bento.pid == pid and bento.running
     models = bento.client.get("/models").json()["models"][0]
-    assert [(v["version"], v["weight"]) for v in models["versions"] if v["weight"]] == [(1, 1.0)]
+    assert [(v["version"], v["weight"]) for v in models["versions"] if v["weight"]] == [(start, 1.0)]
 
 
 def test_a_version_triton_has_not_loaded_is_503_saying_so(live):
@@ -122,8 +126,9 @@ def test_a_version_triton_has_not_loaded_is_503_saying_so(live):
 
     bento, triton, repo = live
     repository = Repository(repo)
+    before = bento.client.post("/predict", json={"array": ARRAY}).json()["version"]
     repository.set_version_policy("image_classifier", "latest")
-    version = publish_copy(repository, "image_classifier", 1)  # published, not loaded
+    version = publish_copy(repository, "image_classifier", before)  # published, not loaded
     deadline = time.monotonic() + 30
     while version not in [v["version"] for v in bento.client.get("/models").json()["models"][0]["versions"]]:
         assert time.monotonic() < deadline, "the published version never appeared in /models\n" + logs(
@@ -138,6 +143,6 @@ def test_a_version_triton_has_not_loaded_is_503_saying_so(live):
     assert pinned.headers["Retry-After"] == "2"
     # Unpinned requests stay on the version Triton serves until the new one is loaded.
     unpinned = bento.client.post("/predict", json={"array": ARRAY})
-    assert unpinned.status_code == 200 and unpinned.json()["version"] == 1, unpinned.text
+    assert unpinned.status_code == 200 and unpinned.json()["version"] == before, unpinned.text
     triton.load("image_classifier")
     wait_for_version(bento, triton, version)

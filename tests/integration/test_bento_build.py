@@ -213,7 +213,7 @@ def hadolint(dockerfile: Path, ignored: dict[str, str]) -> subprocess.CompletedP
 def test_bento_dockerfile_passes_hadolint(built_bento):
     dockerfile = built_bento / "env" / "docker" / "Dockerfile"
     text = dockerfile.read_text()
-    assert "EXPOSE 3000" in text and "USER bentoml" in text and "install.sh" in text
+    assert "EXPOSE 3000" in text and "USER bentoml" in text
     # The service binds 127.0.0.1 unless told otherwise; in the container it is told (issue 15).
     assert "ARG BENTOML_HOST=0.0.0.0" in text and "ENV BENTOML_HOST=$BENTOML_HOST" in text
     assert "pip install -r $BENTO_PATH/env/python/requirements.txt" in text  # the pinned closure

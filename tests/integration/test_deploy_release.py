@@ -219,8 +219,14 @@ def test_gpu_export_caches_tensorrt_engines_per_model_content(writable_model_rep
     )
     assert release.release_problems(first.destination, "gpu") == []
     # New weights, new engine folder: ONNX Runtime would otherwise load the stale engine.
+    import onnx
+    from onnx import numpy_helper
+
     model = writable_model_repo / "minilm" / "1" / "model.onnx"
-    model.write_bytes(model.read_bytes() + b"\0")
+    graph = onnx.load(str(model))
+    weights = graph.graph.initializer[0]
+    weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * 1.001, weights.name))
+    onnx.save(graph, str(model))
     second = release.export(writable_model_repo, tmp_path / "b", "gpu")
     assert cache_path(second.destination)["trt_engine_cache_path"] != parameters["trt_engine_cache_path"]
 

@@ -216,6 +216,7 @@ def test_backend_honours_thread_parameters_and_model_filename(classifier_repo):
             # Without batching (max_batch_size 0) the request's shape is the model's, batch axis included.
             unbatched = client.get_model_config("image_classifier")
             unbatched.pop("dynamic_batching", None)
+            unbatched.pop("model_warmup", None)  # its samples are batched ones
             unbatched["max_batch_size"] = 0
             unbatched["input"][0]["dims"] = [-1, 3, 32, 32]
             unbatched["output"][0]["dims"] = [-1, 10]

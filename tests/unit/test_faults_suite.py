@@ -13,7 +13,7 @@ from benchmarks.faults.publish import tree_digest
 from benchmarks.faults.run import goals
 
 
-def test_tree_digest_sees_bytes_names_and_modes_but_not_created_at(model_repo, tmp_path):
+def test_tree_digest_sees_bytes_names_and_modes_but_not_the_times_of_a_publish(model_repo, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(model_repo / "image_classifier", repo / "image_classifier")
     before = tree_digest(repo)
@@ -21,7 +21,16 @@ def test_tree_digest_sees_bytes_names_and_modes_but_not_created_at(model_repo, t
     data = json.loads(manifest.read_text())
     data["created_at"] = "2000-01-01T00:00:00Z"
     manifest.write_text(json.dumps(data))
+    history = repo / "image_classifier" / "served_history.json"
+    recorded = json.loads(history.read_text())
+    for entry in recorded["entries"]:
+        entry["at"] = "2000-01-01T00:00:00Z"
+    history.write_text(json.dumps(recorded))
     assert tree_digest(repo) == before  # two runs of one publish differ only there
+    recorded["entries"][-1]["served"] = [7]
+    history.write_text(json.dumps(recorded))
+    assert tree_digest(repo) != before
+    history.write_text(json.dumps({**recorded, "entries": [{**recorded["entries"][-1], "served": [1]}]}))
     config = repo / "image_classifier" / "config.pbtxt"
     mode = config.stat().st_mode & 0o777
     config.chmod(mode ^ 0o004)
