@@ -106,12 +106,17 @@ faults-quick: setup
 
 setup: $(SETUP_TARGETS)
 
-# The main venv: the full pinned closure from requirements.lock, then this project (editable-free:
-# the repository root is on sys.path when commands run from it).
-$(VENV)/.installed: requirements.lock
+# The main venv (editable-free: the repository root is on sys.path when commands run from it): torch's
+# CPU build (requirements-torch.txt, no dependencies), then everything else from requirements.lock,
+# every file checked against its hash. torch comes from where pip's configuration finds it, else from
+# PyTorch's CPU index (TORCH_INDEX): never the CUDA build PyPI serves under the same version.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+$(VENV)/.installed: requirements.lock requirements-torch.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==26.3
-	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -r requirements-torch.txt 2>/dev/null \
+	  || $(PY) -m pip install --quiet --no-deps --extra-index-url $(TORCH_INDEX) -r requirements-torch.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
 	touch $@
 
 # ---- the main job: make demo ----
@@ -146,9 +151,20 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Rebuild requirements.lock from pyproject's pinned direct dependencies in a scratch venv.
-lock:
-	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet $$($(PYTHON) -c "import tomllib; print(' '.join(repr(d) for d in tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" | tr -d "'")
-	.venv-lock/bin/pip freeze | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements.lock
-	rm -rf .venv-lock
+# Recompile requirements.lock (uv, hashed): pyproject.toml's dependencies and every dependency group
+# (`dev` includes the others), for this Python, torch left out (requirements-torch.txt) but its own
+# dependencies in, resolved against its CPU build: from the wheel folder pip's configuration names,
+# else from TORCH_INDEX (never PyPI's CUDA build and its nvidia-* packages). Pins already in the lock
+# are kept unless pyproject.toml asks otherwise (`make lock UPGRADE=--upgrade` moves them all). Then
+# the bento's requirements-service.txt: the closure of requirements-service.in at the lock's pins,
+# hashed too (BentoML's build keeps the hashes and pip checks them in the image).
+TORCH_WHEELS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+UV_TORCH_SOURCE = $(if $(TORCH_WHEELS),--find-links $(TORCH_WHEELS),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
+lock: $(VENV)/.installed
+	$(VENV)/bin/uv pip compile pyproject.toml --group dev --generate-hashes --no-emit-package torch \
+	  --python $(PYTHON) $(UV_TORCH_SOURCE) --constraint requirements-torch.txt $(UPGRADE) \
+	  --custom-compile-command "make lock" \
+	  --output-file requirements.lock --quiet
+	$(VENV)/bin/uv pip compile requirements-service.in --constraint requirements.lock --generate-hashes \
+	  --python $(PYTHON) $(UV_TORCH_SOURCE) --custom-compile-command "make lock" \
+	  --output-file requirements-service.txt --quiet

@@ -18,7 +18,7 @@ unless told otherwise (``--host`` or ``$BENTOML_HOST``; the bento's image sets `
 """
 
 import gc
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import bentoml
 from fastapi import FastAPI, Request
@@ -57,6 +57,11 @@ ModelName = Annotated[
 )
 @bentoml.asgi_app(models_app, path="/")
 class ModelService:
+    @bentoml.on_deployment
+    def json_logs() -> None:
+        """``bentoml serve``'s own process (once, before the workers start) logs JSON lines too."""
+        configure_logging()
+
     def __init__(self) -> None:
         configure_logging()
         die_with_parent()
@@ -101,6 +106,37 @@ class ModelService:
         """Candidates ranked by cosine similarity to the query, best first."""
         inputs = Texts.of(query=query, candidates=candidates)
         return await self.requests.serve("/similarity", model, version, inputs, top_k=top_k)
+
+    @bentoml.api(route="/v1/embeddings")
+    async def openai_embeddings(
+        self,
+        input: Annotated[
+            # Any list, so that OpenAI's token arrays reach the request path and are refused there with
+            # what to send instead (text: each model tokenizes with its own tokenizer).
+            str | list[str] | list[Any],
+            Field(description="a text or a list of texts (token arrays are refused: send text)"),
+        ],
+        model: Annotated[
+            str | None,
+            Field(description="a configured feature-extraction model; may be left out when there is one"),
+        ] = None,
+        encoding_format: Annotated[
+            Literal["float", "base64"], Field(description="base64: little-endian float32 bytes")
+        ] = "float",
+        dimensions: Annotated[int | None, Field(ge=1, description="only the model's own width")] = None,
+        user: Annotated[str | None, Field(description="accepted and ignored")] = None,
+        version: Version = None,
+    ) -> dict:
+        """OpenAI's embeddings API: ``data[].embedding`` in input order, ``usage`` in tokens. ``version``
+        (ours, not OpenAI's: the openai client's ``extra_body``) pins a version as on every route."""
+        return await self.requests.serve(
+            "/v1/embeddings",
+            model,
+            version,
+            Texts.of(input=input),
+            encoding_format=encoding_format,
+            dimensions=dimensions,
+        )
 
     # ---- text-classification ----
 

@@ -1,27 +1,33 @@
 """``python -m benchmarks``: the benchmark run, and the batching tuner.
 
-python -m benchmarks [--quick] [--out DIR] [--repository DIR] [--workloads a,b] [--stacks a,b]
-python -m benchmarks tune NAME --p99-ms X [--repository DIR]
-python -m benchmarks faults [--quick] [--out DIR] [--repository DIR] [--sections a,b]
+python -m benchmarks [--quick] [--out DIR] [--repository DIR] [--workloads a,b] [--stacks a,b] [--json]
+python -m benchmarks tune NAME --p99-ms X [--repository DIR] [--json]
+python -m benchmarks faults [--quick] [--out DIR] [--repository DIR] [--sections a,b] [--json]
+python -m benchmarks completion bash|zsh|tcsh
 
-The run is the command itself (no sub-command); ``tune`` and ``faults`` are its sub-commands, listed in
---help.
+The run is the command itself (no sub-command); ``tune``, ``faults`` and ``completion`` are its
+sub-commands, listed in --help. Each prints one document on stdout (its human form, or JSON with
+``--json``), logs go to stderr, and a terminal shows a progress display while it runs (core/cli.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
 import sys
 from pathlib import Path
 
+from core.cli import add_completion_command, add_json_flag, add_version_flag, emit, progress
 from core.errors import InvalidArgument, ToolkitError
 
 log = logging.getLogger(__name__)
 
 TIME_SCALE_ENV = "MODELPACK_BENCH_TIME_SCALE"
+# The command name shell completion binds to (a function or alias running `python -m benchmarks`).
+COMPLETION_COMMAND = "modelpack-bench"
 
 
 def _csv_list(text: str) -> list[str]:
@@ -52,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         usage="python -m benchmarks [--quick] [--out DIR] [--repository DIR] [--workloads A,B] "
-        "[--stacks A,B] [--time-scale F] [-v]\n       python -m benchmarks tune NAME --p99-ms X [...] "
-        "(python -m benchmarks tune --help)\n       python -m benchmarks faults [--quick] [...] "
-        "(python -m benchmarks faults --help)",
+        "[--stacks A,B] [--time-scale F] [--json] [-v] [--version]\n"
+        "       python -m benchmarks tune NAME --p99-ms X [...] (python -m benchmarks tune --help)\n"
+        "       python -m benchmarks faults [--quick] [...] (python -m benchmarks faults --help)\n"
+        "       python -m benchmarks completion bash|zsh|tcsh",
         description="Measure the ONNX Runtime ceiling, Triton direct (perf_analyzer, with CPU time per "
         "item), the Bento service and a FastAPI-eager baseline (Locust) in one run; write summary.json, "
         "report.md and plots. With the sub-command `tune`: Triton's batching settings, by measurement.",
@@ -90,10 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"multiply every measurement duration by this factor (also ${TIME_SCALE_ENV}); for smoke tests",
     )
+    add_json_flag(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_version_flag(parser)
     commands = parser.add_subparsers(dest="command", title="sub-commands", metavar="COMMAND")
     add_tune_parser(commands)
     add_faults_parser(commands)
+    add_completion_command(commands, parser, COMPLETION_COMMAND)
     return parser
 
 
@@ -126,6 +136,7 @@ def add_faults_parser(commands) -> argparse.ArgumentParser:
         default=None,
         help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all)",
     )
+    add_json_flag(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -180,6 +191,7 @@ def add_tune_parser(commands) -> argparse.ArgumentParser:
         help="run folder, new or empty: tuning.json, tuning.csv, raw perf_analyzer files under raw/ "
         "(default runs/tune-<name>-<UTC time>/)",
     )
+    add_json_flag(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -223,36 +235,54 @@ def main_run(args: argparse.Namespace, argv: list[str]) -> int:
         repository=args.repository,
         command="python -m benchmarks " + shlex.join(argv) if argv else "python -m benchmarks",
     )
-    summary, paths = run_benchmarks(options)
+    with progress(f"benchmarks ({plan.mode})", total=plan.budget_s, by_time=True):
+        summary, paths = run_benchmarks(options)
     if summary["errors"]:
         print(f"{len(summary['errors'])} error(s), see report.md:", file=sys.stderr)
         for error in summary["errors"]:
             print(f"  {error.splitlines()[0]}", file=sys.stderr)
         sys.stderr.flush()
-    print(f"run folder: {options.out_dir}")
-    print(f"report: {paths['report']}")
-    print(report.summary_table(summary))  # last
+    emit(
+        {
+            "run_folder": str(options.out_dir),
+            "files": {k: str(v) for k, v in paths.items()},
+            "summary": summary,
+        },
+        as_json=args.json,
+        # The summary table last.
+        human=lambda: (
+            f"run folder: {options.out_dir}\nreport: {paths['report']}\n" + report.summary_table(summary)
+        ),
+    )
     return 1 if summary["errors"] else 0
 
 
 def main_tune(args: argparse.Namespace) -> int:
     from benchmarks.tune import TuneOptions, tune
 
-    result = tune(
-        TuneOptions(
-            name=args.name,
-            p99_ms=args.p99_ms,
-            repository=args.repository,
-            workload=args.workload,
-            delays_us=args.delays_us,
-            preferred=args.preferred,
-            instances=args.instances,
-            concurrency=args.concurrency,
-            window_ms=args.window_ms,
-            out_dir=args.out,
+    with progress(f"tuning {args.name}"):
+        result = tune(
+            TuneOptions(
+                name=args.name,
+                p99_ms=args.p99_ms,
+                repository=args.repository,
+                workload=args.workload,
+                delays_us=args.delays_us,
+                preferred=args.preferred,
+                instances=args.instances,
+                concurrency=args.concurrency,
+                window_ms=args.window_ms,
+                out_dir=args.out,
+            )
         )
+    emit(
+        {
+            **json.loads(result.path.read_text()),
+            "files": {"tuning": str(result.path), "csv": str(result.csv_path)},
+        },
+        as_json=args.json,
+        human=result.table,
     )
-    print(result.table())
     return 0 if result.chosen is not None else 1
 
 
@@ -270,21 +300,24 @@ def main_faults(args: argparse.Namespace, argv: list[str]) -> int:
         )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = (args.out or Path("runs") / f"faults-{stamp}").absolute()
-    result, paths = run_faults(
-        FaultOptions(
-            out_dir=out,
-            plan=PLANS["quick" if args.quick else "full"],
-            repository=args.repository,
-            sections=sections,
-            command="python -m benchmarks " + shlex.join(argv),
+    with progress(f"fault suite ({'quick' if args.quick else 'full'})"):
+        result, paths = run_faults(
+            FaultOptions(
+                out_dir=out,
+                plan=PLANS["quick" if args.quick else "full"],
+                repository=args.repository,
+                sections=sections,
+                command="python -m benchmarks " + shlex.join(argv),
+            )
         )
-    )
     for error in result["errors"]:
         print(f"error: {error.splitlines()[0]}", file=sys.stderr)
     sys.stderr.flush()
-    print(f"run folder: {out}")
-    print(f"figures: {paths['json']}")
-    print(table(result))  # last
+    emit(
+        {"run_folder": str(out), "files": {k: str(v) for k, v in paths.items()}, "result": result},
+        as_json=args.json,
+        human=lambda: f"run folder: {out}\nfigures: {paths['json']}\n" + table(result),  # the table last
+    )
     return 1 if result["errors"] else 0
 
 
@@ -293,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        if args.command == "completion":
+            return args.func(args)
         if args.command == "faults":
             if argv[0] != "faults":
                 raise InvalidArgument(

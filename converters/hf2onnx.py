@@ -34,6 +34,7 @@ from converters import torch2onnx
 from converters.determinism import random_ops
 from converters.inputs import tokenize
 from converters.manifest import build_manifest
+from converters.model_card import model_card
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
 from converters.pipeline import parity_step, publish
 from converters.results import ConversionResult, StepResult, Timer
@@ -530,7 +531,9 @@ def convert_image_classifier(
     rtol: float,
     serving: ServingOptions,
     opset: int,
+    license: str | None = None,
 ) -> ConversionResult:
+    """``convert_hf`` for an image classifier folder: its model card carried as for text models."""
     import torch
 
     task = "image-classification"
@@ -556,6 +559,7 @@ def convert_image_classifier(
     outputs = [with_static_dims(spec.outputs[0], {1: width})]
 
     with repo.stage(name) as staged:
+        card = model_card(staged.dir, folder=path, flag=license)
         model_path = staged.dir / "model.onnx"
         steps.append(
             torch2onnx.export(module, (torch.from_numpy(pixels),), model_path, inputs, outputs, opset=opset)
@@ -574,7 +578,7 @@ def convert_image_classifier(
             preprocessing=preprocessing,
             opset=opset,
             labels=labels,
-            extra={"architecture": architecture},
+            extra={"architecture": architecture, **card},
         )
         config = serving.build(name, inputs, outputs, random_ops=random_ops(model_path))
         return publish(repo, staged, steps, manifest=manifest, config=config)
@@ -594,8 +598,10 @@ def convert_hf(
     serving: ServingOptions | None = None,
     opset: int = torch2onnx.DEFAULT_OPSET,
     hook=None,
+    license: str | None = None,
 ) -> ConversionResult:
-    """Export, check parity, publish as the next version of ``name``. Nothing is published on failure.
+    """Export, check parity, publish as the next version of ``name``, its model card (the folder's README
+    and license files, converters/model_card.py) carried. Nothing is published on failure.
     ``task``: None reads it from the folder (``resolve_task``)."""
     import torch
 
@@ -611,7 +617,15 @@ def convert_hf(
     repo.check_task(name, task)  # fail before the slow part; commit checks again under the lock
     if task == "image-classification":
         return convert_image_classifier(
-            path, name, architecture, repo, atol=atol, rtol=rtol, serving=serving, opset=opset
+            path,
+            name,
+            architecture,
+            repo,
+            atol=atol,
+            rtol=rtol,
+            serving=serving,
+            opset=opset,
+            license=license,
         )
     steps: list[StepResult] = []
 
@@ -635,6 +649,7 @@ def convert_hf(
     outputs = [with_static_dims(output, {len(output.shape) - 1: width})]
 
     with repo.stage(name) as staged:
+        card = model_card(staged.dir, folder=path, flag=license)
         model_path = staged.dir / "model.onnx"
         steps.append(torch2onnx.export(module, example_args, model_path, inputs, outputs, opset=opset))
         tokenizer.save_pretrained(str(staged.dir / "tokenizer"))
@@ -654,7 +669,7 @@ def convert_hf(
             preprocessing={"tokenizer": "tokenizer", "max_length": max_length},
             opset=opset,
             labels=labels,
-            extra={"architecture": architecture},
+            extra={"architecture": architecture, **card},
         )
         config = serving.build(name, inputs, outputs, random_ops=random_ops(model_path))
         return publish(repo, staged, steps, manifest=manifest, config=config)

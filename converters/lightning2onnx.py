@@ -23,6 +23,7 @@ from pathlib import Path
 from converters import torch2onnx
 from converters.determinism import random_ops
 from converters.manifest import build_manifest
+from converters.model_card import model_card
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_tolerances
 from converters.pipeline import parity_step, publish
 from converters.results import ConversionResult, StepResult, Timer
@@ -305,8 +306,10 @@ def convert_lightning(
     serving: ServingOptions | None = None,
     opset: int = torch2onnx.DEFAULT_OPSET,
     hook=None,
+    license: str | None = None,
 ) -> ConversionResult:
-    """Export, check parity, publish as the next version of ``name``. Nothing is published on failure.
+    """Export, check parity, publish as the next version of ``name``; the license from the checkpoint's
+    hparams or ``license`` (converters/model_card.py). Nothing is published on failure.
 
     The inputs come from ``example_input_array`` and/or ``inputs`` (``--input``), or ``input_shape``
     (``--input-shape``); the task is ``task`` when given (refused when the signature does not fit it),
@@ -370,6 +373,7 @@ def convert_lightning(
     example = generate(decls, EXPORT_BATCH, 0, signature.seed)
 
     with repo.stage(name) as staged:
+        card = model_card(staged.dir, hparams=hparams, flag=license)
         model_path = staged.dir / "model.onnx"
         import torch
 
@@ -396,7 +400,7 @@ def convert_lightning(
             preprocessing=preprocessing,
             opset=opset,
             labels=entry_labels,
-            extra={"module": module_ref, "signature": signature.to_manifest()},
+            extra={"module": module_ref, "signature": signature.to_manifest(), **card},
         )
         config = serving.build(name, input_specs, output_specs, random_ops=random_ops(model_path))
         return publish(repo, staged, steps, manifest=manifest, config=config)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.inputs import TYPICAL, EntryInputs
+from converters.model_card import carry_model_card
 from converters.pipeline import carry_tokenizer, publish
 from converters.results import ConversionResult, StepResult, Timer
 from converters.runtime import ort_session, run
@@ -237,6 +238,7 @@ def quantize(
     with repo.stage(name) as staged:
         target = staged.dir / "model.onnx"
         carry_tokenizer(source_manifest, source_dir, staged.dir)
+        carry_model_card(source_manifest, source_dir, staged.dir)
         inputs = EntryInputs(source_manifest, source_dir)
         feeds = inputs.feeds(GATE_BATCH)
         output = source_manifest["outputs"][0]["name"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.inputs import EntryInputs
+from converters.model_card import carry_model_card
 from converters.parity import ParityReport
 from converters.pipeline import carry_tokenizer, parity_step, publish
 from converters.results import ConversionResult, StepResult, Timer
@@ -163,6 +164,7 @@ def convert_trt(
     with repo.stage(target_name) as staged:
         (staged.dir / "model.plan").write_bytes(plan)
         carry_tokenizer(manifest, source_dir, staged.dir)
+        carry_model_card(manifest, source_dir, staged.dir)
         with Timer() as timer:
             inputs = EntryInputs(manifest, source_dir)
             session = ort_session(source_dir / "model.onnx")

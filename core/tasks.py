@@ -78,6 +78,10 @@ class Route:
     path: str
     # How the results become the answer's fields: a name in serving.tasks.REPLIES.
     reply: str
+    # The shape of its error bodies: "service" ({"error", "field", "request_id"}, every route of ours) or
+    # "openai" ({"error": {"message", "type", "param", "code"}}, the OpenAI-compatible route, whose
+    # clients read that shape); serving.http.ERROR_BODIES has both.
+    errors: str = "service"
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,9 @@ TASK_SPECS: dict[str, TaskSpec] = {
             Route("/embed", reply="embedding"),
             Route("/embed/batch", reply="embeddings"),
             Route("/similarity", reply="similarity"),
+            # OpenAI's embeddings API (what the `openai` client, LangChain, LlamaIndex, TEI and Infinity
+            # speak): its request and response shapes, its error shape.
+            Route("/v1/embeddings", reply="openai_embeddings", errors="openai"),
         ),
     ),
     "text-classification": TaskSpec(

@@ -3,9 +3,9 @@
     python -m converters serve [--repository DIR] [--http-port P] [--grpc-port P] [--metrics-port P]
                                [--cache-size SIZE]
     python -m converters status [--url HOST:PORT] [--json]
-    python -m converters load NAME [--url HOST:PORT]      # a new version goes live, no restart
-                                                          # (with NAME_tokenizer and NAME_text, if any)
-    python -m converters unload NAME [--url HOST:PORT]
+    python -m converters load NAME [--url HOST:PORT] [--json]   # a new version goes live, no restart
+                                                                # (with NAME_tokenizer and NAME_text, if any)
+    python -m converters unload NAME [--url HOST:PORT] [--json]
 
 `serve` runs until Ctrl-C or SIGTERM and then stops tritonserver and its stub processes. While it
 runs, it records its addresses in ``runs/triton/serve.json`` so that `status`, `load` and `unload`
@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import add_json_flag, emit
 from core.errors import InvalidArgument, Unavailable
 from core.repository import add_repository_flag
 
@@ -81,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for readiness (default %(default)s)"
     )
+    add_json_flag(serve)
     serve.set_defaults(func=run_serve)
 
     for name, helptext, func in (
@@ -97,8 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             metavar="HOST:PORT",
             help="the server's HTTP address (default: the running `serve`, else 127.0.0.1:8000)",
         )
-        if name == "status":
-            parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        add_json_flag(parser)
         if name == "load":
             parser.add_argument(
                 "--timeout",
@@ -157,13 +158,25 @@ def run_serve(args: argparse.Namespace) -> int:
         server.start(timeout=args.timeout)
         state_pid = _write_state(server)
         served = ", ".join(server.models or names) or "no models"
-        print(
-            f"serving {served} from {repository}\n"
-            f"  http    {server.http_url}\n  grpc    {server.grpc_url}\n"
-            f"  metrics http://{server.metrics_url}/metrics\n  log     {server.log_path}\n"
-            f"  cache   {_size_text(server.cache_size)}\n"
-            "Ctrl-C stops it.",
-            flush=True,
+        emit(
+            {
+                "models": list(server.models or names),
+                "repository": str(repository),
+                "http_url": server.http_url,
+                "grpc_url": server.grpc_url,
+                "metrics_url": f"http://{server.metrics_url}/metrics",
+                "log": str(server.log_path),
+                "pid": server.pid,
+                "cache_size": server.cache_size,
+            },
+            as_json=args.json,
+            human=lambda: (
+                f"serving {served} from {repository}\n"
+                f"  http    {server.http_url}\n  grpc    {server.grpc_url}\n"
+                f"  metrics http://{server.metrics_url}/metrics\n  log     {server.log_path}\n"
+                f"  cache   {_size_text(server.cache_size)}\n"
+                "Ctrl-C stops it."
+            ),
         )
         while server.running:
             time.sleep(0.5)
@@ -274,7 +287,13 @@ def run_load(args: argparse.Namespace) -> int:
         )
     url = _url(args)
     versions = load_model(url, args.name, timeout_s=args.timeout or LOAD_TIMEOUT_S, log_path=_log_of(url))
-    print(f"{args.name}: ready, serving version{'s' if len(versions) != 1 else ''} {', '.join(versions)}")
+    emit(
+        {"name": args.name, "ready": True, "versions": versions},
+        as_json=args.json,
+        human=lambda: (
+            f"{args.name}: ready, serving version{'s' if len(versions) != 1 else ''} {', '.join(versions)}"
+        ),
+    )
     return 0
 
 
@@ -282,5 +301,5 @@ def run_unload(args: argparse.Namespace) -> int:
     from local_triton.server import unload_model
 
     unload_model(_url(args), args.name)
-    print(f"{args.name}: unloaded")
+    emit({"name": args.name, "unloaded": True}, as_json=args.json, human=lambda: f"{args.name}: unloaded")
     return 0

@@ -12,6 +12,7 @@ The state is per worker: every worker checks for itself (the service runs one).
 """
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -65,7 +66,11 @@ class TritonHealth:
     def start(self) -> None:
         """Start the background check in the running event loop (once; later calls do nothing)."""
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="triton-health")
+            # A context of its own: started from a request (the first /readyz), it would otherwise log
+            # every later check under that request's id.
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="triton-health", context=contextvars.Context()
+            )
 
     async def _run(self) -> None:
         while True:

@@ -26,6 +26,7 @@ from core.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from core.tasks import ROUTES
 from serving.observability import REQUEST_ID
 from serving.settings import Limits, load_settings
 
@@ -153,6 +154,7 @@ class RequestContextMiddleware:
         request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
         token = REQUEST_ID.set(request_id)
         id_header = (b"x-request-id", request_id.encode())
+        errors = error_style(scope.get("path", ""))
 
         held: dict | None = None  # a 400's start message, while its body is rewritten
         held_body = bytearray()
@@ -168,7 +170,7 @@ class RequestContextMiddleware:
                 held_body.extend(message.get("body", b""))
                 if message.get("more_body", False):
                     return
-                body = uniform_validation_error(bytes(held_body)) or bytes(held_body)
+                body = uniform_validation_error(bytes(held_body), errors) or bytes(held_body)
                 headers = [(k, v) for k, v in held["headers"] if k.lower() != b"content-length"]
                 await send({**held, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
                 message, held = {"type": "http.response.body", "body": body}, None
@@ -177,13 +179,13 @@ class RequestContextMiddleware:
         try:
             refused = self._refusal(scope, headers, unmatched)
             if refused is not None:
-                await self._refuse(send_with_id, refused)
+                await self._refuse(send_with_id, refused, errors)
                 return
             limits = load_settings().limits
             limit = limits.max_body_bytes
             length = headers.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > limit:
-                await self._too_large(send_with_id, int(length), limit)
+                await self._too_large(send_with_id, int(length), limit, errors)
                 return
             if scope.get("method", "GET").encode() not in BODY_METHODS:
                 await self.app(scope, receive, send_with_id)
@@ -203,7 +205,7 @@ class RequestContextMiddleware:
                 more = message.get("more_body", False)
                 values += chunk.count(b",") + chunk.count(b"[") + chunk.count(b"{")
                 if len(body) > limit:
-                    await self._too_large(send_with_id, len(body), limit)
+                    await self._too_large(send_with_id, len(body), limit, errors)
                     return
                 if values > limits.max_json_values:
                     err = PayloadTooLarge(
@@ -212,7 +214,7 @@ class RequestContextMiddleware:
                         "per request",
                         field="body",
                     )
-                    await self._refuse(send_with_id, err)
+                    await self._refuse(send_with_id, err, errors)
                     return
             replayed = False
 
@@ -249,24 +251,31 @@ class RequestContextMiddleware:
         return None
 
     @classmethod
-    async def _too_large(cls, send: Callable, size: int, limit: int) -> None:
+    async def _too_large(cls, send: Callable, size: int, limit: int, errors: str) -> None:
         err = PayloadTooLarge(
             f"body: {size} bytes is over the limit of {limit} bytes (limits.max_body_bytes); "
             "send fewer or smaller items per request",
             field="body",
         )
-        await cls._refuse(send, err)
+        await cls._refuse(send, err, errors)
 
     @staticmethod
-    async def _refuse(send: Callable, err: ToolkitError) -> None:
+    async def _refuse(send: Callable, err: ToolkitError, errors: str = "service") -> None:
         log.warning("refused: %s", err, extra={"fields": {"status": err.http_status}})
-        await error_response(err)({"type": "http"}, _no_receive, send)
+        await error_response(err, errors)({"type": "http"}, _no_receive, send)
 
 
-def uniform_validation_error(body: bytes) -> bytes | None:
+def error_style(path: str) -> str:
+    """The error shape of a route (``Route.errors`` in the task registry); "service" elsewhere."""
+    route = ROUTES.get(path)
+    return route[1].errors if route else "service"
+
+
+def uniform_validation_error(body: bytes, errors: str = "service") -> bytes | None:
     """BentoML answers a body that fails its pydantic model with ``{"error": "1 validation error for
     Input", "detail": [{"loc": [...], "msg": ...}]}``; rewrite it as this service's errors are
-    (``error`` naming the field and the problem, ``field``, ``request_id``). None: not such a body."""
+    (``error`` naming the field and the problem, ``field``, ``request_id``; or OpenAI's shape on its
+    route). None: not such a body."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -282,7 +291,10 @@ def uniform_validation_error(body: bytes) -> bytes | None:
         fields.append(where or "body")
         lines.append(f"{where or 'body'}: {problem.get('msg', 'invalid')}")
     message = "; ".join(lines) + " (the endpoints' schemas: GET /docs.json)"
-    return orjson.dumps({"error": message, "field": fields[0], "request_id": REQUEST_ID.get()})
+    field = fields[0]
+    if errors == "openai":  # OpenAI's `param` is the request's field itself (`input`, not `input.str`)
+        field = re.split(r"[.\[]", field, maxsplit=1)[0]
+    return orjson.dumps(ERROR_BODIES[errors](message, field, 400))
 
 
 async def _no_receive() -> dict:
@@ -295,8 +307,39 @@ def json_response(body: dict, status: int = 200, headers: dict[str, str] | None 
     return Response(content, status_code=status, headers=headers, media_type="application/json")
 
 
-def error_response(err: ToolkitError) -> Response:
-    body = {"error": str(err), "field": getattr(err, "field", None), "request_id": REQUEST_ID.get()}
+def service_error(message: str, field: str | None, status: int) -> dict:
+    """This service's error body: the request id is in it, beside the X-Request-ID header."""
+    return {"error": message, "field": field, "request_id": REQUEST_ID.get()}
+
+
+# OpenAI's error ``type`` per status class, and the ``code`` of the statuses its clients tell apart.
+OPENAI_TYPES = {4: "invalid_request_error", 5: "server_error"}
+OPENAI_CODES = {413: "request_too_large", 503: "service_unavailable"}
+
+
+def openai_error(message: str, field: str | None, status: int) -> dict:
+    """OpenAI's error body, ``{"error": {"message", "type", "param", "code"}}``, as its clients parse it
+    (the ``openai`` package raises BadRequestError, NotFoundError, ... with ``.param`` and ``.code``
+    from it); the request id is in the X-Request-ID header."""
+    code = "model_not_found" if status == 404 and field == "model" else OPENAI_CODES.get(status)
+    return {
+        "error": {
+            "message": message,
+            "type": OPENAI_TYPES.get(status // 100, "server_error"),
+            "param": field,
+            "code": code,
+        }
+    }
+
+
+ERROR_BODIES: dict[str, Callable[[str, str | None, int], dict]] = {
+    "service": service_error,
+    "openai": openai_error,
+}
+
+
+def error_response(err: ToolkitError, errors: str = "service") -> Response:
+    body = ERROR_BODIES[errors](str(err), getattr(err, "field", None), err.http_status)
     headers = {}
     if isinstance(err, Unavailable | RateLimited):
         headers["Retry-After"] = str(err.retry_after_s)

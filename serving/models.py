@@ -278,7 +278,7 @@ def served_model(models: dict[str, ModelEntry], name: str) -> ModelEntry:
 
 def describe(models: dict[str, ModelEntry]) -> dict:
     """GET /models: every configured model, its task and split, and per served version its tensors,
-    parity and size, from the manifests."""
+    parity, size and license, from the manifests."""
     described = []
     for entry in models.values():
         versions = []
@@ -294,6 +294,7 @@ def describe(models: dict[str, ModelEntry]) -> dict:
                     "precision": manifest.get("precision"),
                     "preprocessing": manifest.get("preprocessing"),
                     "labels": list(version.labels) or None,
+                    "license": manifest.get("license"),
                     "created_at": manifest.get("created_at"),
                     "size_bytes": manifest.get("size_bytes"),
                 }

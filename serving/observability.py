@@ -1,21 +1,23 @@
-"""What the service tells its operators: Prometheus series (``modelpack_*`` on BentoML's /metrics),
-JSON log lines carrying the request id of the request being served. The dashboard and alert rules of
-``deploy/observability/`` read these series (a test checks that each one they name is exported)."""
+"""What the service tells its operators: Prometheus series (``modelpack_*`` on BentoML's /metrics, beside
+BentoML's own ``bentoml_service_*``), and every log line of the service as one JSON object carrying the
+request id of the request being served. The dashboard and alert rules of ``deploy/observability/``
+read these series (a test checks that each one they name is exported)."""
 
 import contextvars
 import functools
 import json
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
-# The parent of every logger of this package: configure_logging gives it the JSON handler.
+# The parent of every logger of this package (logged at INFO; the others at the levels BentoML sets).
 LOGGER = "serving"
 # The logger BentoML logs a failed request on, with its traceback, whatever the failure.
 BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"
-# The request id of the request being served, for log lines and error bodies.
-REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The request id of the request being served, for log lines and error bodies (None outside a request).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
 @functools.cache
@@ -25,22 +27,15 @@ def metrics() -> dict[str, Any]:
     PROMETHEUS_MULTIPROC_DIR after importing this module, and the client reads it when first imported."""
     import prometheus_client
 
-    labels = ["model", "version", "endpoint"]
     return {
-        "requests": prometheus_client.Counter(
-            name="modelpack_requests_total",
-            documentation="Requests answered, by model, version, endpoint and HTTP status",
-            labelnames=[*labels, "status"],
-        ),
-        "errors": prometheus_client.Counter(
-            name="modelpack_errors_total",
-            documentation="Requests answered with an error (4xx/5xx), by model, version, endpoint and status",
-            labelnames=[*labels, "status"],
-        ),
+        # What BentoML's bentoml_service_request_total / _duration_seconds (endpoint, exact status) cannot
+        # say: which model and version answered. Every answered request is observed, errors and timeouts
+        # included (by status class, so a slow 503 shows in the p99); its _count is the request count.
         "latency": prometheus_client.Histogram(
             name="modelpack_request_duration_seconds",
-            documentation="Time from parsed request to response body, by model, version and endpoint",
-            labelnames=labels,
+            documentation="Time from parsed request to response body of every answered request, by model, "
+            "version, endpoint and status class (2xx, 4xx, 5xx)",
+            labelnames=["model", "version", "endpoint", "status_class"],
             buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
         ),
         "batch": prometheus_client.Histogram(
@@ -93,7 +88,9 @@ def metrics() -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the request id of the request being served."""
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``message`` and ``request_id`` (the
+    request being served, else null) on every line, then the record's ``fields`` (a request's endpoint,
+    model, status, latency) and ``exception`` (the traceback, in the same line) where there are any."""
 
     def format(self, record: logging.LogRecord) -> str:
         data = {
@@ -106,6 +103,8 @@ class JsonFormatter(logging.Formatter):
         data.update(getattr(record, "fields", {}))
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            data["stack"] = self.formatStack(record.stack_info)
         return json.dumps(data, default=str)
 
 
@@ -136,16 +135,54 @@ class OneLineClientErrors(logging.Filter):
 
 
 def configure_logging() -> None:
-    """JSON lines on stderr for the loggers of this package (``serving.*``); called when the service
-    starts (its entry point), never at import."""
-    log = logging.getLogger(LOGGER)
-    if any(isinstance(h.formatter, JsonFormatter) for h in log.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    """Every log line of this process as one JSON object on stderr, BentoML's own included.
+
+    Called where the service starts, never at import: in ``bentoml serve``'s own process (the service's
+    ``on_deployment`` hook, before the workers start: its start-up line, circus) and in each worker
+    (``ModelService.__init__``: uvicorn's and starlette's errors, BentoML's lines, this package's). BentoML
+    configures logging (``bentoml._internal.log.SERVER_LOGGING_CONFIG``: plain-text handlers on the
+    ``bentoml``, ``uvicorn.error`` and ``circus`` loggers and on the root) before either point; here the
+    root gets the one JSON handler and every logger's own console handlers go, so that all records
+    propagate to it, at the levels BentoML set. Python's warnings and uncaught exceptions (any thread)
+    become records too. Idempotent."""
     bentoml_log = logging.getLogger(BENTOML_REQUEST_LOGGER)
     if not any(isinstance(f, OneLineClientErrors) for f in bentoml_log.filters):
         bentoml_log.addFilter(OneLineClientErrors())
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    loggers = [root, *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    for logger in loggers:
+        console = [h for h in logger.handlers if _is_console(h)]
+        for old in console:
+            logger.removeHandler(old)
+        if console and logger is not root:
+            logger.propagate = True
+    root.addHandler(handler)
+    logging.getLogger(LOGGER).setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = lambda args: _log_uncaught(
+        args.exc_type, args.exc_value, args.exc_traceback, args.thread
+    )
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    """A handler that writes text to the terminal streams (not a file, not a network exporter)."""
+    return type(handler) is logging.StreamHandler or (
+        isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and getattr(handler, "stream", None) in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    )
+
+
+def _log_uncaught(exc_type, exc_value, traceback, thread=None) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc_value, traceback)
+        return
+    where = f" in thread {thread.name}" if thread is not None else ""
+    logging.getLogger(LOGGER).critical(
+        "uncaught %s%s", exc_type.__name__, where, exc_info=(exc_type, exc_value, traceback)
+    )

@@ -18,10 +18,12 @@ the event loop (``/healthz`` and every other request); so are texts past ``OFFLO
 versions follow the repository and Triton live (``serving/live.py``); an unpinned request that finds
 its version unloaded is sent once more, to a version still routable.
 
-Errors are JSON ``{"error", "field", "request_id"}`` with a 4xx naming the field, or 503 with
-``Retry-After`` when Triton is down, slower than ``triton.timeout_s`` or lacks the version, or decoding
-took longer than ``limits.decode_timeout_s``; a bug is a 500 naming the request id. Every request is
-counted and timed (``modelpack_*`` series) and logged as one JSON line.
+Errors are JSON ``{"error", "field", "request_id"}`` (OpenAI's ``{"error": {"message", "type", "param",
+"code"}}`` on its route) with a 4xx naming the field, or 503 with ``Retry-After`` when Triton is down,
+slower than ``triton.timeout_s`` or lacks the version, or decoding took longer than
+``limits.decode_timeout_s``; a bug is a 500 naming the request id. Every answered request is timed by
+model, version, endpoint and status class (``modelpack_request_duration_seconds``; BentoML's own series
+count it by exact status) and logged as one JSON line.
 """
 
 import asyncio
@@ -30,6 +32,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 from starlette.responses import Response
@@ -45,7 +48,17 @@ from serving.models import ModelEntry, VersionEntry, find_model, load_models, se
 from serving.observability import metrics
 from serving.protocol import infer_response, parse_infer_request
 from serving.settings import ServiceSettings
-from serving.tasks import POSTPROCESS, PREPROCESS, REPLIES, Features, Images, Request, Tensors, Texts
+from serving.tasks import (
+    POSTPROCESS,
+    PREPROCESS,
+    REPLIES,
+    Features,
+    Images,
+    Request,
+    Tensors,
+    Texts,
+    token_counts,
+)
 from serving.triton_client import TritonCalls, TritonGateway, TritonUnavailable
 
 log = logging.getLogger(__name__)
@@ -53,6 +66,12 @@ log = logging.getLogger(__name__)
 # Texts are tokenized on the event loop (a short request takes ~0.1 ms, less than a thread hop) unless
 # the request carries more characters than this; every other input kind goes to the decoding threads.
 OFFLOAD_TEXT_CHARS = 20_000
+
+
+def text_chars(inputs: Texts) -> int:
+    """The characters of a request's texts; items that are not text (OpenAI's token arrays, refused by
+    the text preprocessing with what to send instead) count for nothing."""
+    return sum(len(t) for f in inputs.fields for t in f.texts if isinstance(t, str))
 
 
 def as_declared(outputs: dict[str, np.ndarray], chosen: VersionEntry) -> dict[str, np.ndarray]:
@@ -105,10 +124,12 @@ class RequestPath:
         inputs: Texts | Images | Features | Tensors,
         *,
         top_k: int | None = None,
+        encoding_format: str = "float",
+        dimensions: int | None = None,
     ) -> Response:
-        """The answer to one request of ``route``, errors included; counted, timed and logged."""
+        """The answer to one request of ``route``, errors included; timed and logged."""
         task, reply = ROUTES[route]
-        request = Request(inputs, top_k)
+        request = Request(inputs, top_k, encoding_format, dimensions)
 
         async def answer(labels: dict[str, str]) -> Response:
             self.watcher.start()
@@ -119,6 +140,9 @@ class RequestPath:
             if inputs.kind != task.input_kind:
                 raise TypeError(f"{route} takes {task.input_kind} inputs, the endpoint gave {inputs.kind}")
             tensors = await self._preprocess(task.input_kind, inputs, chosen)
+            counted = request
+            if reply.reply == "openai_embeddings":  # OpenAI's answer reports the tokens in `usage`
+                counted = replace(request, tokens=await self._token_counts(tensors, inputs, chosen))
             # Text rows may merge with others zero-padded (masked out); other tensors merge only with
             # rows of their own shapes. The tensors task answers with every output, the others with one.
             every_output = task.postprocess == "tensors"
@@ -126,13 +150,13 @@ class RequestPath:
             (output, served), chosen = await self._cached(
                 entry, chosen, version, inputs, tensors, every_output, pad
             )
-            results = POSTPROCESS[task.postprocess](as_declared(output, chosen), request, entry, chosen)
+            results = POSTPROCESS[task.postprocess](as_declared(output, chosen), counted, entry, chosen)
             labels["version"] = str(served)
             return json_response(
-                {"model": entry.name, "version": served, **REPLIES[reply.reply](results, request)}
+                {"model": entry.name, "version": served, **REPLIES[reply.reply](results, counted)}
             )
 
-        return await self._handle(route, answer)
+        return await self._handle(route, answer, reply.errors)
 
     async def infer(self, name: str, version: str | None, body: bytes) -> Response:
         """An Open Inference Protocol request for any configured model: its tensors checked against
@@ -175,15 +199,20 @@ class RequestPath:
 
         return await self._handle(route, answer)
 
-    async def _handle(self, route: str, answer: Callable[[dict[str, str]], Awaitable[Response]]) -> Response:
-        """``answer``'s response, or the error's; counted, timed and logged under ``route`` and the
-        model and version ``answer`` put in the labels as it learns them."""
+    async def _handle(
+        self,
+        route: str,
+        answer: Callable[[dict[str, str]], Awaitable[Response]],
+        errors: str = "service",
+    ) -> Response:
+        """``answer``'s response, or the error's (in the route's ``errors`` shape); timed and logged
+        under ``route`` and the model and version ``answer`` put in the labels as it learns them."""
         started = time.perf_counter()
         labels = {"model": "unknown", "version": ""}
         try:
             response = await answer(labels)
         except ToolkitError as err:
-            response = error_response(err)
+            response = error_response(err, errors)
             level = logging.WARNING if response.status_code < 500 else logging.ERROR
             fields = {"endpoint": route, "status": response.status_code}
             if getattr(err, "detail", None):  # e.g. Triton's address and gRPC error: for the log only
@@ -193,8 +222,9 @@ class RequestPath:
             log.exception(
                 "%s 500: unexpected error", route, extra={"fields": {"endpoint": route, "status": 500}}
             )
+            where = "this request_id" if errors == "service" else "this response's X-Request-ID"
             response = error_response(
-                ToolkitError(f"{route}: internal error; the service log has it under this request_id")
+                ToolkitError(f"{route}: internal error; the service log has it under {where}"), errors
             )
         elapsed = time.perf_counter() - started
         self._observe(route, labels["model"], labels["version"], response.status_code, elapsed)
@@ -206,9 +236,16 @@ class RequestPath:
         """The request's tensors for ``chosen``: short texts on the event loop, everything else in the
         decoding threads (``_decoded``)."""
         limits = self.settings.limits
-        if kind == "text" and sum(len(t) for f in inputs.fields for t in f.texts) <= OFFLOAD_TEXT_CHARS:
+        if kind == "text" and text_chars(inputs) <= OFFLOAD_TEXT_CHARS:
             return PREPROCESS[kind](inputs, chosen, limits)
         return await self._decoded(PREPROCESS[kind], inputs, chosen, limits)
+
+    async def _token_counts(self, tensors: dict, inputs: Texts, chosen: VersionEntry) -> tuple[int, ...]:
+        """Tokens per text for OpenAI's ``usage``: from the attention mask, or, for texts going to the
+        ensemble, tokenized again for the count, in the decoding threads as ``_preprocess`` would."""
+        if "attention_mask" in tensors or text_chars(inputs) <= OFFLOAD_TEXT_CHARS:
+            return token_counts(tensors, inputs, chosen)
+        return await self._decoded(token_counts, tensors, inputs, chosen)
 
     async def _decoded(self, work: Callable, *args):
         """``work(*args)`` in the decoding threads, within ``limits.decode_timeout_s`` (a job still
@@ -319,12 +356,12 @@ class RequestPath:
         return entry.choose(None, self.rng)
 
     def _observe(self, route: str, model: str, version: str, status: int, elapsed: float) -> None:
-        labels = {"model": model, "version": version, "endpoint": route}
-        self.metrics["requests"].labels(**labels, status=str(status)).inc()
-        if status >= 400:
-            self.metrics["errors"].labels(**labels, status=str(status)).inc()
-        else:
-            self.metrics["latency"].labels(**labels).observe(elapsed)
+        # Every label value is bounded: the route is one of the registry's (or the protocol's templates),
+        # the model a configured one (else "unknown"), the version a served one (else ""), the status its
+        # class.
+        self.metrics["latency"].labels(
+            model=model, version=version, endpoint=route, status_class=f"{status // 100}xx"
+        ).observe(elapsed)
         if self.settings.log_requests and status < 400:
             log.info(
                 "%s %s",

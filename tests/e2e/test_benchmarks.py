@@ -668,3 +668,41 @@ def _processes_mentioning(text: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+# ---- --json: one document on stdout -------------------------------------------------------------------
+
+
+def test_run_json_is_one_document(model_repo, tmp_path, capsys):
+    """The run with ``--json``: one JSON document on stdout, the summary.json it wrote inside it."""
+    from benchmarks.cli import main
+
+    out = tmp_path / "run"
+    argv = ["--quick", "--stacks", "ceiling", "--workloads", "image", "--time-scale", "0.1"]
+    code = main([*argv, "--out", str(out), "--repository", str(model_repo), "--json"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    document = json.loads(printed)
+    assert set(document) == {"run_folder", "files", "summary"} and document["run_folder"] == str(out)
+    assert document["summary"] == json.loads((out / "summary.json").read_text())
+    assert Path(document["files"]["report"]).is_file()
+    assert document["summary"]["workloads"]["image"]["stacks"]["ceiling"]["points"]
+
+
+@pytest.mark.triton
+def test_tune_json_is_the_tuning_result(model_repo, tmp_path, capsys):
+    from benchmarks.cli import main
+
+    argv = ["tune", "image_classifier", "--p99-ms", "5000", "--repository", str(model_repo)]
+    argv += ["--delays-us", "0", "--preferred", "4", "--instances", "1", "--concurrency", "1"]
+    code = main([*argv, "--window-ms", "300", "--out", str(tmp_path / "tune"), "--json"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    document = json.loads(printed)
+    saved = json.loads((tmp_path / "tune" / "tuning.json").read_text())
+    assert {k: v for k, v in document.items() if k != "files"} == saved
+    assert document["chosen"]["instance_count"] == 1
+    assert document["files"] == {
+        "tuning": str(tmp_path / "tune" / "tuning.json"),
+        "csv": str(tmp_path / "tune" / "tuning.csv"),
+    }

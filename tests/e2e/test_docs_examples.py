@@ -14,8 +14,8 @@
   filled in);
 - every ``curl`` line in README.md and docs/*.md is sent to the running service (``localhost:3000``)
   or Triton (``localhost:8000``) and must answer 200;
-- every ``python`` block in README.md and docs/*.md runs against the session's Triton, and each
-  ``print(...)  # OUTPUT`` line must print OUTPUT.
+- every ``python`` block in README.md and docs/*.md runs against the session's Triton (and Bento, for
+  ``http://127.0.0.1:3000``), and each ``print(...)  # OUTPUT`` line must print OUTPUT.
 
 The matcher itself is tested on a known answer first (``test_matcher_rejects_...``), so a broken
 example cannot pass by a matcher that accepts everything.
@@ -527,15 +527,17 @@ PYTHON = python_examples()
 
 
 @pytest.mark.triton
+@pytest.mark.bento
 @pytest.mark.slow
 @pytest.mark.parametrize(("where", "code"), PYTHON, ids=[w for w, _ in PYTHON])
-def test_python_example_runs(where: str, code: str, triton_server, model_repo, tmp_path):
-    """Run as written, with the session's addresses and repository in place of the defaults; each
-    ``print(...)  # OUTPUT`` line must print OUTPUT."""
+def test_python_example_runs(where: str, code: str, triton_server, bento_server, model_repo, tmp_path):
+    """Run as written, with the session's addresses and repository in place of the defaults (Triton's,
+    and the Bento's for ``http://127.0.0.1:3000``); each ``print(...)  # OUTPUT`` line must print OUTPUT."""
     code = (
         code.replace('"model_repository/', f'"{model_repo}/')
         .replace("127.0.0.1:8001", triton_server.grpc_url)
         .replace("127.0.0.1:8000", triton_server.http_url)
+        .replace("http://127.0.0.1:3000", bento_server.url)
     )
     expected = [m[1].strip() for m in re.finditer(r"^\s*print\(.*\)\s+# (.*)$", code, re.MULTILINE)]
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)

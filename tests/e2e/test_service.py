@@ -163,6 +163,8 @@ def test_models_lists_versions_tensors_and_parity(bento_server):
     assert [t["name"] for t in minilm["inputs"]] == ["input_ids", "attention_mask"]
     assert minilm["outputs"][0] == {"name": "embeddings", "datatype": "FP32", "shape": [-1, 384]}
     assert minilm["parity"]["passed"] is True
+    assert minilm["license"] == "apache-2.0"  # from the packaged model's card (its README front matter)
+    assert models["image_classifier"]["versions"][0]["license"] is None  # the example says none
     assert models["image_classifier"]["versions"][0]["labels"][0] == "airplane"
 
 
@@ -179,8 +181,10 @@ def test_request_id_health_and_metrics(bento_server):
     assert bento_server.client.get("/healthz", timeout=5).status_code == 200
     assert bento_server.client.get("/readyz", timeout=5).status_code == 200
     metrics = bento_server.client.get("/metrics", timeout=5).text
-    assert 'modelpack_requests_total{endpoint="/embed",model="minilm",status="200",version="1"}' in metrics
-    assert 'modelpack_errors_total{endpoint="/embed",model="unknown",status="404",version=""}' in metrics
+    ok = 'endpoint="/embed",model="minilm",status_class="2xx",version="1"'
+    assert f"modelpack_request_duration_seconds_count{{{ok}}}" in metrics
+    unknown = 'endpoint="/embed",model="unknown",status_class="4xx",version=""'
+    assert f"modelpack_request_duration_seconds_count{{{unknown}}}" in metrics
     assert "modelpack_request_duration_seconds_bucket" in metrics
     assert "bentoml_service_request_total" in metrics  # BentoML's own series are still there
 
@@ -366,10 +370,8 @@ def test_canary_split_and_pinning(canary):
 
     metrics = bento.client.get("/metrics", timeout=5).text
     for version in ("1", "2"):
-        assert (
-            f'modelpack_requests_total{{endpoint="/embed",model="minilm",status="200",version="{version}"}}'
-            in metrics
-        )
+        labels = f'endpoint="/embed",model="minilm",status_class="2xx",version="{version}"'
+        assert f"modelpack_request_duration_seconds_count{{{labels}}}" in metrics
 
 
 @pytest.fixture(scope="module")
@@ -435,6 +437,38 @@ def test_tokenize_triton_sends_the_newest_versions_texts_to_the_ensemble(text_be
     described = {m["name"]: m for m in bento.client.get("/models").json()["models"]}
     assert described["minilm"]["tokenize"] == "triton" and described["classifier"]["tokenize"] == "triton"
     assert bento.client.get("/readyz").status_code == 200
+
+
+def test_openai_embeddings_through_the_ensemble_count_the_models_tokens(text_bento):
+    """/v1/embeddings pinned (``version``, the openai client's extra_body) to the version whose texts go
+    to minilm_text: the embeddings equal the in-process pipeline's, and ``usage`` counts the tokens the
+    model was given (transformers' tokenizer of that version, truncated at its max_length), though the
+    ensemble answers with the embeddings only."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    bento, triton = text_bento
+    version_dir = Path(triton.repository) / "minilm" / "2"
+    texts = [SENTENCES[0], SENTENCES[3] * 40, "short"]
+
+    def ensemble_count() -> int:
+        return int(triton.statistics("minilm_text")["model_stats"][0].get("inference_count", 0))
+
+    before = ensemble_count()
+    response = post(bento, "/v1/embeddings", {"model": "minilm", "input": texts, "version": 2})
+    assert response.status_code == 200, response.text
+    # Triton counts a request after answering it.
+    wait_for(lambda: ensemble_count() > before, "minilm_text's inference count moving", timeout_s=10)
+    body = response.json()
+    np.testing.assert_allclose(
+        [d["embedding"] for d in body["data"]], reference_outputs(version_dir, texts), atol=1e-5
+    )
+    max_length = json.loads((version_dir / "manifest.json").read_text())["preprocessing"]["max_length"]
+    tokenizer = AutoTokenizer.from_pretrained(version_dir / "tokenizer")
+    tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+    assert tokens > 3 * 3  # the long text was counted, truncated
 
 
 # A request either gets its answer from the service (which gives up on Triton after triton.timeout_s,

@@ -5,6 +5,7 @@ namespace with no network (``unshare -n``), and the Dockerfile the bento holds, 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -18,24 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_PACKAGES = ("core", "serving")
 BIN = Path(sys.executable).parent
 
-# What service.py and the packages it ships import at run time (the closure of these is what the bento
-# installs).
-SERVICE_ROOTS = (
-    "bentoml",
-    "fastapi",
-    "httptools",
-    "numpy",
-    "orjson",
-    "pillow",
-    "prometheus-client",
-    "protobuf",
-    "psutil",  # core.processes (die_with_parent)
-    "pydantic",
-    "pyyaml",
-    "redis",  # serving.cache (the optional response cache)
-    "tokenizers",
-    "tritonclient[grpc]",
-    "uvloop",
+# What service.py and the packages it ships import at run time (requirements-service.in; the closure
+# of these is what the bento installs, requirements-service.txt).
+SERVICE_ROOTS = tuple(
+    line.strip()
+    for line in (ROOT / "requirements-service.in").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
 )
 
 # hadolint findings of the Dockerfile BentoML generates, each ignored for a stated reason. Every line
@@ -85,15 +74,33 @@ def closure(roots: tuple[str, ...]) -> list[str]:
 
 
 def pins(path: Path) -> dict[str, str]:
+    """Name -> specifier of each requirement of a requirements file (hashed ones included: a requirement
+    continues over lines ending in a backslash, its ``--hash`` options after it)."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     found = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    text = re.sub(r"\\\n", " ", path.read_text())
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0].strip()
         if line and not line.startswith("#"):
-            req = Requirement(line)
+            req = Requirement(line.split(" --hash", 1)[0].strip())
             found[canonicalize_name(req.name)] = str(req.specifier)
+    return found
+
+
+def hashes(path: Path) -> dict[str, set[str]]:
+    """Name -> the sha256 hashes a hashed requirements file gives it."""
+    from packaging.utils import canonicalize_name
+
+    found = {}
+    for block in re.sub(r"\\\n", " ", path.read_text()).splitlines():
+        if block.strip() and not block.strip().startswith("#"):
+            name = re.match(r"[A-Za-z0-9_.-]+", block.strip()).group(0)
+            # A name given twice (BentoML appends its own unhashed `bentoml==` line): the hashes of both.
+            found.setdefault(canonicalize_name(name), set()).update(
+                re.findall(r"--hash=(sha256:[0-9a-f]{64})", block)
+            )
     return found
 
 
@@ -106,6 +113,13 @@ def test_service_requirements_are_the_closure_at_the_lock_pins():
     )
     assert {n: s for n, s in service.items() if lock.get(n) != s} == {}
     assert "torch" not in service and "onnxruntime" not in service
+    # Hashed, with the lock's hashes: pip checks them when the image installs the bento.
+    service_hashes, lock_hashes = (
+        hashes(ROOT / "requirements-service.txt"),
+        hashes(ROOT / "requirements.lock"),
+    )
+    assert all(service_hashes.values()), [n for n, h in service_hashes.items() if not h]
+    assert {n: h for n, h in service_hashes.items() if h != lock_hashes[n]} == {}
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +178,11 @@ def test_bento_carries_what_the_service_needs(built_bento, tmp_path):
     listed = tmp_path / "python_requirements.txt"
     listed.write_text(info["image"]["python_requirements"])
     assert pins(listed) == ours
+    # The hashes survive BentoML's rewrite of the file and its image's list (uv checks them when the
+    # image installs it).
+    ours_hashes = hashes(ROOT / "requirements-service.txt")
+    for kept in (hashes(built_bento / "env" / "python" / "requirements.txt"), hashes(listed)):
+        assert {n: h for n, h in ours_hashes.items() if kept[n] != h} == {}
 
     # The bento's own source imports with nothing from the checkout, and its configuration is valid.
     check = (

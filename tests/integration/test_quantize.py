@@ -67,6 +67,10 @@ def test_minilm_int8_passes_its_gate_as_version_2(quantized):
         assert figures["fp32_per_s"] > 0 and figures["int8_per_s"] > 0
         assert figures["ratio"] == pytest.approx(figures["int8_per_s"] / figures["fp32_per_s"], rel=1e-2)
     assert (repo / "minilm" / "2" / "tokenizer" / "tokenizer.json").is_file()
+    # The model card and license of the fp32 version carry over.
+    assert manifest["license"] == "apache-2.0"
+    card = (repo / "minilm" / "1" / "model_card" / "README.md").read_bytes()
+    assert (repo / "minilm" / "2" / "model_card" / "README.md").read_bytes() == card
     assert Repository(repo).served_versions("minilm") == [2]
 
 

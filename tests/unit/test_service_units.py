@@ -488,8 +488,9 @@ def test_unexpected_error_is_answered_500_with_the_request_id(model_repo):
     import prometheus_client
 
     path = RequestPath(settings_for(model_repo, MINIMAL["models"]))
-    counted = {"model": "minilm", "version": "1", "endpoint": "/embed", "status": "500"}
-    before = prometheus_client.REGISTRY.get_sample_value("modelpack_requests_total", counted) or 0.0
+    counted = {"model": "minilm", "version": "1", "endpoint": "/embed", "status_class": "5xx"}
+    series = "modelpack_request_duration_seconds_count"
+    before = prometheus_client.REGISTRY.get_sample_value(series, counted) or 0.0
 
     async def scenario():
         token = REQUEST_ID.set("req-1")
@@ -502,7 +503,7 @@ def test_unexpected_error_is_answered_500_with_the_request_id(model_repo):
     body = json.loads(response.body)
     assert response.status_code == 500
     assert body["request_id"] == "req-1" and "internal error" in body["error"]
-    assert prometheus_client.REGISTRY.get_sample_value("modelpack_requests_total", counted) == before + 1
+    assert prometheus_client.REGISTRY.get_sample_value(series, counted) == before + 1
 
 
 def test_coalescer_reports_queue_wait_and_waiting_requests():
@@ -542,3 +543,90 @@ def test_coalescer_reports_queue_wait_and_waiting_requests():
     assert registry.get_sample_value("test_wait_seconds_count", {"model": "m"}) == 5
     # The first left at once; the four queued behind it waited while its call held the slot.
     assert len(waited) == 5 and sorted(waited)[1] >= 0.05
+
+
+# ---- OpenAI's embeddings route: its answer and its error shape -------------------------------------
+
+
+def test_openai_reply_floats_base64_usage_and_dimensions():
+    from serving.tasks import Request, Texts
+
+    vectors = np.array([[0.5, -0.25, 1e-3], [1.0, 2.0, 3.0]], dtype=np.float32)
+    request = Request(Texts.of(input=["a", "b"]), tokens=(4, 7))
+    floats = REPLIES["openai_embeddings"](vectors, request)
+    assert floats["object"] == "list" and floats["usage"] == {"prompt_tokens": 11, "total_tokens": 11}
+    assert [d["index"] for d in floats["data"]] == [0, 1] and {d["object"] for d in floats["data"]} == {
+        "embedding"
+    }
+    np.testing.assert_array_equal(np.asarray([d["embedding"] for d in floats["data"]]), vectors)
+
+    request = Request(Texts.of(input=["a", "b"]), encoding_format="base64", dimensions=3, tokens=(4, 7))
+    encoded = REPLIES["openai_embeddings"](vectors, request)["data"]
+    decoded = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in encoded]
+    np.testing.assert_array_equal(np.stack(decoded), vectors)  # little-endian float32, bit for bit
+
+    with pytest.raises(InvalidArgument, match=r"dimensions: 256 is not this model's width; .* 3") as caught:
+        REPLIES["openai_embeddings"](vectors, Request(Texts.of(input="a"), dimensions=256))
+    assert caught.value.field == "dimensions"
+
+
+def test_token_arrays_are_refused_naming_input(model_repo):
+    from serving.tasks import Texts
+
+    entry = load_models(settings_for(model_repo, MINIMAL["models"]))["minilm"].versions[1]
+    limits = settings_for(model_repo, MINIMAL["models"]).limits
+    for sent in ([101, 7592, 102], [[101, 7592, 102]]):
+        with pytest.raises(InvalidArgument, match=r"input\[0\]: .* is not text; token ids are not accepted"):
+            PREPROCESS["text"](Texts.of(input=sent), entry, limits)
+    texts = Texts.of(input=["hello world", "a"])
+    tensors = PREPROCESS["text"](texts, entry, limits)
+    from dataclasses import replace
+
+    from serving.tasks import token_counts
+
+    assert token_counts(tensors, texts, entry) == (4, 3)  # [CLS] hello world [SEP]; [CLS] a [SEP]
+    # Texts sent to the ensemble (tokenize: triton) carry no mask: counted with the same tokenizer.
+    via_text = replace(entry, via_text_model=True)
+    strings = PREPROCESS["text"](texts, via_text, limits)
+    assert "attention_mask" not in strings
+    assert token_counts(strings, texts, via_text) == (4, 3)
+
+
+def test_openai_error_bodies():
+    from serving.http import error_response, uniform_validation_error
+
+    def body(err, errors="openai"):
+        response = error_response(err, errors)
+        return response.status_code, json.loads(response.body), response.headers
+
+    status, data, _ = body(NotFound("model: 'gpt' is not served here", field="model"))
+    assert status == 404 and data == {
+        "error": {
+            "message": "model: 'gpt' is not served here",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
+    status, data, headers = body(Unavailable("Triton is down", retry_after_s=3))
+    assert status == 503 and headers["retry-after"] == "3"
+    assert data["error"]["type"] == "server_error" and data["error"]["code"] == "service_unavailable"
+    status, data, _ = body(PayloadTooLarge("input: 65 items", field="input"))
+    assert (status, data["error"]["param"], data["error"]["code"]) == (413, "input", "request_too_large")
+    # The service's own shape everywhere else, unchanged.
+    status, data, _ = body(NotFound("model: x", field="model"), "service")
+    assert set(data) == {"error", "field", "request_id"} and data["field"] == "model"
+    # BentoML's pydantic errors on the OpenAI route, rewritten to OpenAI's shape.
+    pydantic = json.dumps(
+        {"error": "1 validation error", "detail": [{"loc": ["encoding_format"], "msg": "Input should be"}]}
+    ).encode()
+    rewritten = json.loads(uniform_validation_error(pydantic, "openai"))
+    assert rewritten["error"]["param"] == "encoding_format"
+    assert rewritten["error"]["message"].startswith("encoding_format: Input should be")
+    # A union's alternatives (input: str | list[str] | ...) are named in the message, not in `param`.
+    union = json.dumps(
+        {"detail": [{"loc": ["input", "str"], "msg": "no"}, {"loc": ["input", "list[str]", 0]}]}
+    )
+    rewritten = json.loads(uniform_validation_error(union.encode(), "openai"))
+    assert rewritten["error"]["param"] == "input"
+    assert rewritten["error"]["message"].startswith("input.str: no; input.list[str][0]: invalid")
