@@ -218,10 +218,30 @@ def low_load_ratios(stacks: dict[str, dict]) -> dict:
                 "ceiling_p50_ms": ceiling.p50,
                 "ceiling_p99_ms": ceiling.p99,
             }
+            breakdown = (one.extra or {}).get("breakdown_ms")
+            if breakdown:
+                ratios[f"{name}@c1/ceiling@b1"]["fixed_cost_ms"] = fixed_cost(breakdown, ceiling.p50)
     triton = [ratios[k] for k in ("triton-grpc@c1/ceiling@b1", "triton-http@c1/ceiling@b1") if k in ratios]
     if triton:
         ratios["triton@c1/ceiling@b1"] = min(triton, key=lambda r: r["p50"])
     return ratios
+
+
+def fixed_cost(breakdown: dict, ceiling_ms: float) -> dict:
+    """Where a lone request's time goes beyond ONNX Runtime's own batch-1 call, from perf_analyzer's
+    breakdown at concurrency 1 (means, ms): the transport (client send/receive, network, Triton's
+    request handling), the queue, the python backend's input and output tensors, and what the backend's
+    execute took beyond the in-process call (stub IPC, reading and checking inputs, ONNX Runtime's
+    session settings)."""
+    get = breakdown.get
+    return {
+        "transport": round(
+            (get("Client Send") or 0) + (get("Network+Server Send/Recv") or 0) + (get("Client Recv") or 0), 3
+        ),
+        "queue": round(get("Server Queue") or 0, 3),
+        "input_output": round((get("Server Compute Input") or 0) + (get("Server Compute Output") or 0), 3),
+        "execute_beyond_onnxruntime": round((get("Server Compute Infer") or 0) - ceiling_ms, 3),
+    }
 
 
 def tokens_per_s(stacks: dict[str, dict], mean_tokens: float | None) -> dict:
@@ -357,9 +377,12 @@ def _ratio_cell(key: str, value) -> str:
     if not isinstance(value, dict):
         return _ratio_text(value)
     if "p50" in value:
+        cost = value.get("fixed_cost_ms")
+        parts = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in (cost or {}).items())
         return (
             f"p50 {value['p50']:.2f}x ({value['p50_ms']:.2f} ms against {value['ceiling_p50_ms']:.2f}), "
             f"p99 {value['p99']:.2f}x ({value['p99_ms']:.2f} ms against {value['ceiling_p99_ms']:.2f})"
+            + (f"; fixed cost (ms): {parts}" if cost else "")
         )
     stacks = [k for k in value if k not in ("p99_ms", "ratio", "peer")]
     figures = ", ".join(

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 VENVS = ROOT / ".venv-peers"
+# Where the peers' venvs are looked for instead (tests point it at an empty folder).
+VENVS_ENV = "MODELPACK_PEER_VENVS"
 CACHE = ROOT / ".cache" / "peers"
 PEERS = ("infinity", "litserve")
 # Seconds a peer may take to answer /health (Infinity loads torch, optimum and the model: ~60 s on a
@@ -50,11 +52,12 @@ class PeerServer:
 
 def venv_python(peer: str) -> Path:
     """The peer's venv interpreter, or MissingDependency that says how to create it."""
-    python = VENVS / peer / "bin" / "python"
-    if not (VENVS / peer / ".installed").is_file() or not python.exists():
+    venvs = Path(os.environ.get(VENVS_ENV) or VENVS)
+    python = venvs / peer / "bin" / "python"
+    if not (venvs / peer / ".installed").is_file() or not python.exists():
         raise MissingDependency(
-            f"{peer}: its venv {python.parent.parent.relative_to(ROOT)} is missing; run `make peers` "
-            f"(pip installs benchmarks/peers/requirements-{peer}.txt into a venv of its own)"
+            f"{peer}: its venv {venvs / peer} is missing; run `make peers` (it pip installs "
+            f"benchmarks/peers/requirements-{peer}.txt into a venv of its own)"
         )
     return python
 

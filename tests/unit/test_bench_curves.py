@@ -238,3 +238,23 @@ def test_length_groups_leave_equal_lengths_and_images_as_one_call():
 
     for groups in asyncio.run(scenario()):
         assert len(groups) == 1
+
+
+def test_a_lone_requests_fixed_cost_is_split_from_perf_analyzers_breakdown():
+    stacks = _stacks()
+    point = _point(1, 250.0, 6.0, p50=4.0)
+    point.extra["breakdown_ms"] = {
+        "Client Send": 0.1,
+        "Network+Server Send/Recv": 0.9,
+        "Server Queue": 0.2,
+        "Server Compute Input": 0.05,
+        "Server Compute Infer": 2.6,
+        "Server Compute Output": 0.15,
+        "Client Recv": 0.0,
+    }
+    stacks["triton-grpc"] = stack_summary([point])
+    cost = low_load_ratios(stacks)["triton-grpc@c1/ceiling@b1"]["fixed_cost_ms"]
+    assert cost == pytest.approx(
+        {"transport": 1.0, "queue": 0.2, "input_output": 0.2, "execute_beyond_onnxruntime": 0.6}
+    )  # the ceiling's batch-1 p50 is 2.0 ms
+    assert "fixed_cost_ms" not in low_load_ratios(stacks)["bento@c1/ceiling@b1"]  # Locust has no breakdown
