@@ -162,6 +162,7 @@ def compute_ratios(stacks: dict[str, dict]) -> dict:
     if triton:
         ratios["triton/ceiling"] = max(triton)
     ratios.update(low_load_ratios(stacks))
+    ratios.update(cpu_ratios(stacks))
     for name, other in EQUAL_P99_PAIRS:
         compared = at_equal_p99(stacks, name, other)
         if compared is not None:
@@ -224,6 +225,31 @@ def low_load_ratios(stacks: dict[str, dict]) -> dict:
     triton = [ratios[k] for k in ("triton-grpc@c1/ceiling@b1", "triton-http@c1/ceiling@b1") if k in ratios]
     if triton:
         ratios["triton@c1/ceiling@b1"] = min(triton, key=lambda r: r["p50"])
+    return ratios
+
+
+def cpu_ratios(stacks: dict[str, dict]) -> dict:
+    """CPU time per item, which other load on a shared machine distorts far less than throughput
+    (measured minutes apart, the ceiling and a stack can see different load): ONNX Runtime alone on
+    one thread (the least over batch sizes) over each stack's least CPU per item over its levels
+    (its server processes: Triton; the Bento and Triton; a peer's process family). 1.0 = serving
+    costs nothing beyond the model; key ``STACK/ceiling@cpu``."""
+    alone = [
+        p["extra"]["cpu_ms_per_item"]["1"]
+        for p in (stacks.get("ceiling") or {}).get("points", [])
+        if "1" in (p.get("extra") or {}).get("cpu_ms_per_item", {})
+    ]
+    if not alone:
+        return {}
+    ratios = {}
+    for name in STACKS:
+        spent = [
+            p["extra"]["server_cpu_ms_per_item"]
+            for p in (stacks.get(name) or {}).get("points", [])
+            if name != "ceiling" and (p.get("extra") or {}).get("server_cpu_ms_per_item")
+        ]
+        if spent:
+            ratios[f"{name}/ceiling@cpu"] = min(alone) / min(spent)
     return ratios
 
 

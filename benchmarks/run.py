@@ -511,13 +511,20 @@ class Run:
         """Each peer named in ``--stacks`` alone on the machine (Triton and the Bento stopped), on the
         text workloads, with the same Locust sweep as the Bento. A peer whose venv is missing is
         skipped and the summary says so (``make peers``), as is a peer that does not start."""
-        from benchmarks.peers import start
+        from benchmarks.peers import start, venv_python
         from core.errors import MissingDependency
 
         texts = [name for name, inputs in self.inputs.items() if inputs.workload.kind == "text"]
         skipped = self.summary.setdefault("skipped_stacks", {})
         for peer in PEER_STACKS:
             if peer not in self.options.stacks or not texts:
+                continue
+            try:
+                venv_python(peer)  # first: a missing venv is the reason to give, whatever the time left
+            except MissingDependency as err:
+                log.warning("skipped %s: %s", peer, err)
+                skipped[peer] = str(err)
+                self.notes.append(f"skipped {peer}: {err}")
                 continue
             if self._skip(f"{peer} start", 60):
                 skipped[peer] = "not enough of the run's time budget left"
@@ -535,7 +542,9 @@ class Run:
                     self._fail(f"{peer} start", err)
                     continue
                 try:
-                    self.locust_sweep(peer, server.url, repo, workloads, user=server.user_class)
+                    self.locust_sweep(
+                        peer, server.url, repo, workloads, servers=(server,), user=server.user_class
+                    )
                 finally:
                     procs.close()  # the peer's whole process group, before the next one starts
 
@@ -616,8 +625,9 @@ class Run:
                     self.triton_sweeps(triton_server, texts=True)
                 if triton_server is not None and "bento" in stacks and not self._skip("bento start", 30):
                     try:
-                        url = self.bento(procs, triton_server, repo, models).url
-                        self.locust_sweep("bento", url, repo, list(self.inputs))
+                        bento = self.bento(procs, triton_server, repo, models)
+                        servers = (bento, triton_server)
+                        self.locust_sweep("bento", bento.url, repo, list(self.inputs), servers=servers)
                     except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                         self._fail("bento", err)
                 if triton_server is not None:

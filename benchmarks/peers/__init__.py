@@ -42,12 +42,16 @@ EXPORT_TIMEOUT_S = 300
 
 @dataclass(frozen=True)
 class PeerServer:
-    """A started peer: its URL, and the Locust user class that speaks its API."""
+    """A started peer: its URL, the Locust user class that speaks its API, and its process (whose
+    family's CPU time the run divides by the requests served, as for the Bento and Triton)."""
 
     name: str
     url: str
     user_class: str
-    pid: int
+    child: object
+
+    def cpu_times(self) -> dict[int, float]:
+        return self.child.cpu_times()
 
 
 def venv_python(peer: str) -> Path:
@@ -87,7 +91,7 @@ def start(procs, peer: str, repo: Repository, model: str, out: Path) -> PeerServ
     url = f"http://127.0.0.1:{port}"
     waited = child.wait_ready(f"{url}/health", timeout_s=READY_TIMEOUT_S)
     log.info("%s ready at %s after %.1f s", peer, url, waited)
-    return PeerServer(peer, url, user, child.pid)
+    return PeerServer(peer, url, user, child)
 
 
 def optimum_export(python: Path, repo: Repository, model: str, out: Path) -> Path:

@@ -258,3 +258,17 @@ def test_a_lone_requests_fixed_cost_is_split_from_perf_analyzers_breakdown():
         {"transport": 1.0, "queue": 0.2, "input_output": 0.2, "execute_beyond_onnxruntime": 0.6}
     )  # the ceiling's batch-1 p50 is 2.0 ms
     assert "fixed_cost_ms" not in low_load_ratios(stacks)["bento@c1/ceiling@b1"]  # Locust has no breakdown
+
+
+def test_cpu_per_item_against_onnxruntime_alone():
+    from benchmarks.report import cpu_ratios
+
+    stacks = _stacks()
+    ceiling = stacks["ceiling"]
+    ceiling["points"][0]["extra"] = {"cpu_ms_per_item": {"1": 4.0, "default": 5.0}}
+    ceiling["points"][1]["extra"] = {"cpu_ms_per_item": {"1": 2.0, "default": 2.5}}
+    for p, spent in zip(stacks["bento"]["points"], (8.0, 5.0), strict=True):
+        p["extra"] = {"server_cpu_ms_per_item": spent}
+    ratios = cpu_ratios(stacks)
+    assert ratios == {"bento/ceiling@cpu": pytest.approx(2.0 / 5.0)}  # least against least
+    assert compute_ratios(stacks)["bento/ceiling@cpu"] == pytest.approx(0.4)
