@@ -96,6 +96,18 @@ bench: setup
 bench-quick: setup
 	$(PY) -m benchmarks --quick
 
+# Peers (benchmarks/peers/, opt-in stacks `--stacks infinity,litserve`): the servers a user would pick
+# instead of ours, each in a venv of its own under .venv-peers/ (their pins conflict with ours: Infinity
+# wants transformers 4.x and optimum). torch is pinned so that pip takes the CPU build. Not part of setup;
+# a run that names a peer whose venv is missing skips it and says `make peers`.
+PEER_VENVS := .venv-peers/infinity/.installed .venv-peers/litserve/.installed
+.PHONY: peers
+peers: $(PEER_VENVS)
+.venv-peers/%/.installed: benchmarks/peers/requirements-%.txt
+	test -x .venv-peers/$*/bin/python || $(PYTHON) -m venv .venv-peers/$*
+	.venv-peers/$*/bin/python -m pip install --quiet -r $<
+	touch $@
+
 # The fault suite (benchmarks/faults/): bad inputs, fuzzing, Triton killed and frozen, live swaps, killed
 # publishes, on a stack of its own over a copy of the repository -> runs/faults-<UTC time>/faults.json.
 .PHONY: faults faults-quick

@@ -10,6 +10,10 @@ flatter every served stack. The point records which setting won and what both ga
 CPU milliseconds per item (``cpu_ms_per_item``): on one thread that is what the model itself costs,
 the figure the Triton step's CPU time per item is held against (it does not swing with the machine's
 load as throughput does).
+
+A mixed-length workload's ceiling runs every item once per round, sorted by length and cut into
+batches each padded only to its own longest member (``Inputs.sorted_batches``): the least padding
+any server could do with those items. Its points also hold tokens/s (real tokens, padding excluded).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def measure_ceiling(
         winner = max(candidates, key=lambda t: candidates[t].throughput)
         point = candidates[winner]
         point.extra = {
+            **{k: v for k, v in point.extra.items() if k in ("tokens_per_s", "length_sorted")},
             "intra_op_threads": winner or "default",
             "by_threads": {str(t or "default"): round(p.throughput, 2) for t, p in candidates.items()},
             "cpu_ms_per_item": {
@@ -78,6 +83,8 @@ def measure_ceiling(
 
 
 def _measure(session, inputs: Inputs, batch_size: int, duration_s: float) -> Point:
+    if inputs.workload.lengths:
+        return _measure_sorted(session, inputs, batch_size, duration_s)
     wanted = {i.name for i in session.get_inputs()}
     feeds = {k: v for k, v in inputs.batch(batch_size).items() if k in wanted}
     session.run(None, feeds)  # the first call at a batch size allocates: kept out of the CPU time
@@ -89,4 +96,39 @@ def _measure(session, inputs: Inputs, batch_size: int, duration_s: float) -> Poi
     point = latency_point(batch_size, batch_size * len(latencies), elapsed, latencies)
     # timed_calls makes one untimed call before the timed ones: its CPU time is in cpu_s too.
     point.extra["cpu_ms_per_item"] = cpu_s * 1000 / (batch_size * (len(latencies) + 1))
+    return point
+
+
+def _measure_sorted(session, inputs: Inputs, batch_size: int, duration_s: float) -> Point:
+    """Rounds over every item, in length-sorted batches of ``batch_size``, until ``duration_s`` and at
+    least one round; latencies are per call (batches of different lengths). Outputs are checked."""
+    from core.errors import CheckFailed
+
+    wanted = {i.name for i in session.get_inputs()}
+    batches = [{k: v for k, v in b.items() if k in wanted} for b in inputs.sorted_batches(batch_size)]
+    names = [o.name for o in session.get_outputs()]
+
+    def run(feeds: dict) -> None:
+        sent = len(next(iter(feeds.values())))
+        got = session.run(names, feeds)[0].shape[0]
+        if got != sent:
+            raise CheckFailed(
+                f"ceiling {inputs.workload.model}: output {names[0]!r} has batch {got}, sent {sent}"
+            )
+
+    run(batches[-1])  # the longest: allocates what the others reuse; kept out of the figures
+    cpu, latencies, items = time.process_time(), [], 0
+    start = time.perf_counter()
+    while not latencies or time.perf_counter() - start < duration_s:
+        for feeds in batches:
+            began = time.perf_counter()
+            run(feeds)
+            latencies.append(time.perf_counter() - began)
+        items += len(inputs.tensors)
+    elapsed = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu
+    point = latency_point(batch_size, items, elapsed, latencies)
+    point.extra["cpu_ms_per_item"] = cpu_s * 1000 / items
+    point.extra["tokens_per_s"] = items * inputs.mean_tokens() / elapsed
+    point.extra["length_sorted"] = True
     return point

@@ -13,6 +13,7 @@ sub-commands, listed in --help. Each prints one document on stdout (its human fo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -96,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help=f"multiply every measurement duration by this factor (also ${TIME_SCALE_ENV}); for smoke tests",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="the run's time budget in seconds instead of the plan's (steps that would not fit are "
+        "skipped and said so); e.g. room for the peers, which take a minute to start",
     )
     add_json_flag(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -221,6 +229,12 @@ def main_run(args: argparse.Namespace, argv: list[str]) -> int:
             ) from None
     if scale is not None:
         plan = plan.scaled(scale)
+    if args.budget_s is not None:
+        if not 0 < args.budget_s <= 3600:
+            raise InvalidArgument(
+                f"--budget-s: must be in (0, 3600] seconds, got {args.budget_s:g}", field="budget_s"
+            )
+        plan = dataclasses.replace(plan, budget_s=args.budget_s)
     stacks = tuple(args.stacks) if args.stacks else DEFAULT_STACKS
     unknown = [s for s in stacks if s not in STACK_CHOICES]
     if unknown:

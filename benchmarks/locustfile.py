@@ -6,6 +6,8 @@ an exact token count, or seeded images), so a run of each at equal concurrency c
 - ``BentoUser``: the service's JSON endpoint for the entry's task (``/embed`` for feature-extraction,
   ``/classify`` for text-classification, ``/predict`` with a base64 PNG for images). ``--host`` is the
   Bento URL, e.g. http://127.0.0.1:3000.
+- ``InfinityUser``: the Infinity peer's OpenAI-style ``POST /embeddings`` (``{"model": NAME, "input":
+  [TEXT]}``), the same texts (``benchmarks/peers``). The LitServe peer answers ``BentoUser``'s route.
 - ``TritonUser``: Triton's KServe v2 HTTP ``/v2/models/<name>/infer`` with the tensors as JSON (token
   ids tokenized once, before the run: the client-side cost Bento takes on is not in this baseline).
   ``--host`` is Triton's HTTP URL, e.g. http://127.0.0.1:8000.
@@ -92,6 +94,7 @@ def workload_data() -> dict:
         "version": version,
         "route": bento_route,
         "bodies": [json.dumps(b) for b in bodies],
+        "infinity_bodies": [json.dumps({"model": workload.model, "input": [t]}) for t in inputs.texts or []],
         "triton_bodies": triton_bodies,
         "output": output["name"],
         "width": int(output["shape"][-1]),
@@ -148,6 +151,32 @@ class BentoUser(FastHttpUser):
             body = response.json()
             values = body.get("embedding") or body.get("predictions")
             if not values or (route == "/embed" and len(values) != self.data["width"]):
+                response.failure(f"unexpected body: {response.text[:200]}")
+
+
+class InfinityUser(FastHttpUser):
+    """POSTs one text per request to Infinity's ``/embeddings`` (the peer serving the same model)."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.data = workload_data()
+        self.bodies = itertools.cycle(self.data["infinity_bodies"])
+
+    @task
+    def infer(self) -> None:
+        with self.client.post(
+            "/embeddings",
+            data=next(self.bodies),
+            headers={"Content-Type": "application/json"},
+            name="/embeddings",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                return
+            data = response.json().get("data") or [{}]
+            if len(data) != 1 or len(data[0].get("embedding") or []) != self.data["width"]:
                 response.failure(f"unexpected body: {response.text[:200]}")
 
 

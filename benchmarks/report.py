@@ -31,7 +31,22 @@ STACKS: dict[str, str] = {
     "triton-text-http": "Triton direct, texts to NAME_text, perf_analyzer HTTP (x = concurrency)",
     "bento-tokenize-service": "Bento tokenizing, token tensors to NAME, Locust (x = users)",
     "bento-tokenize-triton": "Bento sending texts to NAME_text, Locust (x = users)",
+    "bento-no-coalesce": "Bento with batching.coalesce off (Triton's batcher alone), Locust (x = users)",
+    "bento-no-split": "Bento with batching.split_lengths off (merged texts padded to the longest), Locust "
+    "(x = users)",
+    "infinity": "peer: Infinity 0.0.78, --engine optimum (ONNX), Locust (x = users)",
+    "litserve": "peer: LitServe 0.2.19 + ONNX Runtime on the entry's model.onnx, Locust (x = users)",
 }
+# Servers a user would pick instead of ours (benchmarks/peers), measured with the same Locust sweep.
+PEERS = ("infinity", "litserve")
+# Stacks compared at equal p99 (``at_equal_p99``): (stack, against), the second's p99 at its best
+# throughput is the target. The Coalescer against Triton's batcher alone, both ways; Bento against peers.
+EQUAL_P99_PAIRS = (
+    ("bento", "bento-no-coalesce"),
+    ("bento-no-coalesce", "bento"),
+    ("bento", "bento-no-split"),
+    *(("bento", peer) for peer in PEERS),
+)
 # Side-by-side comparisons of one run: (stack, over stack), best throughput against best throughput.
 PAIRS = (
     ("bento-tokenize-triton", "bento-tokenize-service"),
@@ -50,11 +65,30 @@ PACKAGES = (
     "uvicorn",
     "numpy",
 )
-# The goals of the project (issue 5): stack -> (compared with, minimum ratio, how the ratio is taken).
+# The goals of the project (issues 5 and 16): stack -> (compared with, target, how the ratio is
+# taken, direction: "min" = at least the target, "max" = at most, workloads: "all" | "mixed").
 GOALS = (
     ("triton", "ceiling", 0.90, "Triton direct (best of gRPC/HTTP) >= 90% of the in-process ceiling"),
     ("bento", "ceiling", 0.80, "Bento >= 80% of the in-process ceiling"),
     ("bento", "fastapi-eager@p99", 4.0, "Bento >= 4x the FastAPI-eager baseline at equal p99"),
+    (
+        "triton@c1",
+        "ceiling@b1",
+        1.3,
+        "Triton direct at concurrency 1: p50 within 1.3x of in-process batch-1 latency",
+        "max",
+        "all",
+    ),
+    (
+        "bento@c1",
+        "ceiling@b1",
+        1.3,
+        "Bento at 1 user: p50 within 1.3x of in-process batch-1 latency",
+        "max",
+        "all",
+    ),
+    ("bento", "best-peer@p99", 1.0, "Bento >= the best peer's throughput at equal p99", "min", "all"),
+    ("bento", "ceiling", 0.85, "Bento >= 85% of the length-sorted ceiling in tokens/s", "min", "mixed"),
 )
 
 
@@ -127,6 +161,16 @@ def compute_ratios(stacks: dict[str, dict]) -> dict:
     triton = [ratios[k] for k in ("triton-grpc/ceiling", "triton-http/ceiling") if k in ratios]
     if triton:
         ratios["triton/ceiling"] = max(triton)
+    ratios.update(low_load_ratios(stacks))
+    ratios.update(cpu_ratios(stacks))
+    for name, other in EQUAL_P99_PAIRS:
+        compared = at_equal_p99(stacks, name, other)
+        if compared is not None:
+            ratios[f"{name}/{other}@p99"] = compared
+    peers = {peer: ratios[f"bento/{peer}@p99"] for peer in PEERS if f"bento/{peer}@p99" in ratios}
+    if peers:  # the goal is judged against the peer that does best against the Bento
+        peer = min(peers, key=lambda p: peers[p]["ratio"])
+        ratios["bento/best-peer@p99"] = {**peers[peer], "peer": peer}
     baseline, bento = _points(stacks.get("fastapi-eager")), _points(stacks.get("bento"))
     base_best = best(baseline)
     if base_best and bento:
@@ -139,6 +183,103 @@ def compute_ratios(stacks: dict[str, dict]) -> dict:
             "ratio": (bento_tp / base_best.throughput) if bento_tp else 0.0,
         }
     return ratios
+
+
+def at_equal_p99(stacks: dict[str, dict], name: str, other: str) -> dict | None:
+    """``name``'s most throughput with p99 within ``other``'s p99 at ``other``'s best throughput,
+    over that best throughput (linear between measured levels, ``throughput_at_p99``)."""
+    mine, theirs = _points(stacks.get(name)), best(_points(stacks.get(other)))
+    if not mine or theirs is None:
+        return None
+    reached = throughput_at_p99(mine, theirs.p99)
+    return {
+        "p99_ms": theirs.p99,
+        other: theirs.throughput,
+        name: reached,
+        "ratio": (reached / theirs.throughput) if reached else 0.0,
+    }
+
+
+def low_load_ratios(stacks: dict[str, dict]) -> dict:
+    """The low end of the curve: each stack at concurrency (or users) 1 against ONNX Runtime in
+    process at batch 1: p50 and p99 over the ceiling's p50 and p99 (1.0 = no serving cost at all).
+    ``triton@c1`` is the better of gRPC and HTTP (by p50)."""
+    ceiling = {p.concurrency: p for p in _points(stacks.get("ceiling"))}.get(1)
+    if ceiling is None:
+        return {}
+    ratios = {}
+    for name in STACKS:
+        one = {p.concurrency: p for p in _points(stacks.get(name))}.get(1) if name != "ceiling" else None
+        if one is not None:
+            ratios[f"{name}@c1/ceiling@b1"] = {
+                "p50": one.p50 / ceiling.p50,
+                "p99": one.p99 / ceiling.p99,
+                "p50_ms": one.p50,
+                "p99_ms": one.p99,
+                "ceiling_p50_ms": ceiling.p50,
+                "ceiling_p99_ms": ceiling.p99,
+            }
+            breakdown = (one.extra or {}).get("breakdown_ms")
+            if breakdown:
+                ratios[f"{name}@c1/ceiling@b1"]["fixed_cost_ms"] = fixed_cost(breakdown, ceiling.p50)
+    triton = [ratios[k] for k in ("triton-grpc@c1/ceiling@b1", "triton-http@c1/ceiling@b1") if k in ratios]
+    if triton:
+        ratios["triton@c1/ceiling@b1"] = min(triton, key=lambda r: r["p50"])
+    return ratios
+
+
+def cpu_ratios(stacks: dict[str, dict]) -> dict:
+    """CPU time per item, which other load on a shared machine distorts far less than throughput
+    (measured minutes apart, the ceiling and a stack can see different load): ONNX Runtime alone on
+    one thread (the least over batch sizes) over each stack's least CPU per item over its levels
+    (its server processes: Triton; the Bento and Triton; a peer's process family). 1.0 = serving
+    costs nothing beyond the model; key ``STACK/ceiling@cpu``."""
+    alone = [
+        p["extra"]["cpu_ms_per_item"]["1"]
+        for p in (stacks.get("ceiling") or {}).get("points", [])
+        if "1" in (p.get("extra") or {}).get("cpu_ms_per_item", {})
+    ]
+    if not alone:
+        return {}
+    ratios = {}
+    for name in STACKS:
+        spent = [
+            p["extra"]["server_cpu_ms_per_item"]
+            for p in (stacks.get(name) or {}).get("points", [])
+            if name != "ceiling" and (p.get("extra") or {}).get("server_cpu_ms_per_item")
+        ]
+        if spent:
+            ratios[f"{name}/ceiling@cpu"] = min(alone) / min(spent)
+    return ratios
+
+
+def fixed_cost(breakdown: dict, ceiling_ms: float) -> dict:
+    """Where a lone request's time goes beyond ONNX Runtime's own batch-1 call, from perf_analyzer's
+    breakdown at concurrency 1 (means, ms): the transport (client send/receive, network, Triton's
+    request handling), the queue, the python backend's input and output tensors, and what the backend's
+    execute took beyond the in-process call (stub IPC, reading and checking inputs, ONNX Runtime's
+    session settings)."""
+    get = breakdown.get
+    return {
+        "transport": round(
+            (get("Client Send") or 0) + (get("Network+Server Send/Recv") or 0) + (get("Client Recv") or 0), 3
+        ),
+        "queue": round(get("Server Queue") or 0, 3),
+        "input_output": round((get("Server Compute Input") or 0) + (get("Server Compute Output") or 0), 3),
+        "execute_beyond_onnxruntime": round((get("Server Compute Infer") or 0) - ceiling_ms, 3),
+    }
+
+
+def tokens_per_s(stacks: dict[str, dict], mean_tokens: float | None) -> dict:
+    """Best throughput of each stack in tokens/s (real tokens, padding excluded): items/s times the
+    workload's mean tokens per item (every stack cycles through the same items)."""
+    if not mean_tokens:
+        return {}
+    return {
+        name: data["best"]["throughput"] * mean_tokens
+        for name, data in stacks.items()
+        if data and data.get("best")
+    }
 
 
 def equal_p99_table(stacks: dict[str, dict]) -> list[dict]:
@@ -190,23 +331,40 @@ def cpu_per_item(stacks: dict[str, dict]) -> dict | None:
     return {"triton": triton, "onnxruntime_one_thread": alone}
 
 
-def evaluate_goals(ratios: dict) -> list[dict]:
+def evaluate_goals(ratios: dict, *, mixed: bool = False) -> list[dict]:
+    """Each goal that applies to the workload (``mixed``: a mixed-length one), met or not (None: a
+    stack it needs was not measured). A low-load goal is judged on p50 (p99 is beside it)."""
     goals = []
-    for stack, against, minimum, text in GOALS:
+    for stack, against, target, text, *rest in GOALS:
+        direction, workloads = rest if rest else ("min", "all")
+        if workloads == "mixed" and not mixed:
+            continue
         key = f"{stack}/{against}"
         value = ratios.get(key)
         if isinstance(value, dict):
-            value = value["ratio"]
+            value = value["ratio"] if "ratio" in value else value["p50"]
+        met = None
+        if value is not None:
+            met = bool(value >= target) if direction == "min" else bool(value <= target)
         goals.append(
             {
                 "goal": text,
                 "key": key,
-                "target": minimum,
+                "target": target,
+                "direction": direction,
                 "value": value,
-                "met": None if value is None else bool(value >= minimum),
+                "met": met,
+                # How far off: the factor still to gain (min) or to lose (max); None when met.
+                "missed_by": _missed_by(value, target, direction) if met is False else None,
             }
         )
     return goals
+
+
+def _missed_by(value: float, target: float, direction: str) -> float | None:
+    if direction == "min":
+        return round(target / value, 2) if value else None
+    return round(value / target, 2)
 
 
 # ---- rendering -----------------------------------------------------------------------------------
@@ -223,13 +381,41 @@ def _ratio_text(value, factor: bool = False) -> str:
     return f"{value:.2f}x" if factor else f"{value * 100:.0f}%"
 
 
+def _is_factor(goal: dict) -> bool:
+    """Goals against another stack or latency (key with "@") read as factors, the rest as shares."""
+    return "@" in goal["key"]
+
+
 def _goal_line(goal: dict) -> str:
     if goal["met"] is None:
-        return f"- **not measured**: {goal['goal']} (a stack it needs did not run; see Errors)"
-    target = f"{goal['target'] * 100:.0f}%" if goal["target"] < 2 else f"{goal['target']:.0f}x"
+        return f"- **not measured**: {goal['goal']} (a stack it needs did not run; see Errors and notes)"
+    factor = _is_factor(goal)
+    target = f"{goal['target']:.2g}x" if factor else f"{goal['target'] * 100:.0f}%"
     verdict = "met" if goal["met"] else "NOT met"
-    measured = _ratio_text(goal["value"], factor=goal["target"] >= 2)
-    return f"- **{verdict}**: {goal['goal']}: measured {measured} (goal {target})"
+    measured = _ratio_text(goal["value"], factor=factor)
+    missed = f", missed by {goal['missed_by']:.2f}x" if goal.get("missed_by") else ""
+    return f"- **{verdict}**: {goal['goal']}: measured {measured} (goal {target}{missed})"
+
+
+def _ratio_cell(key: str, value) -> str:
+    """A ratio of the summary as text: a share of the ceiling, a latency factor at concurrency 1, or
+    two stacks at equal p99 (``at_equal_p99``'s dict: the target, both stacks' items/s)."""
+    if not isinstance(value, dict):
+        return _ratio_text(value)
+    if "p50" in value:
+        cost = value.get("fixed_cost_ms")
+        parts = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in (cost or {}).items())
+        return (
+            f"p50 {value['p50']:.2f}x ({value['p50_ms']:.2f} ms against {value['ceiling_p50_ms']:.2f}), "
+            f"p99 {value['p99']:.2f}x ({value['p99_ms']:.2f} ms against {value['ceiling_p99_ms']:.2f})"
+            + (f"; fixed cost (ms): {parts}" if cost else "")
+        )
+    stacks = [k for k in value if k not in ("p99_ms", "ratio", "peer")]
+    figures = ", ".join(
+        f"{stack} {'none within it' if not value[stack] else f'{value[stack]:.1f}/s'}" for stack in stacks
+    )
+    peer = f" (best peer: {value['peer']})" if value.get("peer") else ""
+    return f"{_ratio_text(value['ratio'], factor=True)}{peer} (at p99 <= {value['p99_ms']:.1f} ms: {figures})"
 
 
 def _files_text(files: list[str]) -> str:
@@ -367,16 +553,9 @@ def render_markdown(summary: dict) -> str:
     lines += ["## Ratios", "", "| workload | ratio | value |", "|---|---|---|"]
     for name, workload in summary["workloads"].items():
         for key, value in workload.get("ratios", {}).items():
-            if isinstance(value, dict):
-                bento = "none within it" if not value["bento"] else f"{value['bento']:.1f}/s"
-                text = (
-                    f"{_ratio_text(value['ratio'], factor=True)} "
-                    f"(at p99 <= {value['p99_ms']:.1f} ms: Bento {bento}, "
-                    f"FastAPI-eager {value['fastapi-eager']:.1f}/s)"
-                )
-            else:
-                text = _ratio_text(value)
-            lines.append(f"| {name} | {key} | {text} |")
+            lines.append(f"| {name} | {key} | {_ratio_cell(key, value)} |")
+        for stack, figure in (workload.get("tokens_per_s") or {}).items():
+            lines.append(f"| {name} | {stack} tokens/s (best) | {figure:.0f} |")
     lines.append("")
     for name, workload in summary["workloads"].items():
         if workload.get("equal_p99"):
@@ -576,7 +755,7 @@ def summary_table(summary: dict) -> str:
     for name, workload in summary["workloads"].items():
         for goal in workload.get("goals", []):
             verdict = {True: "met", False: "NOT met", None: "not measured"}[goal["met"]]
-            measured = _ratio_text(goal["value"], factor=goal["target"] >= 2)
+            measured = _ratio_text(goal["value"], factor=_is_factor(goal))
             text.append(f"{name}: {verdict}: {goal['goal']} ({measured})")
         cpu = workload.get("cpu_per_item") or {}
         if cpu.get("triton"):

@@ -44,6 +44,7 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.ceiling import measure_ceiling
 from benchmarks.loadgen import LocustRun, log_tail, perf_sweep, run_locust, run_logged
+from benchmarks.peers import PEERS
 from benchmarks.plans import Plan
 from benchmarks.procs import ProcessSet
 from benchmarks.workloads import Inputs, Workload, load_inputs, write_perf_analyzer_data
@@ -68,11 +69,20 @@ STACK_CHOICES = (
     "cold-start",
     "cache",
     "batch",
+    "bento-no-coalesce",
+    "bento-no-split",
+    "infinity",
+    "litserve",
 )
 # What a run measures when --stacks is not given; the others are asked for by name.
 DEFAULT_STACKS = ("ceiling", "triton", "bento", "baseline")
 # The Bento with text models' `tokenize` forced: stack -> the setting.
 TOKENIZE_STACKS = {"bento-tokenize-service": "service", "bento-tokenize-triton": "triton"}
+# The Bento with one batching setting changed against the default (`bento`): stack -> service.yaml
+# `batching` overrides. Triton's batcher alone (no Coalescer); merged texts padded to the longest.
+BENTO_VARIANTS = {"bento-no-coalesce": {"coalesce": False}, "bento-no-split": {"split_lengths": False}}
+# Peers (benchmarks/peers): other servers on the same model, each alone, the same Locust sweep.
+PEER_STACKS = PEERS
 # Cold start: requests after the first one that make the steady state.
 STEADY_REQUESTS = 20
 # The route of the Bento service (and of the baseline, which mirrors it) for one item of each kind.
@@ -341,13 +351,19 @@ class Run:
             results[name] = {"model": model, **rows}
 
     # ---- 4./5. Locust against an HTTP service ----
-    def warm_up(self, stack_name: str, host: str, name: str, requests: int = WARM_UP_REQUESTS) -> None:
+    def warm_up(
+        self, stack_name: str, host: str, name: str, requests: int = WARM_UP_REQUESTS, user: str = "BentoUser"
+    ) -> None:
         """A few requests before the first measured one, so that lazy start-up work (first forward
         pass, thread pools, connections to Triton) is not in the figures. Any answer but 200 stops the
-        stack's sweep for this workload with the answer in the error."""
+        stack's sweep for this workload with the answer in the error. ``user``: the Locust user class
+        the sweep drives (``InfinityUser`` speaks Infinity's route and body)."""
         inputs = self.inputs[name]
-        route = ROUTES[inputs.workload.kind]
-        for body in inputs.http_bodies()[:requests]:
+        route, bodies = ROUTES[inputs.workload.kind], inputs.http_bodies()
+        if user == "InfinityUser":
+            route = "/embeddings"
+            bodies = [{"model": inputs.workload.model, "input": [text]} for text in inputs.texts or []]
+        for body in bodies[:requests]:
             request = urllib.request.Request(
                 host + route, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
             )
@@ -361,14 +377,20 @@ class Run:
                 ) from None
 
     def locust_sweep(
-        self, stack_name: str, host: str, repo: Repository, workloads: list[str], servers: tuple = ()
+        self,
+        stack_name: str,
+        host: str,
+        repo: Repository,
+        workloads: list[str],
+        servers: tuple = (),
+        user: str = "BentoUser",
     ) -> None:
         """A Locust users sweep per workload. ``servers``: what serves the requests (objects with
         ``cpu_times()``: the Bento, Triton); each point then holds their CPU ms per request, over the
         whole Locust run (a figure other load on the machine does not inflate as it does latency)."""
         for name in workloads:
             try:
-                self.warm_up(stack_name, host, name)
+                self.warm_up(stack_name, host, name, user=user)
             except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                 self._fail(f"{stack_name} {name} warm-up", err)
                 continue
@@ -385,7 +407,7 @@ class Run:
                         users,
                         self.plan.locust_s,
                         prefix,
-                        user_classes=["BentoUser"],
+                        user_classes=[user],
                         env={"MODELPACK_WORKLOAD": name, "MODELPACK_REPOSITORY": str(repo.root)},
                     )
                 except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
@@ -413,10 +435,12 @@ class Run:
         models: list[str],
         tokenize: str | None = None,
         name: str | None = None,
+        variant: str | None = None,
     ) -> Path:
         """The project's ``service.yaml`` with this run's repository, Triton and only the models the
         run serves (the service is ready only when every configured model is); ``tokenize`` forces
-        where the text models' texts are tokenized."""
+        where the text models' texts are tokenized, ``variant`` (of ``BENTO_VARIANTS``) changes its
+        ``batching``."""
         import yaml
 
         data = yaml.safe_load((ROOT / "service.yaml").read_text(encoding="utf-8"))
@@ -427,6 +451,8 @@ class Run:
             for model in data["models"]:
                 if TASK_SPECS[model["task"]].input_kind == "text":
                     model["tokenize"] = tokenize
+        if variant is not None:
+            data.setdefault("batching", {}).update(BENTO_VARIANTS[variant])
         missing = sorted(set(models) - {m["name"] for m in data["models"]})
         if missing:
             raise NotFound(
@@ -435,6 +461,8 @@ class Run:
             )
         if name is None:
             name = "service.yaml" if tokenize is None else f"service-tokenize-{tokenize}.yaml"
+            if variant is not None:
+                name = f"service-{variant}.yaml"
         path = self.out / name
         path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return path
@@ -446,13 +474,14 @@ class Run:
         repo: Repository,
         models: list[str],
         tokenize: str | None = None,
+        variant: str | None = None,
     ):
         from serving.launcher import BentoServer
 
         # The run's own service.yaml says where Triton and the repository are (the launcher drops any
         # override from the environment).
-        config = self.bento_config(triton_server, repo, models, tokenize)
-        label = "bento" if tokenize is None else f"bento-tokenize-{tokenize}"
+        config = self.bento_config(triton_server, repo, models, tokenize, variant=variant)
+        label = variant or ("bento" if tokenize is None else f"bento-tokenize-{tokenize}")
         server = BentoServer(
             config, self.out / "bentoml_home", self.out / "logs" / f"{label}.log", die_with_parent=True
         )
@@ -474,6 +503,66 @@ class Run:
                     server.stop()  # before the next one starts (the set would stop it again, harmlessly)
             except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                 self._fail(stack, err)
+
+    def bento_variants(self, procs: ProcessSet, triton_server, repo: Repository, models: list[str]):
+        """The Bento with one ``batching`` setting changed (``BENTO_VARIANTS``), each named in
+        ``--stacks`` started and stopped in turn after the default one, the same Locust sweep:
+        ``bento-no-coalesce`` (one Triton call per request: Triton's batcher alone) and
+        ``bento-no-split`` (merged texts padded to the longest, not split by length)."""
+        for stack in BENTO_VARIANTS:
+            if stack not in self.options.stacks or self._skip(f"{stack} start", 30):
+                continue
+            try:
+                server = self.bento(procs, triton_server, repo, models, variant=stack)
+                try:
+                    self.locust_sweep(
+                        stack, server.url, repo, list(self.inputs), servers=(server, triton_server)
+                    )
+                finally:
+                    server.stop()
+            except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                self._fail(stack, err)
+
+    def peers(self, procs: ProcessSet, repo: Repository) -> None:
+        """Each peer named in ``--stacks`` alone on the machine (Triton and the Bento stopped), on the
+        text workloads, with the same Locust sweep as the Bento. A peer whose venv is missing is
+        skipped and the summary says so (``make peers``), as is a peer that does not start."""
+        from benchmarks.peers import start, venv_python
+        from core.errors import MissingDependency
+
+        texts = [name for name, inputs in self.inputs.items() if inputs.workload.kind == "text"]
+        skipped = self.summary.setdefault("skipped_stacks", {})
+        for peer in PEER_STACKS:
+            if peer not in self.options.stacks or not texts:
+                continue
+            try:
+                venv_python(peer)  # first: a missing venv is the reason to give, whatever the time left
+            except MissingDependency as err:
+                log.warning("skipped %s: %s", peer, err)
+                skipped[peer] = str(err)
+                self.notes.append(f"skipped {peer}: {err}")
+                continue
+            if self._skip(f"{peer} start", 60):
+                skipped[peer] = "not enough of the run's time budget left"
+                continue
+            for model in sorted({self.inputs[name].workload.model for name in texts}):
+                workloads = [name for name in texts if self.inputs[name].workload.model == model]
+                try:
+                    server = start(procs, peer, repo, model, self.out)
+                except MissingDependency as err:
+                    log.warning("skipped %s: %s", peer, err)
+                    skipped[peer] = str(err)
+                    self.notes.append(f"skipped {peer}: {err}")
+                    break
+                except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
+                    self._fail(f"{peer} start", err)
+                    continue
+                try:
+                    self.locust_sweep(
+                        peer, server.url, repo, workloads, servers=(server,), user=server.user_class
+                    )
+                finally:
+                    procs.close()  # the peer's whole process group, before the next one starts
 
     def baseline(self, procs: ProcessSet, repo: Repository, models: list[str]) -> str:
         argv = [sys.executable, "-m", "benchmarks.baseline_fastapi"]
@@ -534,7 +623,14 @@ class Run:
                     if self.plan.ceiling_again:  # what the closing one will take, from the opening one
                         self.reserve_s = 0.7 * (time.monotonic() - opened) + 1
                 triton_server = None
-                needs_triton = {"triton", "bento", "triton-text", "cold-start", *TOKENIZE_STACKS}
+                needs_triton = {
+                    "triton",
+                    "bento",
+                    "triton-text",
+                    "cold-start",
+                    "bento-no-coalesce",
+                    *TOKENIZE_STACKS,
+                }
                 if needs_triton & set(stacks) and not self._skip("triton start", 15):
                     try:
                         triton_server = self.triton(procs, repo, models)
@@ -546,15 +642,19 @@ class Run:
                     self.triton_sweeps(triton_server, texts=True)
                 if triton_server is not None and "bento" in stacks and not self._skip("bento start", 30):
                     try:
-                        url = self.bento(procs, triton_server, repo, models).url
-                        self.locust_sweep("bento", url, repo, list(self.inputs))
+                        bento = self.bento(procs, triton_server, repo, models)
+                        servers = (bento, triton_server)
+                        self.locust_sweep("bento", bento.url, repo, list(self.inputs), servers=servers)
                     except Exception as err:  # noqa: BLE001 - recorded; the other stacks still run
                         self._fail("bento", err)
                 if triton_server is not None:
                     self.bento_tokenize_sweeps(procs, triton_server, repo, models)
+                if triton_server is not None:
+                    self.bento_variants(procs, triton_server, repo, models)
                 if triton_server is not None and "cold-start" in stacks:  # last: it reloads the models
                     self.cold_start(triton_server)
-                procs.close()  # Triton and Bento stop before the baseline runs alone
+                procs.close()  # Triton and Bento stop before the peers and the baseline run alone
+                self.peers(procs, repo)
                 if "baseline" in stacks and not self._skip("baseline start", 25):
                     try:
                         url = self.baseline(procs, repo, models)
@@ -612,11 +712,16 @@ class Run:
                         points, label=report.STACKS[stack], files=data["files"]
                     )
             ratios = report.compute_ratios(stacks)
+            inputs = self.inputs.get(name)
+            mean_tokens = inputs.mean_tokens() if inputs is not None else None
+            mixed = bool(inputs is not None and inputs.workload.lengths)
             result[name] = {
                 **workload,
                 "stacks": stacks,
                 "ratios": ratios,
-                "goals": report.evaluate_goals(ratios),
+                "mean_tokens": mean_tokens,
+                "tokens_per_s": report.tokens_per_s(stacks, mean_tokens),
+                "goals": report.evaluate_goals(ratios, mixed=mixed),
                 "equal_p99": report.equal_p99_table(stacks),
                 "cpu_per_item": report.cpu_per_item(stacks),
             }

@@ -5,6 +5,11 @@ Each workload names a repository entry and the shape of one item. Text items are
 ceiling, Triton, the Bento service and the FastAPI baseline all see the same sequences; image items
 are seeded random images of the entry's declared shape. Every request carries one item. ``repeats`` is
 the cache stack's workload: known items at a given rate, new ones otherwise.
+
+A mixed-length workload (``lengths``) draws each item's token count from a seeded log-normal
+distribution clipped to a range (most items short, a long tail), as real traffic is: one length for
+every item hides what padding a batch to its longest member costs. Its items are reported in tokens/s
+as well as items/s (``Inputs.mean_tokens``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,20 @@ class Workload:
     kind: str  # "text" | "image"
     tokens: int = 0  # text: tokens per sequence, [CLS] and [SEP] included
     description: str = ""
+    # Mixed lengths: (shortest, longest, median) tokens of a seeded log-normal draw; None = ``tokens``.
+    lengths: tuple[int, int, int] | None = None
+    seed: int = 16
+
+    def token_counts(self, samples: int) -> list[int]:
+        """Tokens of each item ([CLS] and [SEP] included): ``tokens`` every time, or, for a mixed
+        workload, a seeded log-normal draw around the median (sigma 0.8: about 9 items in 10 under
+        3x the median) clipped to [shortest, longest]."""
+        if self.lengths is None:
+            return [self.tokens] * samples
+        low, high, median = self.lengths
+        rng = np.random.default_rng(self.seed)
+        drawn = np.exp(rng.normal(np.log(median), 0.8, size=samples))
+        return [int(n) for n in np.clip(np.rint(drawn), low, high)]
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -49,6 +68,14 @@ WORKLOADS: dict[str, Workload] = {
         "text",
         tokens=128,
         description="MiniLM embeddings, one 128-token passage per request",
+    ),
+    "minilm-mixed": Workload(
+        "minilm-mixed",
+        "minilm",
+        "text",
+        lengths=(8, 256, 24),
+        description="MiniLM embeddings, one sentence per request, 8 to 256 tokens (median 24, seeded "
+        "log-normal: most short, a long tail)",
     ),
     "image": Workload(
         "image",
@@ -88,9 +115,40 @@ class Inputs:
         return [{"image": png} for png in self.png_b64 or []]
 
     def batch(self, size: int, offset: int = 0) -> dict[str, np.ndarray]:
-        """``size`` items stacked along a new batch axis (all items of a workload have one shape)."""
-        items = [self.tensors[(offset + i) % len(self.tensors)] for i in range(size)]
-        return {name: np.stack([item[name] for item in items]) for name in items[0]}
+        """``size`` items stacked along a new batch axis, zero-padded to the longest (token ids and
+        attention masks of mixed lengths; a padded position has mask 0, so outputs do not change)."""
+        return stack_padded([self.tensors[(offset + i) % len(self.tensors)] for i in range(size)])
+
+    def token_counts(self) -> list[int]:
+        """Real tokens of each item (the attention mask's ones); empty for images."""
+        if self.workload.kind != "text":
+            return []
+        return [int(item["attention_mask"].sum()) for item in self.tensors]
+
+    def mean_tokens(self) -> float | None:
+        """Mean real tokens per item: every stack cycles through the items in order, so items/s times
+        this is tokens/s (to within one cycle of the measurement)."""
+        counts = self.token_counts()
+        return sum(counts) / len(counts) if counts else None
+
+    def sorted_batches(self, size: int) -> list[dict[str, np.ndarray]]:
+        """Every item once, sorted by length and cut into batches of ``size``, each padded to its own
+        longest member: the least padding a server could do (the mixed workload's ceiling)."""
+        order = sorted(range(len(self.tensors)), key=lambda i: self.tensors[i]["input_ids"].shape[0])
+        items = [self.tensors[i] for i in order]
+        return [stack_padded(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def stack_padded(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Items stacked along a new batch axis; 1-D items of different lengths zero-padded at the end."""
+    stacked = {}
+    for name in items[0]:
+        arrays = [item[name] for item in items]
+        longest = max(a.shape[0] for a in arrays) if arrays[0].ndim else 0
+        if arrays[0].ndim == 1 and any(a.shape[0] != longest for a in arrays):
+            arrays = [np.pad(a, (0, longest - a.shape[0])) for a in arrays]
+        stacked[name] = np.stack(arrays)
+    return stacked
 
 
 def load_inputs(workload: Workload, repository: Repository, samples: int = SAMPLES) -> Inputs:
@@ -115,22 +173,22 @@ def _text_inputs(workload: Workload, folder: Path, manifest: dict, samples: int)
         )
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=workload.tokens)
     words = " ".join(SENTENCES).split()
     # Tokens per word, counted once: the tokenizer splits on whitespace first, so counts add up.
     cost = [len(tokenizer.encode(word, add_special_tokens=False).ids) for word in words]
     special = len(tokenizer.encode("").ids)
     texts, tensors = [], []
-    for i in range(samples):
+    for i, tokens in enumerate(workload.token_counts(samples)):
+        tokenizer.enable_truncation(max_length=tokens)
         start = (i * 7) % len(words)
         count, total = 0, special
         # Take words (wrapping around the corpus) until they fill the budget; truncation cuts the rest.
         while True:
             total += cost[(start + count) % len(words)]
             count += 1
-            if total >= workload.tokens:
+            if total >= tokens:
                 encoding = tokenizer.encode(" ".join(words[(start + k) % len(words)] for k in range(count)))
-                if len(encoding.ids) == workload.tokens:
+                if len(encoding.ids) == tokens:
                     break
         ids = np.asarray(encoding.ids, dtype=np.int64)
         tensors.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})

@@ -36,7 +36,10 @@ ACCELERATORS = ("tensorrt",)
 ACCELERATOR_PRECISIONS = ("FP16", "FP32")
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_PREFERRED_BATCH_SIZES = (16, 32)
-DEFAULT_MAX_QUEUE_DELAY_US = 2000
+# 0: a lone request goes out at once instead of waiting for preferred sizes it will never fill; Triton
+# still batches whatever queued while the model was busy (issue 16: 2000 halved throughput at
+# concurrency 1 and won nothing at 8). `python -m benchmarks tune` searches other delays per machine.
+DEFAULT_MAX_QUEUE_DELAY_US = 0
 # ONNX operators whose output is not a function of their input: a graph with one of them is not
 # deterministic, so Triton's response cache would replay one draw for ever.
 RANDOM_OPS = (

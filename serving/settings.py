@@ -143,6 +143,11 @@ class Batching(_Strict):
         64, ge=1, le=4096, description="rows per merged call (also capped by Triton's)"
     )
     max_in_flight: int = Field(2, ge=1, le=64, description="Triton calls in flight per model version")
+    split_lengths: bool = Field(
+        True,
+        description="merged texts of different lengths go out as one call per length bucket (16, 24, 32, "
+        "48, ...), so a short one is not padded to the longest (mixed-length traffic, docs/figures.md)",
+    )
 
 
 # Where a text model's requests are tokenized: in this service (it sends NAME the token tensors), or

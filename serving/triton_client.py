@@ -11,6 +11,7 @@ not only the one a connection happened to reach. A channel resolves its name onc
 added since get calls) and closes the old one once the calls on it are done."""
 
 import asyncio
+import bisect
 import logging
 import re
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from core.companions import length_buckets
 from core.errors import InvalidArgument, ToolkitError, Unavailable
 from serving.settings import Batching, TritonSettings
 
@@ -258,8 +260,11 @@ class Coalescer:
         *,
         on_wait: Callable[[float], None] | None = None,
         waiting: Any = None,
+        split_lengths: bool = False,
     ) -> None:
         self._infer = infer
+        # Merged requests of different lengths go out as one call per length bucket (length_groups).
+        self.split_lengths = split_lengths
         self.max_batch_size = max_batch_size
         self.max_in_flight = max_in_flight
         self._queue: deque[_Pending] = deque()
@@ -305,13 +310,14 @@ class Coalescer:
 
     async def _run(self, batch: list[_Pending]) -> None:
         try:
-            inputs = batch[0].inputs if len(batch) == 1 else merge_rows([item.inputs for item in batch])
-            output, version = await self._infer(inputs)
-            offset = 0
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_result((rows_of(output, offset, offset + item.rows), version))
-                offset += item.rows
+            groups = length_groups(batch) if self.split_lengths else [batch]
+            results = await asyncio.gather(*(self._infer(_merged(group)) for group in groups))
+            for group, (output, version) in zip(groups, results, strict=True):
+                offset = 0
+                for item in group:
+                    if not item.future.done():
+                        item.future.set_result((rows_of(output, offset, offset + item.rows), version))
+                    offset += item.rows
         except Exception as err:
             for item in batch:
                 if not item.future.done():
@@ -319,6 +325,31 @@ class Coalescer:
         finally:
             self._in_flight -= 1
             self._dispatch()
+
+
+def _merged(group: list[_Pending]) -> dict[str, np.ndarray]:
+    return group[0].inputs if len(group) == 1 else merge_rows([item.inputs for item in group])
+
+
+def _length(item: _Pending) -> int | None:
+    """The padded axis of a request's rows (tokens), or None for inputs without one."""
+    first = next(iter(item.inputs.values()))
+    return int(first.shape[1]) if first.ndim >= 2 else None
+
+
+def length_groups(batch: list[_Pending]) -> list[list[_Pending]]:
+    """Requests of one merged call split by length bucket (``core.companions.length_buckets``: 16, 24,
+    32, 48, 64, ...), shortest first, so that a short sentence is not padded to the longest one in
+    the call: on mixed-length traffic that padding is most of the work. Requests whose rows share one
+    length (every image, or texts of one length) stay one call."""
+    lengths = [_length(item) for item in batch]
+    if None in lengths or len(set(lengths)) <= 1:
+        return [batch]
+    buckets = length_buckets(max(lengths))
+    groups: dict[int, list[_Pending]] = {}
+    for item, length in zip(batch, lengths, strict=True):
+        groups.setdefault(buckets[bisect.bisect_left(buckets, length)], []).append(item)
+    return [groups[size] for size in sorted(groups)]
 
 
 class TritonCalls:
@@ -373,6 +404,7 @@ class TritonCalls:
                 in_flight,
                 on_wait=self.queue_wait.labels(**labels).observe if self.queue_wait is not None else None,
                 waiting=self.waiting.labels(**labels) if self.waiting is not None else None,
+                split_lengths=pad and batching.split_lengths,
             )
         settings = self.gateway.settings
         try:

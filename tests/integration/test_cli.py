@@ -365,7 +365,7 @@ def tuning_file(model_repo, tmp_path_factory) -> Path:
             name="image_classifier",
             p99_ms=5000.0,
             repository=model_repo,
-            delays_us=[0, 3000],
+            delays_us=[1000, 3000],
             preferred=[[4]],
             instances=[2],
             concurrency=[1],

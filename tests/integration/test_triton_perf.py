@@ -100,7 +100,7 @@ def test_ratio_goal_report_and_kept_files(triton_step):
     assert "minilm-short: CPU per item at Triton's best point (triton-" in summary_table(summary)
     # perf_analyzer's own CSV rows are kept, one file per protocol, the levels' files merged into it.
     for protocol in ("grpc", "http"):
-        merged = (out / "perf_analyzer" / f"minilm-short_{protocol}.csv").read_text().splitlines()
+        merged = (out / "perf_analyzer" / f"minilm-short_triton_{protocol}.csv").read_text().splitlines()
         assert merged[0].startswith("Concurrency,") and [line.split(",")[0] for line in merged[1:]] == [
             "1",
             "4",

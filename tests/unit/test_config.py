@@ -38,7 +38,7 @@ def test_text_encoder_config_has_the_contract_fields():
         ("embeddings", mc.TYPE_FP32, [384])
     ]
     assert list(config.dynamic_batching.preferred_batch_size) == [16, 32]
-    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
     assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
     assert config.version_policy.latest.num_versions == 1
 
