@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -62,14 +63,33 @@ def stack(model_repo, service_config, tmp_path_factory):
             triton.stop()
 
 
+def _counted(tritons, total: int) -> list[int]:
+    """Each server's count once they add up to ``total``: Triton counts a request after answering it."""
+    deadline = time.monotonic() + 30
+    while sum(counts := [_served(t) for t in tritons]) < total:
+        assert time.monotonic() < deadline, f"the servers counted {counts}, not {total}"
+        time.sleep(0.05)
+    return counts
+
+
 def test_both_tritons_serve_the_bento(stack):
     bento, tritons = stack
     image = _png()
-    before = [_served(t) for t in tritons]
+    # A Triton restarted by another test of the module is called again once the Bento's channel
+    # reconnects to it (gRPC's backoff) or is reopened (triton.max_connection_age_s, 30 s here): wait
+    # until each server has answered one call, as a load balancer's new backend is waited for.
+    base = [_served(t) for t in tritons]
+    calls, deadline = 0, time.monotonic() + 90
+    while min(c - b for c, b in zip(_counted(tritons, sum(base) + calls), base, strict=True)) == 0:
+        assert time.monotonic() < deadline, "the Bento never called one of the two Tritons"
+        assert bento.client.post("/predict", json={"image": image}).status_code == 200
+        calls += 1
+        time.sleep(0.05)
+    before = _counted(tritons, sum(base) + calls)
     for _ in range(30):
         response = bento.client.post("/predict", json={"image": image})
         assert response.status_code == 200, response.text
-    counts = [_served(t) - b for t, b in zip(tritons, before, strict=True)]
+    counts = [a - b for a, b in zip(_counted(tritons, sum(before) + 30), before, strict=True)]
     assert sum(counts) == 30
     # Round-robin per call over both connections (a connection pinned to one server gives [30, 0]).
     assert min(counts) >= 10, counts

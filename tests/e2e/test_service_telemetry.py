@@ -161,6 +161,7 @@ def test_no_series_duplicates_bentomls_and_label_values_are_bounded(run):
         "modelpack_request_duration_seconds",
         "modelpack_triton_batch_rows",
         "modelpack_triton_queue_wait_seconds",
+        "modelpack_triton_ready",
         "modelpack_triton_waiting_requests",
     ]
     # BentoML's own series count every request by exact status, its validation errors included.
