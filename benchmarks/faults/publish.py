@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.faults.swaps import publish_copy
 from core.repository import HISTORY, HOOK_POINTS, MANIFEST, Repository
 
 MODES = ("same-config", "new-config")
@@ -98,8 +99,6 @@ def kill_at(
 def run_kills(scratch: Path, name: str, log) -> dict:
     """Every hook point x both modes, each from the same starting repository; then one publish that
     must succeed and leave no staging folder behind."""
-    from benchmarks.faults.swaps import publish_copy
-
     pristine = scratch.with_name(scratch.name + "-pristine")
     reference = scratch.with_name(scratch.name + "-reference")
     copy_tree(scratch, pristine)
@@ -148,23 +147,10 @@ def _child(repository: str, name: str, point: str, mode: str) -> None:
             time.sleep(600)
 
     repo = Repository(repository, hook=hook)
-    source = repo.versions(name)[-1]
-    source_dir = repo.version_dir(name, source)
-    manifest = json.loads((source_dir / MANIFEST).read_text(encoding="utf-8"))
     config = repo.config(name)
     if mode == "new-config":
         config.max_batch_size = config.max_batch_size + 1
-    with repo.stage(name) as staged:
-        for path in sorted(source_dir.rglob("*")):
-            if path.name == MANIFEST and path.parent == source_dir:
-                continue
-            target = staged.dir / path.relative_to(source_dir)
-            if path.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.link(path, target)
-        repo.commit(staged, config, manifest)
+    publish_copy(repo, name, repo.versions(name)[-1], config)
     sys.stdout.write("published without being killed\n")
 
 

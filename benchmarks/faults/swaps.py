@@ -7,19 +7,22 @@ import json
 import os
 from pathlib import Path
 
+from tritonclient.grpc import model_config_pb2 as mc
+
 from core.repository import MANIFEST, Repository
 
 
-def publish_copy(repository: Repository, name: str, source: int) -> int:
+def publish_copy(repository: Repository, name: str, source: int, config: mc.ModelConfig | None = None) -> int:
     """Publish version ``source`` of ``name`` again, as the next version, through the repository's own
-    atomic publish (staged, locked, renamed into place) with the entry's config unchanged. The files are
+    atomic publish (staged, locked, renamed into place) with ``config`` (default: the entry's config
+    unchanged). The files are
     hard-linked from the source version (the staging folder is on the repository's filesystem), so a
     hundred swaps cost no disk; the manifest is written anew by the publish. Returns the new version."""
     source_dir = repository.version_dir(name, source)
     manifest = json.loads((source_dir / MANIFEST).read_text(encoding="utf-8"))
     for key in ("name", "version", "size_bytes", "created_at"):
         manifest.pop(key, None)
-    config = repository.config(name)
+    config = repository.config(name) if config is None else config
     with repository.stage(name) as staged:
         for path in sorted(source_dir.rglob("*")):
             if path.name == MANIFEST and path.parent == source_dir:
