@@ -120,6 +120,62 @@ def image_names(version: str | None = None) -> dict[str, str]:
 # ---- inputs, labels ---------------------------------------------------------------------------------
 
 
+# The files of this checkout each image is made of (bentofile.yaml's include and pins, the Dockerfiles,
+# the CPU image's build context): an image built at a revision where these were what they are now holds
+# this checkout's code.
+IMAGE_SOURCES = {
+    "triton-cpu": (
+        "local_triton",
+        "core/__init__.py",
+        "core/errors.py",
+        "deploy/docker/triton-cpu.Dockerfile",
+    ),
+    "bento": (
+        "service.py",
+        "service.yaml",
+        "core",
+        "serving",
+        "bentofile.yaml",
+        "requirements-service.txt",
+        "deploy/docker/bento.Dockerfile",
+    ),
+}
+
+
+def stale_reason(role: str, image: str) -> str | None:
+    """Why ``image`` may not hold this checkout's code, or None when it does: the revision it was built
+    from (its ``org.opencontainers.image.revision`` label) and this checkout differ in ``IMAGE_SOURCES``
+    (uncommitted changes included), or that revision is unknown here."""
+    labels = image_labels(image)
+    if labels is None:
+        return f"{image} is not built"
+    return changed_since(role, labels.get("org.opencontainers.image.revision", ""), image)
+
+
+def changed_since(role: str, revision: str, image: str) -> str | None:
+    """What of ``role``'s ``IMAGE_SOURCES`` differs between ``revision`` and this checkout (see
+    ``stale_reason``), said of ``image``; None when nothing does."""
+    if not revision or revision.endswith("-dirty"):
+        return f"{image} was built from {'uncommitted changes' if revision else 'no known revision'}"
+    paths = IMAGE_SOURCES[role]
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), "diff", "--name-only", revision, "--", *paths],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"{image}: git could not compare its revision {revision[:12]} with this checkout ({err})"
+    if done.returncode != 0:
+        return f"{image} was built at {revision[:12]}, a revision this checkout does not have"
+    changed = done.stdout.split()
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        return f"{image} was built at {revision[:12]}; {shown} changed since"
+    return None
+
+
 def git_revision() -> str | None:
     """HEAD of the checkout (``-dirty`` with uncommitted changes to tracked files), or None."""
     try:

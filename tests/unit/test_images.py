@@ -147,3 +147,33 @@ def test_auto_ca_bundle_is_ssl_cert_file_else_the_system_one(tmp_path):
     system = images.DEBIAN_CA_BUNDLE if images.DEBIAN_CA_BUNDLE.is_file() else None
     assert images.host_ca_bundle({"SSL_CERT_FILE": str(tmp_path / "gone.pem")}) == system
     assert images.host_ca_bundle({}) == system
+
+
+def test_an_image_is_stale_when_what_it_is_made_of_changed_since_its_revision():
+    """Against this checkout's own history (real git): the revision that last changed serving/ is
+    stale for the bento once anything of it changed later, and current for the Triton image when
+    local_triton/ and its files did not change since."""
+    head = subprocess.run(
+        ["git", "-C", str(images.ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(images.ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if dirty:
+        pytest.skip("uncommitted changes: every revision compares as changed")
+    assert images.changed_since("bento", head, "img") is None
+    assert images.changed_since("triton-cpu", head, "img") is None
+    first = subprocess.run(
+        ["git", "-C", str(images.ROOT), "rev-list", "--max-parents=0", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[-1]
+    reason = images.changed_since("bento", first, "img")
+    assert reason is not None and reason.startswith(f"img was built at {first[:12]}; ")
+    assert "a revision this checkout does not have" in images.changed_since("bento", "0" * 40, "img")
+    assert images.changed_since("bento", head + "-dirty", "img") == "img was built from uncommitted changes"
+    assert images.changed_since("bento", "", "img") == "img was built from no known revision"
