@@ -194,15 +194,28 @@ class TritonGateway:
         """None when the server is live and every (model, version) is ready, else the first reason why
         not. The server's own readiness is not asked: with Triton's default --strict-readiness it is
         false while any model of the repository loads, a new version of one entry included, which is
-        no reason to refuse requests for versions that are ready."""
+        no reason to refuse requests for versions that are ready.
+
+        A call that gets no answer is made once more before it counts: over several Tritons
+        (``triton.url`` with several addresses, or a name resolving to several pods) the channel sends
+        each call to the next one, so one unanswered call says only that one of them is gone (gRPC
+        stops routing to it once it sees the connection closed); with one address the second call
+        fails as fast as the first."""
         from tritonclient.utils import InferenceServerException
 
         timeout = self.settings.ready_timeout_s
+
+        async def answered(call, *args) -> bool:
+            try:
+                return await call(*args, client_timeout=timeout)
+            except InferenceServerException:
+                return await call(*args, client_timeout=timeout)
+
         try:
-            if not await self.client().is_server_live(client_timeout=timeout):
+            if not await answered(self.client().is_server_live):
                 return f"Triton at {self.settings.url} is not live"
             for name, version in versions:
-                if not await self.client().is_model_ready(name, str(version), client_timeout=timeout):
+                if not await answered(self.client().is_model_ready, name, str(version)):
                     return f"{name} version {version} is not ready on Triton at {self.settings.url}"
         except InferenceServerException as err:
             return f"Triton at {self.settings.url} did not answer: {err.message()}"
